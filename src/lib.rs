@@ -1,0 +1,9 @@
+//! pgsplit: a PostgreSQL wire-protocol proxy. One endpoint for the app; writes go to the leader, provable reads
+//! are spread over follower pools; server connections are pooled per transaction.
+//!
+//! Data flows one way: `session` → `router` (decision) → `pool` (connection) → server, and replies stream back
+//! through the session untouched. `protocol` knows bytes, not pools.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
