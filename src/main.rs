@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "pgsplit", version, about = "PostgreSQL proxy: one endpoint, writes to the leader, reads over followers")]
+#[command(
+    name = "pgsplit",
+    version,
+    about = "PostgreSQL proxy: one endpoint, writes to the leader, reads over followers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

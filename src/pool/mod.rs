@@ -1,0 +1,244 @@
+//! Server connections to one instance: the cap (`max_connections`), the idle list, and a FIFO queue of clients
+//! waiting for a connection, each with its own deadline (`server.checkout_timeout`).
+//!
+//! A returned connection is handed straight to the oldest waiter of the same user/database; a waiter of another
+//! user/database gets the slot instead (the connection is closed to make room). The pool never parses SQL and
+//! never looks at a connection's traffic: the session decides whether a connection is clean enough to return.
+
+pub mod server;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+pub use server::{CancelTarget, ConnKey, ConnectError, LoginInfo, ServerConn};
+
+use crate::protocol::error::SqlError;
+
+/// Cached, so a client's login can be answered without a server round trip: the ParameterStatus set the
+/// instance reports (server_version, server_encoding, …).
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
+pub struct InstancePool {
+    name: Arc<str>,
+    host: Arc<str>,
+    port: u16,
+    max_connections: usize,
+    connect_timeout: Duration,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Connections open or being opened (idle + lent out + connecting).
+    total: usize,
+    /// Most recently returned last.
+    idle: Vec<ServerConn>,
+    waiters: VecDeque<Waiter>,
+    /// Per user and database: `is_superuser` and `session_authorization` differ between users.
+    server_params: HashMap<ConnKey, ServerParams>,
+}
+
+struct Waiter {
+    key: ConnKey,
+    grant: oneshot::Sender<Grant>,
+}
+
+/// What a waiter receives.
+enum Grant {
+    Conn(ServerConn),
+    /// Permission to open a connection of its own; `total` already counts it.
+    Slot,
+}
+
+/// What a checkout does once the lock is released.
+enum Next {
+    Ready(ServerConn),
+    Open { evicted: Option<ServerConn> },
+    Wait(oneshot::Receiver<Grant>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("timed out")]
+    Timeout {
+        instance: Arc<str>,
+        pool_size: usize,
+        waited: Duration,
+    },
+    #[error("cannot connect to instance {instance}: {source}")]
+    Connect { instance: Arc<str>, source: ConnectError },
+}
+
+impl CheckoutError {
+    /// What the client is told (SPEC §4): ERROR 53300 for a full pool, ERROR 57P03 (or the server's own refusal)
+    /// when the instance cannot be reached.
+    pub fn to_sql_error(&self) -> SqlError {
+        match self {
+            CheckoutError::Timeout {
+                instance,
+                pool_size,
+                waited,
+            } => SqlError::checkout_timeout(instance, *pool_size, waited.as_millis()),
+            CheckoutError::Connect { instance, source } => SqlError::server_unavailable(instance, source),
+        }
+    }
+}
+
+/// Counts for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub total: usize,
+    pub idle: usize,
+    pub waiting: usize,
+}
+
+impl InstancePool {
+    pub fn new(name: &str, host: &str, port: u16, max_connections: usize, connect_timeout: Duration) -> Self {
+        InstancePool {
+            name: name.into(),
+            host: host.into(),
+            port,
+            max_connections,
+            connect_timeout,
+            state: Mutex::new(PoolState::default()),
+        }
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let state = self.lock();
+        PoolStats {
+            total: state.total,
+            idle: state.idle.len(),
+            waiting: state.waiters.len(),
+        }
+    }
+
+    /// The parameters the instance reported to the first connection opened for `key` (None until then).
+    pub fn server_params(&self, key: &ConnKey) -> Option<ServerParams> {
+        self.lock().server_params.get(key).cloned()
+    }
+
+    /// Lends a connection for `login.key`, opening one if the cap allows, else waiting up to `timeout`.
+    pub async fn checkout(&self, login: &LoginInfo, timeout: Duration) -> Result<ServerConn, CheckoutError> {
+        let started = Instant::now();
+        let next = {
+            let mut state = self.lock();
+            if let Some(i) = state.idle.iter().rposition(|c| c.key == login.key) {
+                Next::Ready(state.idle.swap_remove(i))
+            } else if state.total < self.max_connections {
+                state.total += 1;
+                Next::Open { evicted: None }
+            } else if let Some(i) = state.idle.iter().position(|c| c.key != login.key) {
+                Next::Open {
+                    evicted: Some(state.idle.remove(i)),
+                }
+            } else {
+                let (grant, receiver) = oneshot::channel();
+                state.waiters.push_back(Waiter {
+                    key: login.key.clone(),
+                    grant,
+                });
+                Next::Wait(receiver)
+            }
+        };
+        match next {
+            Next::Ready(conn) => Ok(conn),
+            Next::Open { evicted } => {
+                drop(evicted);
+                self.open(login).await
+            }
+            Next::Wait(mut receiver) => {
+                let granted = match tokio::time::timeout(timeout, &mut receiver).await {
+                    Ok(result) => result.ok(),
+                    Err(_) => {
+                        // A grant may have been sent as the deadline passed: closing first makes later sends fail,
+                        // and whatever did arrive is used rather than leaked.
+                        receiver.close();
+                        receiver.try_recv().ok()
+                    }
+                };
+                match granted {
+                    Some(Grant::Conn(conn)) => Ok(conn),
+                    Some(Grant::Slot) => self.open(login).await,
+                    None => Err(CheckoutError::Timeout {
+                        instance: self.name.clone(),
+                        pool_size: self.max_connections,
+                        waited: started.elapsed(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Opens a connection for a slot already counted in `total`; gives the slot back on failure.
+    async fn open(&self, login: &LoginInfo) -> Result<ServerConn, CheckoutError> {
+        match ServerConn::connect(&self.host, self.port, login, self.connect_timeout).await {
+            Ok(conn) => {
+                let mut state = self.lock();
+                if !state.server_params.contains_key(&conn.key) {
+                    state
+                        .server_params
+                        .insert(conn.key.clone(), Arc::new(conn.params.clone()));
+                }
+                Ok(conn)
+            }
+            Err(source) => {
+                self.forget_one();
+                Err(CheckoutError::Connect {
+                    instance: self.name.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Takes back a clean, idle connection.
+    pub fn release(&self, conn: ServerConn) {
+        let mut state = self.lock();
+        let mut conn = Some(conn);
+        while let Some(waiter) = state.waiters.pop_front() {
+            let grant = if waiter.key == conn.as_ref().expect("present until handed off").key {
+                Grant::Conn(conn.take().expect("present until handed off"))
+            } else {
+                Grant::Slot
+            };
+            match waiter.grant.send(grant) {
+                Ok(()) if conn.is_none() => return,
+                // Slot granted: this connection is closed to make room for the waiter's own.
+                Ok(()) => return drop(conn),
+                Err(Grant::Conn(back)) => conn = Some(back),
+                Err(Grant::Slot) => {}
+            }
+        }
+        state.idle.push(conn.expect("present until handed off"));
+    }
+
+    /// A lent-out connection is gone (broken, or not clean enough to reuse): free its slot.
+    pub fn discard(&self, conn: ServerConn) {
+        drop(conn);
+        self.forget_one();
+    }
+
+    fn forget_one(&self) {
+        let mut state = self.lock();
+        while let Some(waiter) = state.waiters.pop_front() {
+            if waiter.grant.send(Grant::Slot).is_ok() {
+                return;
+            }
+        }
+        state.total -= 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A panic while holding this lock cannot leave the state half-updated in a way that matters more than
+        // losing the proxy; recover the guard rather than poisoning every later checkout.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,170 @@
+//! Message framing after startup: `[tag: u8][length: u32 BE, counting itself][body]`.
+//!
+//! The relay never decodes what it does not need. [`Framer`] walks a buffer and says, per step, either "these bytes
+//! can be forwarded blind" (a whole frame, or as much of a large one as has arrived) or "here is a complete frame you
+//! asked to look at". Bodies larger than the read buffer (a 1 GiB DataRow, a long COPY) stream through in pieces.
+//! Lengths are checked here, before anything looks inside a body.
+
+use thiserror::Error;
+
+/// Tag byte plus the 4-byte length.
+pub const HEADER_LEN: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub tag: u8,
+    /// Length of the body alone (the wire length minus its own 4 bytes).
+    pub body_len: usize,
+}
+
+impl Header {
+    pub fn frame_len(&self) -> usize {
+        HEADER_LEN + self.body_len
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("invalid message length {0}")]
+    BadLength(u32),
+    #[error("message of {len} bytes is over the limit of {max} bytes (proxy.max_message_size)")]
+    TooLong { len: usize, max: usize },
+}
+
+/// Reads the header at the front of `buf`, if all 5 bytes are there.
+pub fn peek_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+    let Some(head) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let raw = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    if raw < 4 {
+        return Err(FrameError::BadLength(raw));
+    }
+    Ok(Some(Header {
+        tag: head[0],
+        body_len: raw as usize - 4,
+    }))
+}
+
+/// What the front of the buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Forward this many bytes without looking at them.
+    Pass(usize),
+    /// A complete frame of a tag the caller inspects; it spans `header.frame_len()` bytes.
+    Whole(Header),
+    /// The next step needs more bytes than the buffer holds; at most this many bytes in all.
+    NeedMore(usize),
+}
+
+/// Walks one direction of a stream frame by frame, remembering how much of a partly forwarded frame is still to come.
+#[derive(Debug, Default)]
+pub struct Framer {
+    pass_left: usize,
+}
+
+impl Framer {
+    /// `inspect(tag)` says which frames must be seen whole; `max_len` bounds every frame's body.
+    pub fn step(&mut self, buf: &[u8], inspect: impl Fn(u8) -> bool, max_len: usize) -> Result<Step, FrameError> {
+        if self.pass_left > 0 {
+            if buf.is_empty() {
+                return Ok(Step::NeedMore(1));
+            }
+            let n = self.pass_left.min(buf.len());
+            self.pass_left -= n;
+            return Ok(Step::Pass(n));
+        }
+        let Some(header) = peek_header(buf)? else {
+            return Ok(Step::NeedMore(HEADER_LEN));
+        };
+        if header.body_len > max_len {
+            return Err(FrameError::TooLong {
+                len: header.body_len,
+                max: max_len,
+            });
+        }
+        let frame_len = header.frame_len();
+        if inspect(header.tag) {
+            if buf.len() < frame_len {
+                return Ok(Step::NeedMore(frame_len));
+            }
+            return Ok(Step::Whole(header));
+        }
+        let n = frame_len.min(buf.len());
+        self.pass_left = frame_len - n;
+        Ok(Step::Pass(n))
+    }
+
+    /// True between frames (nothing of a partly forwarded frame is outstanding).
+    pub fn at_boundary(&self) -> bool {
+        self.pass_left == 0
+    }
+}
+
+/// Reads a NUL-terminated string at the front of `body`; returns it and the rest.
+pub fn read_cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = body.iter().position(|&b| b == 0)?;
+    Some((&body[..nul], &body[nul + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn small_pass_through_frames_are_forwarded_whole() {
+        let buf = frame(b'D', b"row");
+        let mut f = Framer::default();
+        assert_eq!(f.step(&buf, |_| false, 100), Ok(Step::Pass(8)));
+        assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn large_pass_through_frame_streams_in_pieces() {
+        let buf = frame(b'D', &[7u8; 20]);
+        let mut f = Framer::default();
+        assert_eq!(f.step(&buf[..10], |_| false, 100), Ok(Step::Pass(10)));
+        assert!(!f.at_boundary());
+        assert_eq!(f.step(&buf[10..12], |_| false, 100), Ok(Step::Pass(2)));
+        assert_eq!(f.step(&buf[12..], |_| false, 100), Ok(Step::Pass(13)));
+        assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn inspected_frames_wait_until_complete() {
+        let buf = frame(b'Z', b"I");
+        let mut f = Framer::default();
+        assert_eq!(f.step(&buf[..5], |t| t == b'Z', 100), Ok(Step::NeedMore(6)));
+        assert_eq!(
+            f.step(&buf, |t| t == b'Z', 100),
+            Ok(Step::Whole(Header { tag: b'Z', body_len: 1 }))
+        );
+    }
+
+    #[test]
+    fn lengths_below_four_and_over_the_limit_are_errors() {
+        let mut f = Framer::default();
+        assert_eq!(f.step(b"Q\0\0\0\x03", |_| true, 100), Err(FrameError::BadLength(3)));
+        let huge = [b'Q', 0x40, 0, 0, 0];
+        assert_eq!(
+            f.step(&huge, |_| true, 64 << 20),
+            Err(FrameError::TooLong {
+                len: (1 << 30) - 4,
+                max: 64 << 20
+            })
+        );
+    }
+
+    #[test]
+    fn cstr_reader_stops_at_nul() {
+        assert_eq!(read_cstr(b"ab\0cd"), Some((&b"ab"[..], &b"cd"[..])));
+        assert_eq!(read_cstr(b"ab"), None);
+    }
+}

@@ -1,0 +1,102 @@
+//! Cancel keys. Each client gets a (pid, secret) from pgsplit; while it borrows a server connection, its slot
+//! points at that connection's own key, so a CancelRequest reaches whichever server runs the client's query.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, BytesMut};
+use rand::RngExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::pool::CancelTarget;
+
+const CANCEL_REQUEST_CODE: u32 = 80877102;
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    clients: Mutex<HashMap<u32, Arc<CancelSlot>>>,
+}
+
+/// One client's key and the server connection it is using right now, if any.
+pub struct CancelSlot {
+    pub pid: u32,
+    pub secret: u32,
+    target: Mutex<Option<CancelTarget>>,
+}
+
+impl CancelSlot {
+    pub fn set(&self, target: Option<CancelTarget>) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    }
+
+    fn target(&self) -> Option<CancelTarget> {
+        self.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Removes the client's key when its session ends.
+pub struct Registration<'a> {
+    registry: &'a CancelRegistry,
+    pub slot: Arc<CancelSlot>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.slot.pid);
+    }
+}
+
+impl CancelRegistry {
+    /// Issues a fresh, unused key for a new client.
+    pub fn register(&self) -> Registration<'_> {
+        let mut rng = rand::rng();
+        let mut clients = self.lock();
+        let pid = loop {
+            // Positive and non-zero, like a real backend pid; some drivers store it in a signed int.
+            let pid = rng.random_range(1..i32::MAX as u32);
+            if !clients.contains_key(&pid) {
+                break pid;
+            }
+        };
+        let slot = Arc::new(CancelSlot {
+            pid,
+            secret: rng.random(),
+            target: Mutex::new(None),
+        });
+        clients.insert(pid, slot.clone());
+        Registration { registry: self, slot }
+    }
+
+    /// Forwards a client's CancelRequest to the server connection it is using, if the key matches.
+    pub async fn cancel(&self, pid: u32, secret: u32) {
+        let target = self
+            .lock()
+            .get(&pid)
+            .filter(|slot| slot.secret == secret)
+            .and_then(|slot| slot.target());
+        match target {
+            Some(target) => {
+                if let Err(error) = send_cancel(&target).await {
+                    tracing::warn!(%error, host = %target.host, port = target.port, "forwarding a cancel request failed");
+                }
+            }
+            None => tracing::debug!(pid, "cancel request with no matching running query"),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<CancelSlot>>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect((&*target.host, target.port)).await?;
+    let mut packet = BytesMut::with_capacity(16);
+    packet.put_u32(16);
+    packet.put_u32(CANCEL_REQUEST_CODE);
+    packet.put_u32(target.pid);
+    packet.put_u32(target.secret);
+    stream.write_all(&packet).await?;
+    stream.shutdown().await
+}
