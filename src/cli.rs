@@ -9,9 +9,18 @@ pub fn run(_config_path: &Path) -> ExitCode {
     ExitCode::from(2)
 }
 
-pub fn check(_config_path: &Path) -> ExitCode {
-    eprintln!("pgsplit check: not wired yet");
-    ExitCode::from(2)
+pub fn check(config_path: &Path) -> ExitCode {
+    match crate::config::Config::load(config_path) {
+        Ok(config) => {
+            println!("{}: ok", config_path.display());
+            println!("{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 pub fn demo() -> ExitCode {

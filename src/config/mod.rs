@@ -4,10 +4,26 @@
 //! semantic validation that reports every problem at once with `file:line:col`. The types here are plain values
 //! (no spans, no `Option`s where a default exists): by the time anyone else sees a `Config` it is known good.
 //! Never does I/O beyond reading the file and the environment (`password_env`).
+//!
+//! Inside: `raw` is the serde layer (the file as written, with spans; the enums below are their own serde
+//! values), `units` parses durations and sizes, `validate` applies defaults and builds each section, `values` holds
+//! the rules for single values and the file-wide uniqueness checks, `error` turns spans into `file:line:col` lines.
+
+mod error;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod units;
+mod validate;
+mod values;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use error::{ConfigError, ConfigErrors};
 
 /// A loaded, validated proxy.toml.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +35,61 @@ pub struct Config {
     pub follower_pools: Vec<FollowerPoolConfig>,
     pub routing: RoutingConfig,
     pub health: HealthConfig,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. `password_env` variables are read from the environment now;
+    /// relative TLS paths are resolved against the file's directory. Every problem is reported, each with
+    /// `file:line:col`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigErrors::whole_file(&file, format!("cannot read the config file: {error}")))?;
+        Self::from_text(&text, &file, path.parent().unwrap_or(Path::new("")), &process_env)
+    }
+
+    /// Parses and validates config text; `file_name` is used in error messages and, like a path, to resolve
+    /// relative TLS paths. Reads `password_env` variables from the environment.
+    pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
+        let base_dir = Path::new(file_name).parent().unwrap_or(Path::new(""));
+        Self::from_text(text, file_name, base_dir, &process_env)
+    }
+
+    fn from_text(
+        text: &str,
+        file_name: &str,
+        base_dir: &Path,
+        env: validate::EnvLookup<'_>,
+    ) -> Result<Config, ConfigErrors> {
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|error| ConfigErrors::from_toml(file_name, text, &error))?;
+        validate::build(&raw, base_dir, env).map_err(|problems| ConfigErrors::from_problems(file_name, text, problems))
+    }
+
+    /// One line for humans: `leader "leader" at 127.0.0.1:15432, 1 follower pool, 2 follower instances, 1 user`.
+    pub fn summary(&self) -> String {
+        let instances: usize = self.follower_pools.iter().map(|pool| pool.instances.len()).sum();
+        let plural = |count: usize, noun: &str| format!("{count} {noun}{}", if count == 1 { "" } else { "s" });
+        let host = &self.leader.host;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        format!(
+            "leader \"{}\" at {host}:{}, {}, {}, {}",
+            self.leader.name,
+            self.leader.port,
+            plural(self.follower_pools.len(), "follower pool"),
+            plural(instances, "follower instance"),
+            plural(self.users.len(), "user"),
+        )
+    }
+}
+
+/// The real environment, for `password_env`.
+fn process_env(name: &str) -> Result<String, std::env::VarError> {
+    std::env::var(name)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +104,8 @@ pub struct ProxyConfig {
     pub tls: Option<ClientTlsConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     Transaction,
     Session,
@@ -46,7 +118,8 @@ pub struct ClientTlsConfig {
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ClientTlsMode {
     Disable,
     Prefer,
@@ -60,7 +133,8 @@ pub struct ServerConfig {
     pub checkout_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ServerTlsMode {
     Disable,
     Prefer,
@@ -76,10 +150,13 @@ pub struct UserConfig {
     pub auth: AuthMethod,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum AuthMethod {
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    #[serde(rename = "md5")]
     Md5,
+    #[serde(rename = "trust")]
     Trust,
 }
 
@@ -121,7 +198,8 @@ pub struct RoutingConfig {
     pub read_only_functions: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Fallback {
     Leader,
     Error,
