@@ -3,10 +3,61 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-pub fn run(_config_path: &Path) -> ExitCode {
-    eprintln!("pgsplit run: not wired yet");
-    ExitCode::from(2)
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::proxy::Proxy;
+
+/// How long a stopping proxy lets clients finish their transactions.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub fn run(config_path: &Path) -> ExitCode {
+    let config = match crate::config::Config::load(config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("pgsplit: cannot start the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async {
+        let proxy = match Proxy::start(config).await {
+            Ok(proxy) => proxy,
+            Err(error) => {
+                tracing::error!(%error, "pgsplit cannot start");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(error) = stop_signal().await {
+            tracing::error!(%error, "cannot install signal handlers");
+            return ExitCode::from(2);
+        }
+        tracing::info!(grace = ?SHUTDOWN_GRACE, "stopping: no new connections; running transactions may finish");
+        if proxy.shutdown(SHUTDOWN_GRACE).await {
+            tracing::info!("all sessions ended; bye");
+        } else {
+            tracing::warn!("grace period over; closing the remaining sessions");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+async fn stop_signal() -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
 }
 
 pub fn check(config_path: &Path) -> ExitCode {

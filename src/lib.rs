@@ -8,3 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod logging;
+pub mod pool;
+pub mod protocol;
+pub mod proxy;
+pub mod session;

@@ -2,6 +2,15 @@
 
 mod support;
 
+#[path = "core/auth.rs"]
+mod auth;
+#[path = "core/lifecycle.rs"]
+mod lifecycle;
+#[path = "core/limits.rs"]
+mod limits;
+#[path = "core/relay.rs"]
+mod relay;
+
 // ===================================================================================================================
 // Harness: the local cluster itself (tests/support, pgsplit::demo::cluster)
 // ===================================================================================================================

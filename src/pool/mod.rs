@@ -6,6 +6,7 @@
 //! never looks at a connection's traffic: the session decides whether a connection is clean enough to return.
 
 pub mod server;
+pub mod settings;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use server::{CancelTarget, ConnKey, ConnectError, LoginInfo, ServerConn};
+pub use settings::Settings;
 
 use crate::protocol::error::SqlError;
 
@@ -82,7 +84,7 @@ impl CheckoutError {
                 pool_size,
                 waited,
             } => SqlError::checkout_timeout(instance, *pool_size, waited.as_millis()),
-            CheckoutError::Connect { instance, source } => SqlError::server_unavailable(instance, source),
+            CheckoutError::Connect { instance, source } => source.to_sql_error(instance),
         }
     }
 }

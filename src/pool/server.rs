@@ -8,6 +8,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::settings::Settings;
+use crate::protocol::error::{Severity, SqlError};
 use crate::protocol::io::read_frame;
 use crate::protocol::login::{self, LoginError};
 use crate::protocol::messages::{self, TxStatus};
@@ -19,13 +21,13 @@ pub struct ConnKey {
     pub database: Arc<str>,
 }
 
-/// Everything needed to open a server connection for a client.
+/// Everything needed to open a server connection for a client. Only user and database go into the startup
+/// packet: settings are applied with SET afterwards, so that RESET returns to the server's defaults rather than
+/// to whichever client happened to open the connection.
 #[derive(Debug, Clone)]
 pub struct LoginInfo {
     pub key: ConnKey,
     pub password: Arc<str>,
-    /// Startup parameters to send besides user and database (application_name, client_encoding, options, …).
-    pub params: Arc<[(String, String)]>,
 }
 
 /// Where to send a CancelRequest for the query running on a server connection.
@@ -45,6 +47,8 @@ pub struct ServerConn {
     pub key: ConnKey,
     /// Reported parameters (ParameterStatus), as the server last told them.
     pub params: Vec<(String, String)>,
+    /// The session settings pgsplit applied (or saw the client apply) on this connection.
+    pub settings: Settings,
     pub cancel: CancelTarget,
 }
 
@@ -56,6 +60,19 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Login(#[from] LoginError),
+}
+
+impl ConnectError {
+    /// What a client is told: the server's own refusal (bad database, bad setting) as it is, anything else as
+    /// 57P03 naming the instance.
+    pub fn to_sql_error(&self, instance: &str) -> SqlError {
+        match self {
+            ConnectError::Login(LoginError::Refused { code, message }) => {
+                SqlError::new(Severity::Error, code.clone(), message.clone())
+            }
+            other => SqlError::server_unavailable(instance, other),
+        }
+    }
 }
 
 /// Server-side read buffer; grows for large messages, shrinks back by being reused.
@@ -77,14 +94,14 @@ impl ServerConn {
         let mut stream = TcpStream::connect((&**host, port)).await?;
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut params: Vec<(&str, &str)> = vec![("user", &login.key.user), ("database", &login.key.database)];
-        params.extend(login.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let params = [("user", &*login.key.user), ("database", &*login.key.database)];
         let greeting = login::login(&mut stream, &mut buf, &params, &login.key.user, &login.password).await?;
         Ok(ServerConn {
             stream,
             buf,
             key: login.key.clone(),
             params: greeting.params,
+            settings: Settings::default(),
             cancel: CancelTarget {
                 host: host.clone(),
                 port,
@@ -94,37 +111,39 @@ impl ServerConn {
         })
     }
 
-    pub fn record_param(&mut self, name: &str, value: &str) {
-        match self.params.iter_mut().find(|(k, _)| k == name) {
-            Some(slot) => value.clone_into(&mut slot.1),
-            None => self.params.push((name.to_owned(), value.to_owned())),
+    /// Applies `wanted` if this connection's settings differ (one round trip), else does nothing.
+    pub async fn sync_settings(&mut self, wanted: &Settings) -> Result<(), ConnectError> {
+        if let Some(sql) = wanted.sync_sql(&self.settings) {
+            self.run_own(&sql).await?;
+            self.settings.clone_from(wanted);
         }
+        Ok(())
     }
 
     /// Runs `sql` (pgsplit's own statement, e.g. `DISCARD ALL`) and reads to ReadyForQuery. Ok only if it
-    /// succeeded and left the connection idle.
+    /// succeeded and left the connection idle; a server error comes back as `LoginError::Refused`.
     pub async fn run_own(&mut self, sql: &str) -> Result<(), ConnectError> {
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
         self.stream.write_all(&out).await?;
-        let mut failed = false;
+        let mut failed = None;
         loop {
             let (tag, body) = read_frame(&mut self.stream, &mut self.buf, 1 << 20)
                 .await
                 .map_err(LoginError::from)?;
             match tag {
-                b'E' => failed = true,
-                b'S' => {
-                    if let Some((name, value)) = messages::parse_parameter_status(&body) {
-                        self.record_param(name, value);
-                    }
+                b'E' => {
+                    failed = Some(LoginError::Refused {
+                        code: messages::error_field(&body, b'C').unwrap_or("XX000").to_owned(),
+                        message: messages::error_field(&body, b'M').unwrap_or("unknown error").to_owned(),
+                    });
                 }
                 b'Z' => {
                     let idle = body.first().copied().and_then(TxStatus::from_byte) == Some(TxStatus::Idle);
-                    return if failed || !idle {
-                        Err(LoginError::Protocol(format!("\"{sql}\" failed on the server")).into())
-                    } else {
-                        Ok(())
+                    return match failed {
+                        Some(error) => Err(error.into()),
+                        None if !idle => Err(LoginError::Protocol(format!("\"{sql}\" left a transaction open")).into()),
+                        None => Ok(()),
                     };
                 }
                 _ => {}

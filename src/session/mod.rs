@@ -13,16 +13,13 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::pool::{ConnKey, LoginInfo};
+use crate::pool::{ConnKey, LoginInfo, Settings};
 use crate::protocol::auth::{self, AuthError};
 use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::messages::{self, TxStatus};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
 use crate::proxy::Context;
 use relay::{Relay, RelayConfig, SessionEnd};
-
-/// Startup parameters that describe the connection rather than the session; never forwarded as settings.
-const CONNECTION_PARAMS: &[&str] = &["user", "database", "replication"];
 
 /// Serves one accepted client connection to the end.
 pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
@@ -60,32 +57,29 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
         .filter(|d| !d.is_empty())
         .unwrap_or(&user)
         .to_owned();
+    let wanted = match Settings::from_startup(&params.params) {
+        Ok(wanted) => wanted,
+        Err(message) => return reject(stream, SqlError::protocol_violation(message)).await,
+    };
     let login = LoginInfo {
         key: ConnKey {
             user: user.as_str().into(),
             database: database.as_str().into(),
         },
         password: credentials.password.as_str().into(),
-        params: params
-            .params
-            .iter()
-            .filter(|(k, _)| !CONNECTION_PARAMS.contains(&k.as_str()))
-            .cloned()
-            .collect(),
     };
     let pool = ctx.leader.clone();
     let server_params = match pool.server_params(&login.key) {
         Some(p) => p,
         // First client of this user and database: log in to the server once now, so the client hears the
         // server's real parameters and a bad database name fails at login as it would without pgsplit.
-        None => match pool.checkout(&login, ctx.config.server.checkout_timeout).await {
+        None => match relay::borrow(&pool, &login, &wanted, ctx.config.server.checkout_timeout).await {
             Ok(conn) => {
                 let params = Arc::new(conn.params.clone());
                 pool.release(conn);
                 params
             }
-            Err(error) => {
-                let mut error = error.to_sql_error();
+            Err(mut error) => {
                 error.severity = Severity::Fatal;
                 return reject(stream, error).await;
             }
@@ -93,7 +87,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
     };
     let mut greeting = BytesMut::new();
     for (name, value) in server_params.iter() {
-        let value = params.get(name).unwrap_or(value);
+        let value = wanted.get(name).unwrap_or(value);
         messages::parameter_status(&mut greeting, name, value);
     }
     messages::backend_key_data(&mut greeting, registration.slot.pid, registration.slot.secret);
@@ -111,6 +105,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
         config,
         pool,
         login,
+        wanted,
         registration.slot.clone(),
         ctx.shutdown.clone(),
         stream,

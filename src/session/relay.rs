@@ -18,9 +18,10 @@ use tokio::sync::watch;
 use super::cancel::CancelSlot;
 use crate::config::PoolMode;
 use crate::pool::server::READ_CHUNK;
-use crate::pool::{InstancePool, LoginInfo, ServerConn};
+use crate::pool::{ConnectError, InstancePool, LoginInfo, ServerConn, Settings};
 use crate::protocol::error::SqlError;
 use crate::protocol::frame::{FrameError, Framer, Header, Step};
+use crate::protocol::login::LoginError;
 use crate::protocol::messages::{self, TxStatus};
 
 /// Stop reading a side while this much of its data waits to be written to the other.
@@ -54,6 +55,8 @@ pub struct Relay {
     config: RelayConfig,
     pool: Arc<InstancePool>,
     login: LoginInfo,
+    /// The settings this client's session has, applied to each server connection it borrows.
+    wanted: Settings,
     cancel: Arc<CancelSlot>,
     shutdown: watch::Receiver<bool>,
 
@@ -92,6 +95,7 @@ impl Relay {
         config: RelayConfig,
         pool: Arc<InstancePool>,
         login: LoginInfo,
+        wanted: Settings,
         cancel: Arc<CancelSlot>,
         shutdown: watch::Receiver<bool>,
         client: TcpStream,
@@ -100,6 +104,7 @@ impl Relay {
             config,
             pool,
             login,
+            wanted,
             cancel,
             shutdown,
             client,
@@ -285,11 +290,7 @@ impl Relay {
     }
 
     async fn attach(&mut self) -> Result<(), SqlError> {
-        let conn = self
-            .pool
-            .checkout(&self.login, self.config.checkout_timeout)
-            .await
-            .map_err(|e| e.to_sql_error())?;
+        let conn = borrow(&self.pool, &self.login, &self.wanted, self.config.checkout_timeout).await?;
         self.cancel.set(Some(conn.cancel.clone()));
         self.server = Some(conn);
         self.server_framer = Framer::default();
@@ -318,8 +319,10 @@ impl Relay {
                         })?;
                         self.pending = self.pending.saturating_sub(1);
                     } else if let Some((name, value)) = messages::parse_parameter_status(body) {
-                        let (name, value) = (name.to_owned(), value.to_owned());
-                        server.record_param(&name, &value);
+                        // The client changed a setting (SET, RESET, SET LOCAL ending): it is now part of its
+                        // session, to be carried to the next server connection it borrows.
+                        self.wanted.set(name, value);
+                        server.settings.set(name, value);
                     }
                     self.to_client += header.frame_len();
                 }
@@ -393,6 +396,28 @@ impl Relay {
         self.out.clear();
         build(&mut self.out);
         self.client.write_all(&self.out).await.map_err(SessionEnd::ClientIo)
+    }
+}
+
+/// Borrows a connection from `pool` and gives it `wanted`'s settings. A setting the server refuses comes back as
+/// the server's own error; the connection goes back to the pool untouched.
+pub async fn borrow(
+    pool: &InstancePool,
+    login: &LoginInfo,
+    wanted: &Settings,
+    timeout: std::time::Duration,
+) -> Result<ServerConn, SqlError> {
+    let mut conn = pool.checkout(login, timeout).await.map_err(|e| e.to_sql_error())?;
+    match conn.sync_settings(wanted).await {
+        Ok(()) => Ok(conn),
+        Err(error @ ConnectError::Login(LoginError::Refused { .. })) => {
+            pool.release(conn);
+            Err(error.to_sql_error(pool.name()))
+        }
+        Err(error) => {
+            pool.discard(conn);
+            Err(error.to_sql_error(pool.name()))
+        }
     }
 }
 

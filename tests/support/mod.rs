@@ -7,6 +7,9 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses its own subset of the harness and its re-exports
 
+pub mod proxy;
+pub mod raw;
+
 use std::ops::Deref;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

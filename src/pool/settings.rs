@@ -1,0 +1,195 @@
+//! Session settings: those a client expects on whatever server connection serves it (its startup parameters —
+//! application_name, client_encoding, DateStyle, TimeZone, `-c name=value` pairs from `options` — kept up to date
+//! from the ParameterStatus messages the server sends it), and those a server connection carries.
+//!
+//! [`Settings::sync_sql`] compares the two and writes one `SET`/`RESET` statement for the differences, or nothing
+//! when they match (the common case: no round trip).
+
+/// Reported by the server but not settable per session; never replayed.
+const SERVER_OWNED: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "session_authorization",
+    "in_hot_standby",
+];
+
+/// Startup keys that describe the connection rather than settings.
+const CONNECTION_KEYS: &[&str] = &["user", "database", "replication", "options"];
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    values: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// From a StartupMessage's parameters; `options` is unpacked into its `-c name=value` settings.
+    pub fn from_startup(params: &[(String, String)]) -> Result<Self, String> {
+        let mut session = Settings::default();
+        for (name, value) in params {
+            if name == "options" {
+                for (name, value) in parse_options(value)? {
+                    session.set(&name, &value);
+                }
+            } else if !CONNECTION_KEYS.contains(&name.as_str()) && !name.starts_with("_pq_.") {
+                session.set(name, value);
+            }
+        }
+        Ok(session)
+    }
+
+    pub fn values(&self) -> &[(String, String)] {
+        &self.values
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Records a value; names compare case-insensitively, as PostgreSQL's do.
+    pub fn set(&mut self, name: &str, value: &str) {
+        if SERVER_OWNED.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            return;
+        }
+        match self.values.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            Some(slot) => value.clone_into(&mut slot.1),
+            None => self.values.push((name.to_owned(), value.to_owned())),
+        }
+    }
+
+    /// The statement that turns `server`'s settings into these, or None when they already match.
+    pub fn sync_sql(&self, server: &Settings) -> Option<String> {
+        let mut sql = String::new();
+        for (name, value) in &self.values {
+            if server.get(name) != Some(value.as_str()) {
+                sql.push_str(&format!("SET {} = {};", quote_name(name), quote_literal(value)));
+            }
+        }
+        for (name, _) in &server.values {
+            if self.get(name).is_none() {
+                sql.push_str(&format!("RESET {};", quote_name(name)));
+            }
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+}
+
+/// Unpacks libpq's `options`: `-c name=value` or `--name=value`, separated by spaces, `\` escaping the next byte.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let pair = if word == "-c" {
+            words.next().ok_or("\"-c\" in options needs name=value")?
+        } else if let Some(rest) = word.strip_prefix("--").or_else(|| word.strip_prefix("-c")) {
+            rest.to_owned()
+        } else {
+            return Err(format!(
+                "unsupported startup option \"{word}\"; pgsplit accepts -c name=value"
+            ));
+        };
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("option \"{pair}\" needs name=value"))?;
+        settings.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(settings)
+}
+
+/// Quotes each dotted part of a setting name as an identifier, so no name can inject SQL.
+fn quote_name(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.to_ascii_lowercase().replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn startup_settings_and_options_are_collected() {
+        let p = Settings::from_startup(&params(&[
+            ("user", "app"),
+            ("database", "app"),
+            ("application_name", "web"),
+            (
+                "options",
+                "-c search_path=a,b --statement-timeout=5s -cwork_mem=8MB -c x.y=with\\ space",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.values(),
+            &params(&[
+                ("application_name", "web"),
+                ("search_path", "a,b"),
+                ("statement_timeout", "5s"),
+                ("work_mem", "8MB"),
+                ("x.y", "with space"),
+            ])[..]
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        assert!(Settings::from_startup(&params(&[("options", "-x")])).is_err());
+        assert!(Settings::from_startup(&params(&[("options", "-c")])).is_err());
+        assert!(Settings::from_startup(&params(&[("options", "-c novalue")])).is_err());
+    }
+
+    #[test]
+    fn nothing_to_sync_when_settings_match() {
+        let a = Settings::from_startup(&params(&[("TimeZone", "UTC")])).unwrap();
+        let b = Settings::from_startup(&params(&[("timezone", "UTC")])).unwrap();
+        assert_eq!(a.sync_sql(&b), None);
+    }
+
+    #[test]
+    fn differences_become_one_quoted_statement() {
+        let client = Settings::from_startup(&params(&[("application_name", "it's")])).unwrap();
+        let server = Settings::from_startup(&params(&[("application_name", "x"), ("Time\"Zone", "UTC")])).unwrap();
+        assert_eq!(
+            client.sync_sql(&server).as_deref(),
+            Some("SET \"application_name\" = 'it''s';RESET \"time\"\"zone\";")
+        );
+    }
+
+    #[test]
+    fn server_owned_parameters_are_never_replayed() {
+        let mut p = Settings::default();
+        p.set("is_superuser", "on");
+        p.set("in_hot_standby", "off");
+        assert!(p.values().is_empty());
+    }
+}

@@ -1,0 +1,101 @@
+//! pgsplit in front of a test cluster, in-process, on a free loopback port, plus the client helpers tests share.
+
+use std::time::Duration;
+
+use pgsplit::config::{Config, PoolMode};
+use pgsplit::demo::cluster::LocalCluster;
+use pgsplit::proxy::Proxy;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// A config pointing at `cluster`'s leader, listening on ephemeral ports; tests adjust fields before starting.
+pub fn config_for(cluster: &LocalCluster) -> Config {
+    let text = format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[server]
+checkout_timeout = "5s"
+[[users]]
+name = "{user}"
+password = "{password}"
+[leader]
+host = "127.0.0.1"
+port = {port}
+max_connections = 4
+"#,
+        user = cluster.app_user(),
+        password = cluster.app_password(),
+        port = cluster.leader().port,
+    );
+    Config::parse(&text, "test.toml").expect("test config is valid")
+}
+
+pub struct TestProxy {
+    pub proxy: Proxy,
+    pub database: String,
+}
+
+impl TestProxy {
+    pub async fn start(config: Config, cluster: &LocalCluster) -> TestProxy {
+        let proxy = Proxy::start(config).await.expect("proxy starts");
+        TestProxy {
+            proxy,
+            database: cluster.app_database().to_owned(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.proxy.local_addr().port()
+    }
+
+    /// A libpq-style connection string for `user`/`password` through the proxy.
+    pub fn conninfo(&self, user: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={} connect_timeout=10",
+            self.port(),
+            self.database
+        )
+    }
+
+    pub async fn connect_as(&self, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&self.conninfo(user, password), NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// A client as the app user whose notices and notifications arrive on the returned channel.
+    pub async fn connect_with_messages(&self, extra: &str) -> (Client, mpsc::UnboundedReceiver<AsyncMessage>) {
+        let conninfo = format!("{} {extra}", self.conninfo("app", "app"));
+        let (client, mut connection) = tokio_postgres::connect(&conninfo, NoTls).await.expect("connects");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                let _ = tx.send(message);
+            }
+        });
+        (client, rx)
+    }
+
+    pub async fn connect(&self) -> Client {
+        self.connect_as("app", "app")
+            .await
+            .expect("app connects through pgsplit")
+    }
+
+    pub async fn stop(self) {
+        assert!(
+            self.proxy.shutdown(Duration::from_secs(5)).await,
+            "sessions ended within the grace period"
+        );
+    }
+}
+
+/// Starts a proxy for `cluster` in `mode` with `pool_size` leader connections.
+pub async fn start(cluster: &LocalCluster, mode: PoolMode, pool_size: usize) -> TestProxy {
+    let mut config = config_for(cluster);
+    config.proxy.pool_mode = mode;
+    config.leader.max_connections = pool_size;
+    TestProxy::start(config, cluster).await
+}
