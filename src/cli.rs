@@ -20,12 +20,9 @@ pub fn run(config_path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("pgsplit: cannot start the runtime: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let proxy = match Proxy::start(config).await {
@@ -47,6 +44,16 @@ pub fn run(config_path: &Path) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("pgsplit: cannot start the runtime: {error}");
+            ExitCode::from(2)
+        })
 }
 
 /// Resolves at the first SIGTERM or SIGINT.
@@ -75,6 +82,20 @@ pub fn check(config_path: &Path) -> ExitCode {
 }
 
 pub fn demo() -> ExitCode {
-    eprintln!("pgsplit demo: not wired yet");
-    ExitCode::from(2)
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let stop = async {
+        if let Err(error) = stop_signal().await {
+            eprintln!("pgsplit demo: cannot install signal handlers: {error}");
+        }
+    };
+    match runtime.block_on(crate::demo::run(stop)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pgsplit demo: {error}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -16,7 +16,7 @@ async fn clients_over_the_limit_get_fatal_53300_and_a_freed_slot_is_reusable() {
     let p = proxy::TestProxy::start(config, c).await;
     let first = p.connect().await;
     let second = p.connect().await;
-    let err = p.connect_as("app", "app").await.err().expect("third client refused");
+    let err = p.connect_as("app", "app").await.expect_err("third client refused");
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
     assert!(err.as_db_error().unwrap().message().contains("max_client_connections"));
     drop(first);
