@@ -1,0 +1,182 @@
+//! Which user functions may write, per database: every VOLATILE function outside the system schemas, read from the
+//! leader's `pg_proc` and cached for a while, so the router can keep `SELECT my_func()` off followers (SPEC §3.1).
+//!
+//! It only reads the catalog. It never routes and never keeps a client waiting long: a stale list is served while a
+//! fresh one loads in the background, and only a database's first load is waited for (bounded by
+//! `health.timeout`). A failed load is logged and the last known list (at first: none) stays in use.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::SharedTopology;
+use super::monitor::{Conn, error_chain};
+use crate::config::HealthConfig;
+
+/// How long a loaded list is used before it is reloaded.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30);
+/// After a failed load, how long to wait before trying again (at most the max age).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// `(schema, name)` pairs, sorted, without duplicates (overloads share a name).
+pub type FunctionList = Arc<Vec<(String, String)>>;
+
+/// Extension-owned functions are included on purpose: an extension's VOLATILE function may write as surely as a
+/// user's (dblink_exec, pg_stat_statements_reset, …) and the catalog cannot tell which do; operators list the safe
+/// ones in `routing.read_only_functions`. Procedures are included too: harmless, a SELECT cannot call them.
+const VOLATILE_SQL: &str = "SELECT DISTINCT n.nspname::text, p.proname::text \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE p.provolatile = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     ORDER BY 1, 2";
+
+/// `(schema, name)` of every VOLATILE function of the connected database outside `pg_catalog` and
+/// `information_schema` (the built-ins that write are the router's own list).
+pub async fn volatile_user_functions(client: &Client) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let rows = client.query(VOLATILE_SQL, &[]).await?;
+    rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+}
+
+/// The per-database cache of [`volatile_user_functions`], loaded from the current leader. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct FunctionCatalog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    topology: SharedTopology,
+    user: String,
+    password: String,
+    timeout: Duration,
+    max_age: Duration,
+    databases: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+#[derive(Default)]
+struct Entry {
+    cached: Mutex<Cached>,
+    /// Held by whoever is loading this database's list, so there is one load at a time.
+    loading: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Default)]
+struct Cached {
+    functions: FunctionList,
+    /// None until the first load attempt ends.
+    next_load: Option<Instant>,
+}
+
+impl FunctionCatalog {
+    /// Connects as `user` to each database on the leader of the current topology when its list is needed; uses a
+    /// loaded list for [`DEFAULT_MAX_AGE`].
+    pub fn new(topology: SharedTopology, health: &HealthConfig, user: String, password: String) -> FunctionCatalog {
+        Self::with_max_age(topology, health, user, password, DEFAULT_MAX_AGE)
+    }
+
+    /// [`FunctionCatalog::new`] with another refresh age.
+    pub fn with_max_age(
+        topology: SharedTopology,
+        health: &HealthConfig,
+        user: String,
+        password: String,
+        max_age: Duration,
+    ) -> FunctionCatalog {
+        FunctionCatalog {
+            inner: Arc::new(Inner {
+                topology,
+                user,
+                password,
+                timeout: health.timeout,
+                max_age,
+                databases: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The volatile user functions of `database`. The first call for a database waits for its load (at most about
+    /// `health.timeout`); later calls answer at once, with a list at most `max_age` old, or the last known one while
+    /// a reload runs in the background or the leader cannot be reached. Empty if nothing was ever loaded.
+    pub async fn get(&self, database: &str) -> FunctionList {
+        let entry = self.inner.entry(database);
+        let (functions, next_load) = {
+            let cached = lock(&entry.cached);
+            (cached.functions.clone(), cached.next_load)
+        };
+        match next_load {
+            Some(due) if Instant::now() < due => functions,
+            Some(_) => {
+                // Stale: serve it, and reload in the background unless a load runs already.
+                if let Ok(guard) = entry.loading.clone().try_lock_owned() {
+                    let (inner, database) = (self.inner.clone(), database.to_owned());
+                    tokio::spawn(async move {
+                        inner.load(&database, &entry).await;
+                        drop(guard);
+                    });
+                }
+                functions
+            }
+            None => {
+                // Never loaded: wait for the one load (bounded by the timeout, like the load itself).
+                if let Ok(_guard) = tokio::time::timeout(self.inner.timeout, entry.loading.lock()).await {
+                    let first = lock(&entry.cached).next_load.is_none();
+                    if first {
+                        self.inner.load(database, &entry).await;
+                    }
+                }
+                lock(&entry.cached).functions.clone()
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn entry(&self, database: &str) -> Arc<Entry> {
+        lock(&self.databases).entry(database.to_owned()).or_default().clone()
+    }
+
+    /// One load attempt, bounded by the timeout; records the list, or logs why not and keeps the last one.
+    async fn load(&self, database: &str, entry: &Entry) {
+        let result = tokio::time::timeout(self.timeout, self.fetch(database)).await;
+        let now = Instant::now();
+        let mut cached = lock(&entry.cached);
+        let failure = match result {
+            Ok(Ok(functions)) => {
+                tracing::debug!(database, count = functions.len(), "loaded the volatile user functions");
+                cached.functions = Arc::new(functions);
+                cached.next_load = Some(now + self.max_age);
+                return;
+            }
+            Ok(Err(error)) => error_chain(&error),
+            Err(_) => format!("no answer within {:?} (health.timeout)", self.timeout),
+        };
+        let known = cached.functions.len();
+        tracing::warn!(
+            database,
+            error = failure,
+            known,
+            "cannot load the volatile user functions from the leader; using the last known list"
+        );
+        cached.next_load = Some(now + RETRY_AFTER.min(self.max_age));
+    }
+
+    async fn fetch(&self, database: &str) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+        let leader = self.topology.load_full().leader.clone();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&*leader.host)
+            .port(leader.port)
+            .user(&self.user)
+            .password(&self.password)
+            .dbname(database)
+            .application_name("pgsplit-catalog")
+            .connect_timeout(self.timeout);
+        let conn = Conn::open(&config, &leader.name).await?;
+        volatile_user_functions(&conn.client).await
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain data; the data is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

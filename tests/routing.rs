@@ -1,0 +1,7 @@
+//! Integration tests of routing against real PostgreSQL: what pgsplit learns about the cluster (the monitor, the
+//! function catalog) and where statements go. Every cluster is built through tests/support.
+
+mod support;
+
+#[path = "routing/monitor.rs"]
+mod monitor;
