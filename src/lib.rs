@@ -11,4 +11,5 @@ pub mod logging;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod router;
 pub mod session;

@@ -1,0 +1,19 @@
+//! The router decides; it never does I/O. Pure functions over the SQL text and (later) a topology snapshot.
+//!
+//! Today: the SQL classifier. [`classify`] tells whether a simple-Query string is provably read-only (SPEC §3.1) and
+//! why; [`statements`] walks its statements one by one with the [`StatementKind`]s the session layer tracks (BEGIN,
+//! SET, PREPARE, LISTEN, …). The pieces: [`lexer`] (PostgreSQL's lexical rules, no allocation), `cursor` (one
+//! statement's tokens and their write markers), `grammar` (statement shapes), `classify` (shapes + markers →
+//! verdicts), [`functions`] (which calls write), `statement` (the result types).
+
+mod classify;
+mod cursor;
+pub mod functions;
+mod grammar;
+pub mod lexer;
+mod statement;
+
+pub use classify::{Statements, classify, statements};
+pub use functions::{FunctionSet, parse_function_name};
+pub use lexer::{LexError, Lexer, Span, Token, TokenKind};
+pub use statement::{Access, Classification, Isolation, Name, Reason, SavepointOp, Statement, StatementKind};
