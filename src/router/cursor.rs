@@ -3,7 +3,7 @@
 //! Owns two things: where a statement ends (the `;` outside a `BEGIN ATOMIC … END` routine body) and the [`Facts`]
 //! gathered from every token, whether the statement parser looked at it or skipped it: nested INSERT / UPDATE /
 //! DELETE / MERGE, locking clauses, `INTO`, and calls (`name (`, `schema . name (`) of functions in the
-//! [`FunctionSet`]. The statement parser (`classify`) reads the head of a statement; the facts judge the rest.
+//! [`FunctionSet`]. The statement parser (`grammar`) reads the head of a statement; the facts judge the rest.
 
 use super::functions::{FunctionName, FunctionSet, is_session_advisory_lock};
 use super::lexer::{Lexer, Token, TokenKind};
@@ -45,6 +45,7 @@ pub(super) struct Cursor<'l, 'a> {
     /// `CREATE [OR REPLACE] FUNCTION | PROCEDURE`: `BEGIN ATOMIC … END` may hold `;`.
     routine: bool,
     atomic_depth: u32,
+    /// Where the statement's first token starts (or where the text stopped lexing) and its last token ends.
     pub first: Option<usize>,
     pub last_end: usize,
 }
@@ -154,7 +155,7 @@ impl<'l, 'a> Cursor<'l, 'a> {
         let mut depth = 1u32;
         while let Some(t) = self.next() {
             match t.kind {
-                TokenKind::LParen => depth += 1,
+                TokenKind::LParen => depth = depth.saturating_add(1),
                 TokenKind::RParen if depth == 1 => return true,
                 TokenKind::RParen => depth -= 1,
                 _ => {}
@@ -190,7 +191,7 @@ impl<'l, 'a> Cursor<'l, 'a> {
                     let qualified = dot.kind == TokenKind::Dot && qualifier.is_identifier();
                     self.call(qualified.then_some(qualifier), p1);
                 }
-                self.depth += 1;
+                self.depth = self.depth.saturating_add(1);
             }
             TokenKind::RParen => self.depth = self.depth.saturating_sub(1),
             TokenKind::Word if kw != Kw::None => self.marker(kw, k1, self.back(2).1, self.back(3).1),
@@ -215,7 +216,7 @@ impl<'l, 'a> Cursor<'l, 'a> {
                     (k1 == Create && self.seen == 1) || (k3 == Create && k2 == Or && k1 == Replace && self.seen == 3)
             }
             Atomic if self.routine && self.atomic_depth == 0 && k1 == Begin => self.atomic_depth = 1,
-            Begin | Case if self.atomic_depth > 0 => self.atomic_depth += 1,
+            Begin | Case if self.atomic_depth > 0 => self.atomic_depth = self.atomic_depth.saturating_add(1),
             End if self.atomic_depth > 0 => self.atomic_depth -= 1,
             _ => {}
         }

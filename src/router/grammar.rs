@@ -214,13 +214,13 @@ fn explain_options(c: &mut Cursor) -> Option<bool> {
         if option.kind == TokenKind::RParen {
             return Some(analyze);
         }
-        let (mut values, mut off) = (0, false);
+        let (mut values, mut off) = (0u32, false);
         let last = loop {
             let t = c.next()?;
             if matches!(t.kind, TokenKind::Comma | TokenKind::RParen) {
                 break t;
             }
-            values += 1;
+            values = values.saturating_add(1);
             off = is_false(&t);
         };
         if option.is_keyword("analyze") || option.is_keyword("analyse") {
