@@ -1,0 +1,496 @@
+//! End-to-end comparison of pgsplit with PgBouncer and with no proxy at all, measured with pgbench against a real
+//! local cluster (`pgsplit::demo::cluster`). `cargo bench --bench e2e`; docs/benchmarks.md explains the method and
+//! holds the last results.
+//!
+//! Within each workload the targets run back to back (direct, PgBouncer, pgsplit), so ratios compare within one run
+//! on a noisy machine. Per run: tps, average latency, latency added over direct at one client, the proxy's CPU time
+//! per transaction (utime+stime from /proc), failed transactions; then each proxy's memory per idle client. Every
+//! child process is stopped by PID on the way out, also on error or panic.
+//!
+//! Environment: PGSPLIT_BENCH_SECS (8), PGSPLIT_BENCH_POOL (8), PGSPLIT_BENCH_FOLLOWERS (2),
+//! PGSPLIT_BENCH_IDLE_CLIENTS (500), PGSPLIT_BENCH_SCALE (10).
+
+#[path = "e2e/procs.rs"]
+mod procs;
+#[path = "e2e/report.rs"]
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use pgsplit::demo::cluster::{ClusterOptions, LocalCluster, Toolbox, Watchdog, free_ports, unique_base_dir};
+use procs::{ProxyProcess, WorkDir};
+use report::{Measured, Memory, Row};
+
+const USER: &str = "app";
+const PASSWORD: &str = "app";
+const DATABASE: &str = "app";
+/// `(clients, threads)`: one client for latency, sixteen for throughput.
+const CLIENTS: [(u32, u32); 2] = [(1, 1), (16, 2)];
+/// Session pooling gives each client its own server connection, so session pools hold this many at least.
+const MOST_CLIENTS: usize = 16;
+/// PgBouncer's database names for the two pooling modes (both lead to the app database).
+const BOUNCER_TXN_DB: &str = "app_txn";
+const BOUNCER_SESSION_DB: &str = "app_session";
+
+struct Settings {
+    secs: u64,
+    pool: usize,
+    followers: usize,
+    idle_clients: usize,
+    scale: u32,
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings> {
+        Ok(Settings {
+            secs: env_number("PGSPLIT_BENCH_SECS", 8)?,
+            pool: env_number("PGSPLIT_BENCH_POOL", 8)?,
+            followers: env_number("PGSPLIT_BENCH_FOLLOWERS", 2)?,
+            idle_clients: env_number("PGSPLIT_BENCH_IDLE_CLIENTS", 500)?,
+            scale: env_number("PGSPLIT_BENCH_SCALE", 10)?,
+        })
+    }
+}
+
+fn env_number<T: FromStr>(name: &str, default: T) -> Result<T> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .ok()
+            .with_context(|| format!("{name}={text:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Direct,
+    PgBouncer,
+    Pgsplit,
+}
+
+/// Somewhere pgbench can connect to.
+struct Target {
+    name: &'static str,
+    kind: Kind,
+    port: u16,
+    database: &'static str,
+    /// The proxy process whose CPU and memory are measured; `None` for direct.
+    pid: Option<u32>,
+}
+
+struct Workload {
+    title: &'static str,
+    args: &'static [&'static str],
+    /// Runs against the session-pooling proxies (prepared statements need the same server connection throughout).
+    session: bool,
+}
+
+const WORKLOADS: [Workload; 4] = [
+    Workload {
+        title: "select-only, simple protocol (`pgbench -S -M simple`), transaction pooling",
+        args: &["-S", "-M", "simple"],
+        session: false,
+    },
+    Workload {
+        title: "select-only, extended protocol (`pgbench -S -M extended`), transaction pooling",
+        args: &["-S", "-M", "extended"],
+        session: false,
+    },
+    Workload {
+        title: "select-only, prepared statements (`pgbench -S -M prepared`), session pooling",
+        args: &["-S", "-M", "prepared"],
+        session: true,
+    },
+    Workload {
+        title: "tpcb-like read/write (`pgbench -M simple`), transaction pooling",
+        args: &["-M", "simple"],
+        session: false,
+    },
+];
+
+fn main() -> ExitCode {
+    // `cargo test --all-targets` runs harness-less benches without `--bench`: stay quick there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("e2e: skipped (not run as a benchmark); use `cargo bench --bench e2e`");
+        return ExitCode::SUCCESS;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("e2e bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let settings = Settings::from_env()?;
+    let tools = Toolbox::locate()?;
+    let work = WorkDir::create(&tools)?;
+    // Other builds in the same target dir may replace the binary while the bench runs: freeze the one cargo built.
+    let pgsplit = work.path("pgsplit");
+    std::fs::copy(env!("CARGO_BIN_EXE_pgsplit"), &pgsplit).context("copying the pgsplit binary")?;
+    let base_dir = unique_base_dir()?;
+    // Declared before the cluster, so dropped after it: it finds nothing left unless the bench died first.
+    let _watchdog = Watchdog::spawn(&tools, &base_dir)?;
+    eprintln!("e2e: starting a leader and {} followers", settings.followers);
+    let mut cluster = LocalCluster::start(ClusterOptions {
+        followers: settings.followers,
+        base_dir: Some(base_dir),
+        ..ClusterOptions::default()
+    })?;
+    let outcome = with_cluster(&cluster, &tools, &work, &settings);
+    let stopped = cluster.stop();
+    outcome?;
+    stopped.context("stopping the cluster")
+}
+
+fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, settings: &Settings) -> Result<()> {
+    pgbench_init(cluster, settings.scale)?;
+    let mut proxies = Proxies::start(work, tools, cluster.leader().port, settings)?;
+    print_header(cluster, settings, proxies.session_pool)?;
+    let (txn_targets, session_targets) = (proxies.targets(false), proxies.targets(true));
+    let proxy_targets = || txn_targets.iter().chain(&session_targets).filter(|t| t.pid.is_some());
+    // Warm-up: every pool opens its server connections before anything is measured.
+    for target in proxy_targets() {
+        let args = pgbench_args(&["-S"], MOST_CLIENTS as u32, 2, 1);
+        procs::pgbench(tools, target.port, target.database, (USER, PASSWORD), &args)
+            .with_context(|| format!("warm-up through {}", target.name))?;
+    }
+    let mut memory = Vec::new();
+    // One PgBouncer process serves both pooling modes: measure it once.
+    for target in proxy_targets().filter(|t| !(t.kind == Kind::PgBouncer && t.database == BOUNCER_SESSION_DB)) {
+        eprintln!("e2e: {} idle clients on {}", settings.idle_clients, target.name);
+        memory.push((target.name, idle_memory(target, settings.idle_clients)));
+    }
+
+    let mut ratios = Vec::new();
+    for workload in &WORKLOADS {
+        let targets = if workload.session {
+            &session_targets
+        } else {
+            &txn_targets
+        };
+        let mut rows = Vec::new();
+        for (clients, threads) in CLIENTS {
+            for target in targets {
+                eprintln!("e2e: {} | {} | {clients} clients", workload.args.join(" "), target.name);
+                let args = pgbench_args(workload.args, clients, threads, settings.secs);
+                let outcome = measure(tools, target, &args);
+                rows.push(Row {
+                    target: target.name,
+                    kind: target.kind,
+                    clients,
+                    outcome,
+                });
+            }
+        }
+        report::print_table(workload, &rows);
+        ratios.extend(report::cpu_ratios(workload, &rows));
+    }
+    report::print_ratios(&ratios);
+    report::print_memory(&memory);
+    proxies.stop_all();
+    Ok(())
+}
+
+/// The proxies under test: pgsplit once per pooling mode, one PgBouncer (if installed) with a database per mode.
+struct Proxies {
+    leader_port: u16,
+    session_pool: usize,
+    /// `[transaction, session]` listen ports; then PgBouncer's.
+    ports: [u16; 3],
+    pgsplit_txn: ProxyProcess,
+    pgsplit_session: ProxyProcess,
+    pgbouncer: Option<ProxyProcess>,
+}
+
+impl Proxies {
+    fn start(work: &WorkDir, tools: &Toolbox, leader_port: u16, settings: &Settings) -> Result<Proxies> {
+        let session_pool = settings.pool.max(MOST_CLIENTS);
+        let p = free_ports(5)?;
+        let pgsplit_txn = start_pgsplit(work, tools, "transaction", [p[0], p[1]], leader_port, settings.pool)?;
+        let pgsplit_session = start_pgsplit(work, tools, "session", [p[2], p[3]], leader_port, session_pool)?;
+        let pgbouncer = match pgbouncer_binary() {
+            Some(bin) => {
+                let pools = [settings.pool, session_pool];
+                Some(start_pgbouncer(work, tools, &bin, p[4], leader_port, pools)?)
+            }
+            None => {
+                println!("PgBouncer not found (/usr/sbin/pgbouncer, PATH): its rows are skipped");
+                None
+            }
+        };
+        Ok(Proxies {
+            leader_port,
+            session_pool,
+            ports: [p[0], p[2], p[4]],
+            pgsplit_txn,
+            pgsplit_session,
+            pgbouncer,
+        })
+    }
+
+    /// Direct, PgBouncer, pgsplit: for transaction pooling, or for session pooling.
+    fn targets(&self, session: bool) -> Vec<Target> {
+        let direct = Target {
+            name: "direct",
+            kind: Kind::Direct,
+            port: self.leader_port,
+            database: DATABASE,
+            pid: None,
+        };
+        let bouncer = self.pgbouncer.as_ref().map(|p| Target {
+            name: if session { "pgbouncer (session)" } else { "pgbouncer" },
+            kind: Kind::PgBouncer,
+            port: self.ports[2],
+            database: if session { BOUNCER_SESSION_DB } else { BOUNCER_TXN_DB },
+            pid: Some(p.pid()),
+        });
+        let (pgsplit, port) = if session {
+            (&self.pgsplit_session, self.ports[1])
+        } else {
+            (&self.pgsplit_txn, self.ports[0])
+        };
+        let split = Target {
+            name: if session { "pgsplit (session)" } else { "pgsplit" },
+            kind: Kind::Pgsplit,
+            port,
+            database: DATABASE,
+            pid: Some(pgsplit.pid()),
+        };
+        [Some(direct), bouncer, Some(split)].into_iter().flatten().collect()
+    }
+
+    /// Stops each proxy by SIGTERM and reports how it went, with the warnings and errors it logged.
+    fn stop_all(&mut self) {
+        println!();
+        let mut all = vec![&mut self.pgsplit_txn, &mut self.pgsplit_session];
+        all.extend(self.pgbouncer.as_mut());
+        for proxy in all {
+            let problems = problem_lines(&proxy.log);
+            match proxy.stop() {
+                Ok((status, took)) => println!("{} stopped on SIGTERM within {took:.0?} ({status})", proxy.name),
+                Err(e) => println!("{}: {e:#}", proxy.name),
+            }
+            if !problems.is_empty() {
+                let first = problems[..problems.len().min(5)].join("\n");
+                println!(
+                    "{} logged {} warnings/errors, first ones:\n{first}",
+                    proxy.name,
+                    problems.len()
+                );
+            }
+        }
+    }
+}
+
+/// `pgbench -i -s <scale>` on the leader as the app user, then waits for the followers to replay it.
+fn pgbench_init(cluster: &LocalCluster, scale: u32) -> Result<()> {
+    eprintln!("e2e: pgbench -i -s {scale}");
+    let leader = cluster.leader();
+    let mut cmd = cluster.tools().command("pgbench");
+    cmd.args(["-i", "-q", "-s", &scale.to_string(), "-h"])
+        .arg(&leader.socket_dir)
+        .args(["-p", &leader.port.to_string(), "-U", USER, DATABASE]);
+    let out = cmd.output().context("running pgbench -i")?;
+    if !out.status.success() {
+        bail!(
+            "pgbench -i failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cluster.wait_replayed(Duration::from_secs(300))?;
+    Ok(())
+}
+
+fn pgbench_args(workload: &[&str], clients: u32, threads: u32, secs: u64) -> Vec<String> {
+    let mut args: Vec<String> = format!("-n -T {secs} -c {clients} -j {threads}")
+        .split(' ')
+        .map(String::from)
+        .collect();
+    args.extend(workload.iter().map(|s| s.to_string()));
+    args
+}
+
+/// One timed pgbench run, with the proxy's CPU time and context switches read before and after.
+fn measure(tools: &Toolbox, target: &Target, args: &[String]) -> Result<Measured, String> {
+    let usage = |pid| anyhow::Ok((procs::cpu_micros(pid)?, procs::context_switches(pid)?));
+    let text = |e: anyhow::Error| format!("{e:#}");
+    let before = target.pid.map(usage).transpose().map_err(text)?;
+    let run = procs::pgbench(tools, target.port, target.database, (USER, PASSWORD), args).map_err(text)?;
+    let after = target.pid.map(usage).transpose().map_err(text)?;
+    if !run.problem.is_empty() {
+        eprintln!("e2e: {}: {}", target.name, run.problem);
+    }
+    let txns = run.processed.max(1) as f64;
+    let per_txn = |from: u64, to: u64| to.saturating_sub(from) as f64 / txns;
+    let (cpu_per_txn, switches_per_txn) = match (before, after) {
+        (Some((cpu0, switches0)), Some((cpu1, switches1))) => {
+            (Some(per_txn(cpu0, cpu1)), Some(per_txn(switches0, switches1)))
+        }
+        _ => (None, None),
+    };
+    Ok(Measured {
+        run,
+        cpu_per_txn,
+        switches_per_txn,
+    })
+}
+
+fn start_pgsplit(
+    work: &WorkDir,
+    tools: &Toolbox,
+    mode: &str,
+    ports: [u16; 2],
+    leader_port: u16,
+    pool: usize,
+) -> Result<ProxyProcess> {
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\npool_mode = \"{mode}\"\n\n\
+         [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
+         [leader]\nhost = \"127.0.0.1\"\nport = {leader_port}\nmax_connections = {pool}\n",
+        ports[0], ports[1]
+    );
+    let path = work.write(tools, &format!("pgsplit-{mode}.toml"), &config)?;
+    let mut cmd = Command::new(work.path("pgsplit"));
+    cmd.arg("run").arg("-c").arg(&path).env("RUST_LOG", "info");
+    let mut proxy = ProxyProcess::spawn(
+        &format!("pgsplit ({mode})"),
+        cmd,
+        work.path(&format!("pgsplit-{mode}.log")),
+    )?;
+    proxy.wait_listening(ports[0])?;
+    Ok(proxy)
+}
+
+fn pgbouncer_binary() -> Option<PathBuf> {
+    let fixed = PathBuf::from("/usr/sbin/pgbouncer");
+    if fixed.is_file() {
+        return Some(fixed);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("pgbouncer"))
+        .find(|p| p.is_file())
+}
+
+/// One PgBouncer with a database per pooling mode ([`BOUNCER_TXN_DB`], [`BOUNCER_SESSION_DB`]). Runs as
+/// the PostgreSQL OS user when we are root (PgBouncer refuses root).
+fn start_pgbouncer(
+    work: &WorkDir,
+    tools: &Toolbox,
+    bin: &Path,
+    port: u16,
+    leader_port: u16,
+    [pool, session_pool]: [usize; 2],
+) -> Result<ProxyProcess> {
+    let auth_file = work.write(tools, "userlist.txt", &format!("\"{USER}\" \"{PASSWORD}\"\n"))?;
+    let server = format!("host=127.0.0.1 port={leader_port} dbname={DATABASE}");
+    let ini = format!(
+        "[databases]\n\
+         {BOUNCER_TXN_DB} = {server} pool_mode=transaction pool_size={pool}\n\
+         {BOUNCER_SESSION_DB} = {server} pool_mode=session pool_size={session_pool}\n\n\
+         [pgbouncer]\n\
+         listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+         auth_type = scram-sha-256\nauth_file = {}\n\
+         pool_mode = transaction\ndefault_pool_size = {pool}\nmax_client_conn = 1000\n\
+         log_connections = 0\nlog_disconnections = 0\n",
+        auth_file.display()
+    );
+    let ini = work.write(tools, "pgbouncer.ini", &ini)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg(&ini);
+    tools.prepare(&mut cmd);
+    let mut proxy = ProxyProcess::spawn("pgbouncer", cmd, work.path("pgbouncer.log"))?;
+    proxy.wait_listening(port)?;
+    Ok(proxy)
+}
+
+fn idle_memory(target: &Target, clients: usize) -> Result<Memory> {
+    let pid = target.pid.context("no proxy process")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let idle_kib = procs::rss_kib(pid)?;
+    let open =
+        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(120), open_clients(target, clients)).await });
+    let open = open.map_err(|_| anyhow::anyhow!("opening {clients} clients took over 120 s"))??;
+    std::thread::sleep(Duration::from_millis(500));
+    let loaded_kib = procs::rss_kib(pid)?;
+    drop(open);
+    drop(runtime); // closes every client socket
+    Ok(Memory {
+        idle_kib,
+        loaded_kib,
+        clients,
+    })
+}
+
+/// Logs `n` clients in (16 handshakes at a time) and keeps them open, idle.
+async fn open_clients(target: &Target, n: usize) -> Result<Vec<tokio_postgres::Client>> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(target.port)
+        .user(USER)
+        .password(PASSWORD)
+        .dbname(target.database)
+        .connect_timeout(Duration::from_secs(10));
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (config, limit) = (config.clone(), limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            anyhow::Ok(client)
+        });
+    }
+    let mut clients = Vec::with_capacity(n);
+    while let Some(joined) = tasks.join_next().await {
+        clients.push(joined??);
+    }
+    Ok(clients)
+}
+
+fn print_header(cluster: &LocalCluster, settings: &Settings, session_pool: usize) -> Result<()> {
+    let server = cluster.psql(cluster.leader(), "SHOW server_version")?;
+    let bouncer = pgbouncer_binary()
+        .and_then(|bin| Command::new(bin).arg("--version").output().ok())
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_else(|| "not installed".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("\n## pgsplit end-to-end benchmark\n");
+    println!(
+        "- machine: {cores} cores; PostgreSQL {server}; {bouncer}; pgsplit {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!(
+        "- cluster: leader + {} followers, pgbench scale {}; {} s per run; pool size {} (transaction), {session_pool} (session)",
+        settings.followers, settings.scale, settings.secs, settings.pool
+    );
+    Ok(())
+}
+
+/// Lines of a proxy log that look like trouble (pgsplit's WARN/ERROR, PgBouncer's WARNING/ERROR).
+fn problem_lines(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("WARNING") || l.contains("ERROR"))
+        .map(str::to_string)
+        .collect()
+}
