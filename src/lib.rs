@@ -13,3 +13,4 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod session;
+pub mod topology;

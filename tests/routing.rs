@@ -3,5 +3,9 @@
 
 mod support;
 
+#[path = "routing/corpus.rs"]
+mod corpus;
 #[path = "routing/monitor.rs"]
 mod monitor;
+#[path = "routing/split.rs"]
+mod split;

@@ -130,11 +130,20 @@ impl InstancePool {
     /// Lends a connection for `login.key`, opening one if the cap allows, else waiting up to `timeout`.
     pub async fn checkout(&self, login: &LoginInfo, timeout: Duration) -> Result<ServerConn, CheckoutError> {
         let started = Instant::now();
-        let next = {
+        let next = loop {
             let mut state = self.lock();
             if let Some(i) = state.idle.iter().rposition(|c| c.key == login.key) {
-                Next::Ready(state.idle.swap_remove(i))
-            } else if state.total < self.max_connections {
+                let conn = state.idle.swap_remove(i);
+                if conn.is_idle_and_open() {
+                    break Next::Ready(conn);
+                }
+                // Closed by the server (restart, idle timeout, terminate) while pooled: free its slot, try again.
+                state.total -= 1;
+                drop(state);
+                drop(conn);
+                continue;
+            }
+            break if state.total < self.max_connections {
                 state.total += 1;
                 Next::Open { evicted: None }
             } else if let Some(i) = state.idle.iter().position(|c| c.key != login.key) {
@@ -148,7 +157,7 @@ impl InstancePool {
                     grant,
                 });
                 Next::Wait(receiver)
-            }
+            };
         };
         match next {
             Next::Ready(conn) => Ok(conn),
@@ -220,6 +229,18 @@ impl InstancePool {
             }
         }
         state.idle.push(conn.expect("present until handed off"));
+    }
+
+    /// Closes every idle connection (the instance went down or left the topology); lent-out ones are discarded
+    /// by their sessions as they fail or finish.
+    pub fn close_idle(&self) {
+        let closed: Vec<ServerConn> = {
+            let mut state = self.lock();
+            let closed: Vec<ServerConn> = state.idle.drain(..).collect();
+            state.total -= closed.len();
+            closed
+        };
+        drop(closed);
     }
 
     /// A lent-out connection is gone (broken, or not clean enough to reuse): free its slot.

@@ -111,6 +111,13 @@ impl ServerConn {
         })
     }
 
+    /// An idle pooled connection should have nothing to say; readable bytes or EOF mean the server closed it or
+    /// sent something unsolicited (a FATAL before shutting down). One non-blocking read, no waiting.
+    pub fn is_idle_and_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Applies `wanted` if this connection's settings differ (one round trip), else does nothing.
     pub async fn sync_settings(&mut self, wanted: &Settings) -> Result<(), ConnectError> {
         if let Some(sql) = wanted.sync_sql(&self.settings) {

@@ -20,7 +20,23 @@ const CONNECTION_KEYS: &[&str] = &["user", "database", "replication", "options"]
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
-    values: Vec<(String, String)>,
+    values: Vec<(String, Value)>,
+}
+
+/// A setting's value: a plain string (startup parameters, ParameterStatus), or the SQL expression a client's own
+/// successful `SET` used (`'a', b` for search_path), replayed verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    Literal(String),
+    Sql(String),
+}
+
+impl Value {
+    fn text(&self) -> &str {
+        match self {
+            Value::Literal(s) | Value::Sql(s) => s,
+        }
+    }
 }
 
 impl Settings {
@@ -39,34 +55,69 @@ impl Settings {
         Ok(session)
     }
 
-    pub fn values(&self) -> &[(String, String)] {
-        &self.values
+    /// Names and values as text (SQL-set values as written).
+    pub fn values(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.text()))
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.text())
     }
 
     /// Records a value; names compare case-insensitively, as PostgreSQL's do.
     pub fn set(&mut self, name: &str, value: &str) {
+        self.put(name, Value::Literal(value.to_owned()));
+    }
+
+    /// Records a value as the SQL expression of a `SET` the server accepted.
+    pub fn set_sql(&mut self, name: &str, expression: &str) {
+        self.put(name, Value::Sql(expression.to_owned()));
+    }
+
+    pub fn reset(&mut self, name: &str) {
+        self.values.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+
+    pub fn reset_all(&mut self) {
+        self.values.clear();
+    }
+
+    fn put(&mut self, name: &str, value: Value) {
         if SERVER_OWNED.iter().any(|s| s.eq_ignore_ascii_case(name)) {
             return;
         }
         match self.values.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
-            Some(slot) => value.clone_into(&mut slot.1),
-            None => self.values.push((name.to_owned(), value.to_owned())),
+            Some(slot) => slot.1 = value,
+            None => self.values.push((name.to_owned(), value)),
         }
+    }
+
+    /// Whether a boolean setting is on, however it was written (`on`, `'true'`, `1`, `yes`).
+    pub fn is_on(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|v| {
+            let v = v.trim().trim_matches('\'').to_ascii_lowercase();
+            matches!(v.as_str(), "on" | "true" | "1" | "yes" | "t" | "y")
+        })
     }
 
     /// The statement that turns `server`'s settings into these, or None when they already match.
     pub fn sync_sql(&self, server: &Settings) -> Option<String> {
         let mut sql = String::new();
         for (name, value) in &self.values {
-            if server.get(name) != Some(value.as_str()) {
-                sql.push_str(&format!("SET {} = {};", quote_name(name), quote_literal(value)));
+            let on_server = server
+                .values
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
+            if on_server != Some(value) {
+                let value = match value {
+                    Value::Literal(text) => quote_literal(text),
+                    Value::Sql(expression) => expression.clone(),
+                };
+                sql.push_str(&format!("SET {} = {value};", quote_name(name)));
             }
         }
         for (name, _) in &server.values {
@@ -150,14 +201,16 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            p.values(),
-            &params(&[
+            p.values()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect::<Vec<_>>(),
+            params(&[
                 ("application_name", "web"),
                 ("search_path", "a,b"),
                 ("statement_timeout", "5s"),
                 ("work_mem", "8MB"),
                 ("x.y", "with space"),
-            ])[..]
+            ])
         );
     }
 
@@ -186,10 +239,26 @@ mod tests {
     }
 
     #[test]
+    fn sql_set_values_are_replayed_verbatim_and_reset_forgets_them() {
+        let mut client = Settings::default();
+        client.set_sql("search_path", "'a', b");
+        assert_eq!(
+            client.sync_sql(&Settings::default()).as_deref(),
+            Some("SET \"search_path\" = 'a', b;")
+        );
+        client.set_sql("default_transaction_read_only", "'on'");
+        assert!(client.is_on("default_transaction_read_only"));
+        client.reset("SEARCH_PATH");
+        assert_eq!(client.get("search_path"), None);
+        client.reset_all();
+        assert_eq!(client, Settings::default());
+    }
+
+    #[test]
     fn server_owned_parameters_are_never_replayed() {
         let mut p = Settings::default();
         p.set("is_superuser", "on");
         p.set("in_hot_standby", "off");
-        assert!(p.values().is_empty());
+        assert_eq!(p.values().count(), 0);
     }
 }

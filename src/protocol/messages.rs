@@ -101,6 +101,36 @@ pub fn ready_for_query(out: &mut BytesMut, status: TxStatus) {
     message(out, b'Z', |o| o.put_u8(status.as_byte()));
 }
 
+/// RowDescription for text columns (type `text`, oid 25).
+pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
+    message(out, b'T', |o| {
+        o.put_u16(columns.len() as u16);
+        for column in columns {
+            put_cstr(o, column.as_bytes());
+            o.put_u32(0); // table oid
+            o.put_u16(0); // column number
+            o.put_u32(25); // text
+            o.put_i16(-1); // variable length
+            o.put_i32(-1); // no modifier
+            o.put_u16(0); // text format
+        }
+    });
+}
+
+pub fn data_row(out: &mut BytesMut, values: &[&str]) {
+    message(out, b'D', |o| {
+        o.put_u16(values.len() as u16);
+        for value in values {
+            o.put_u32(value.len() as u32);
+            o.put_slice(value.as_bytes());
+        }
+    });
+}
+
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    message(out, b'C', |o| put_cstr(o, tag.as_bytes()));
+}
+
 /// A simple-protocol Query, for the statements pgsplit runs itself on server connections.
 pub fn query(out: &mut BytesMut, sql: &str) {
     message(out, b'Q', |o| put_cstr(o, sql.as_bytes()));

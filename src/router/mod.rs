@@ -11,9 +11,13 @@ mod cursor;
 pub mod functions;
 mod grammar;
 pub mod lexer;
+pub mod route;
+pub mod shapes;
 mod statement;
 
 pub use classify::{Statements, classify, statements};
 pub use functions::{FunctionSet, parse_function_name};
 pub use lexer::{LexError, Lexer, Span, Token, TokenKind};
+pub use route::{Decision, RouteReason, Wants, route};
+pub use shapes::{KnownWrites, fingerprint};
 pub use statement::{Access, Classification, Isolation, Name, Reason, SavepointOp, Statement, StatementKind};

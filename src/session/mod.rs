@@ -4,6 +4,7 @@
 //! itself (that is the router's job) and never holds a server connection longer than the pool mode allows.
 
 pub mod cancel;
+pub mod plan;
 pub mod relay;
 
 use std::sync::Arc;
@@ -18,11 +19,11 @@ use crate::protocol::auth::{self, AuthError};
 use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::messages::{self, TxStatus};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
-use crate::proxy::Context;
-use relay::{Relay, RelayConfig, SessionEnd};
+use crate::proxy::{Context, Endpoint};
+use relay::{Relay, SessionEnd};
 
 /// Serves one accepted client connection to the end.
-pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
+pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>, endpoint: Endpoint) {
     let _ = stream.set_nodelay(true);
     let params = match negotiate(&mut stream, &ctx).await {
         Ok(Some(params)) => params,
@@ -68,7 +69,8 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
         },
         password: credentials.password.as_str().into(),
     };
-    let pool = ctx.leader.clone();
+    // The login-time connection (parameters for the greeting) comes from the leader, which always exists.
+    let pool = ctx.topology.load().leader.pool.clone();
     let server_params = match pool.server_params(&login.key) {
         Some(p) => p,
         // First client of this user and database: log in to the server once now, so the client hears the
@@ -96,18 +98,14 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
         return;
     }
     tracing::debug!(user, database, "client logged in");
-    let config = RelayConfig {
-        mode: ctx.config.proxy.pool_mode,
-        max_message_size: ctx.config.proxy.max_message_size,
-        checkout_timeout: ctx.config.server.checkout_timeout,
-    };
+    let functions = ctx.functions.for_database(&database).await;
     let relay = Relay::new(
-        config,
-        pool,
+        ctx.clone(),
+        endpoint,
         login,
         wanted,
+        functions,
         registration.slot.clone(),
-        ctx.shutdown.clone(),
         stream,
     );
     match relay.run().await {

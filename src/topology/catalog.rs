@@ -14,6 +14,7 @@ use tokio_postgres::Client;
 use super::SharedTopology;
 use super::monitor::{Conn, error_chain};
 use crate::config::HealthConfig;
+use crate::router::FunctionSet;
 
 /// How long a loaded list is used before it is reloaded.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30);
@@ -179,4 +180,43 @@ impl Inner {
 /// A poisoned lock only means another thread panicked mid-update of plain data; the data is still usable.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Per database, the router's [`FunctionSet`]: built-in writers and `routing.write_functions`, plus the catalog's
+/// VOLATILE user functions, less `routing.read_only_functions`. Built once per catalog list and shared by every
+/// session on that database.
+pub struct FunctionSets {
+    catalog: FunctionCatalog,
+    write_functions: Vec<String>,
+    read_only_functions: Vec<String>,
+    built: Mutex<HashMap<String, (FunctionList, Arc<FunctionSet>)>>,
+}
+
+impl FunctionSets {
+    pub fn new(catalog: FunctionCatalog, write_functions: Vec<String>, read_only_functions: Vec<String>) -> Self {
+        FunctionSets {
+            catalog,
+            write_functions,
+            read_only_functions,
+            built: Mutex::default(),
+        }
+    }
+
+    /// The set for `database`; waits (bounded by `health.timeout`) only the first time a database is seen.
+    pub async fn for_database(&self, database: &str) -> Arc<FunctionSet> {
+        let list = self.catalog.get(database).await;
+        let mut built = lock(&self.built);
+        if let Some((known, set)) = built.get(database)
+            && Arc::ptr_eq(known, &list)
+        {
+            return set.clone();
+        }
+        let set = Arc::new(FunctionSet::new(
+            &self.write_functions,
+            &self.read_only_functions,
+            list.iter().map(|(schema, name)| (schema.as_str(), name.as_str())),
+        ));
+        built.insert(database.to_owned(), (list, set.clone()));
+        set
+    }
 }

@@ -80,7 +80,7 @@ async fn the_pool_never_opens_more_than_max_connections() {
     for task in tasks {
         task.await.unwrap();
     }
-    let stats = p.proxy.context().leader.stats();
+    let stats = p.proxy.context().topology.load().leader.pool.stats();
     assert!(stats.total <= 3 && stats.total >= 1, "{stats:?}");
     assert_eq!(stats.waiting, 0);
     p.stop().await;

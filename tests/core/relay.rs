@@ -123,7 +123,7 @@ async fn pgbench_16_clients_share_a_pool_of_4_without_errors() {
         );
         assert_eq!(pgbench_counts(&stdout), (16 * 40, 0), "pgbench -M {protocol} {script}");
     }
-    let stats = p.proxy.context().leader.stats();
+    let stats = p.proxy.context().topology.load().leader.pool.stats();
     assert!(stats.total <= 4, "pool cap held: {stats:?}");
     p.stop().await;
 }

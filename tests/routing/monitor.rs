@@ -6,44 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use pgsplit::config::{Config, FollowerConfig, FollowerPoolConfig, HealthConfig};
+use pgsplit::config::Config;
 use pgsplit::topology::catalog::{FunctionCatalog, volatile_user_functions};
 use pgsplit::topology::health::HealthSnapshot;
 use pgsplit::topology::monitor::{Monitor, MonitorHandle};
 use pgsplit::topology::{Instance, SharedTopology, Topology};
 use tokio_postgres::NoTls;
 
-use crate::support::{LocalCluster, StopMode, WAIT, cluster, private_cluster, proxy, psql, wait_replayed};
-
-const HEALTH: HealthConfig = HealthConfig {
-    interval: Duration::from_millis(100),
-    timeout: Duration::from_secs(2),
-};
-
-/// `cluster`'s leader plus its followers as the pool "default", with these lag limits.
-fn config_with_followers(cluster: &LocalCluster, max_lag_bytes: u64, max_lag_seconds: Duration) -> Config {
-    let mut config = proxy::config_for(cluster);
-    config.follower_pools.push(FollowerPoolConfig {
-        name: "default".into(),
-        listen: None,
-        max_connections_per_instance: 2,
-        max_lag_bytes,
-        max_lag_seconds,
-        instances: cluster
-            .followers()
-            .iter()
-            .map(|f| FollowerConfig {
-                name: f.name.clone(),
-                host: "127.0.0.1".into(),
-                port: f.port,
-                weight: 1,
-            })
-            .collect(),
-    });
-    config.routing.read_pool = Some("default".into());
-    config.health = HEALTH;
-    config
-}
+use crate::support::proxy::{HEALTH, config_with_followers};
+use crate::support::{LocalCluster, StopMode, WAIT, cluster, eventually, private_cluster, proxy, psql, wait_replayed};
 
 /// Starts a monitor on `config`'s topology. Its state-change logs go to the test's captured output.
 fn watch(cluster: &LocalCluster, config: &Config) -> (SharedTopology, MonitorHandle) {
@@ -64,18 +35,6 @@ fn watch(cluster: &LocalCluster, config: &Config) -> (SharedTopology, MonitorHan
 fn instance(topology: &SharedTopology, name: &str) -> Arc<Instance> {
     let found = topology.load().instances().find(|i| &*i.name == name).cloned();
     found.unwrap_or_else(|| panic!("no instance {name} in the topology"))
-}
-
-/// Polls `check` until it passes, failing the test with its last complaint after [`WAIT`].
-async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(last) if Instant::now() >= deadline => panic!("{what}: not within {WAIT:?}; last seen: {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 fn caught_up_and_usable(instance: &Instance) -> Result<(), String> {

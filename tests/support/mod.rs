@@ -144,6 +144,18 @@ pub fn pgbench_init() {
     }
 }
 
+/// Polls `check` until it passes, failing the test with its last complaint after [`WAIT`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: not within {WAIT:?}; last seen: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// Returns once every follower of `cluster` has replayed the leader's current WAL position (bounded by [`WAIT`]).
 pub fn wait_replayed(cluster: &LocalCluster) {
     if let Err(e) = cluster.wait_replayed(WAIT) {

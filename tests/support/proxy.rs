@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pgsplit::config::{Config, PoolMode};
+use pgsplit::config::{Config, FollowerConfig, FollowerPoolConfig, HealthConfig, PoolMode};
 use pgsplit::demo::cluster::LocalCluster;
 use pgsplit::proxy::Proxy;
 use tokio::sync::mpsc;
@@ -30,6 +30,37 @@ max_connections = 4
         port = cluster.leader().port,
     );
     Config::parse(&text, "test.toml").expect("test config is valid")
+}
+
+/// Health checks fast enough for tests to see changes within a fraction of a second.
+pub const HEALTH: HealthConfig = HealthConfig {
+    interval: Duration::from_millis(100),
+    timeout: Duration::from_secs(2),
+};
+
+/// `cluster`'s leader plus its followers as the read pool "default" (weight 1 each), with these lag limits.
+pub fn config_with_followers(cluster: &LocalCluster, max_lag_bytes: u64, max_lag_seconds: Duration) -> Config {
+    let mut config = config_for(cluster);
+    config.follower_pools.push(FollowerPoolConfig {
+        name: "default".into(),
+        listen: None,
+        max_connections_per_instance: 2,
+        max_lag_bytes,
+        max_lag_seconds,
+        instances: cluster
+            .followers()
+            .iter()
+            .map(|f| FollowerConfig {
+                name: f.name.clone(),
+                host: "127.0.0.1".into(),
+                port: f.port,
+                weight: 1,
+            })
+            .collect(),
+    });
+    config.routing.read_pool = Some("default".into());
+    config.health = HEALTH;
+    config
 }
 
 pub struct TestProxy {

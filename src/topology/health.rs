@@ -1,0 +1,97 @@
+//! What the monitor last learned about one instance, as atomics: written by the monitor task, read lock-free by
+//! every routing decision.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The last check succeeded within `health.timeout`.
+    up: AtomicBool,
+    /// `pg_is_in_recovery()` at the last check.
+    in_recovery: AtomicBool,
+    /// Replay LSN (followers) or current WAL LSN (leader) at the last check.
+    lsn: AtomicU64,
+    lag_bytes: AtomicU64,
+    lag_millis: AtomicU64,
+    lag_commits: AtomicU64,
+    /// Millis since `EPOCH` when the instance last became usable for reads (for slow start); 0 = not usable.
+    usable_since_millis: AtomicU64,
+}
+
+/// A copy of [`Health`] for status output and decisions that read several fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthSnapshot {
+    pub up: bool,
+    pub in_recovery: bool,
+    pub lsn: u64,
+    pub lag_bytes: u64,
+    pub lag: Duration,
+    pub lag_commits: u64,
+}
+
+/// What one health check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    pub in_recovery: bool,
+    pub lsn: u64,
+    pub lag_bytes: u64,
+    pub lag: Duration,
+    pub lag_commits: u64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Health {
+    pub fn snapshot(&self) -> HealthSnapshot {
+        HealthSnapshot {
+            up: self.up.load(Ordering::Acquire),
+            in_recovery: self.in_recovery.load(Ordering::Acquire),
+            lsn: self.lsn.load(Ordering::Acquire),
+            lag_bytes: self.lag_bytes.load(Ordering::Acquire),
+            lag: Duration::from_millis(self.lag_millis.load(Ordering::Acquire)),
+            lag_commits: self.lag_commits.load(Ordering::Acquire),
+        }
+    }
+
+    /// Records a successful check.
+    pub fn observe(&self, seen: Observation) {
+        self.in_recovery.store(seen.in_recovery, Ordering::Release);
+        self.lsn.store(seen.lsn, Ordering::Release);
+        self.lag_bytes.store(seen.lag_bytes, Ordering::Release);
+        self.lag_millis.store(seen.lag.as_millis() as u64, Ordering::Release);
+        self.lag_commits.store(seen.lag_commits, Ordering::Release);
+        self.up.store(true, Ordering::Release);
+    }
+
+    /// Records a failed or timed-out check.
+    pub fn mark_down(&self) {
+        self.up.store(false, Ordering::Release);
+        self.usable_since_millis.store(0, Ordering::Release);
+    }
+
+    /// Called by the monitor with its verdict on read-usability, so the balancer can ramp a returning follower.
+    pub fn set_usable(&self, usable: bool) {
+        let now = epoch().elapsed().as_millis() as u64 + 1;
+        if usable {
+            let _ = self
+                .usable_since_millis
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        } else {
+            self.usable_since_millis.store(0, Ordering::Release);
+        }
+    }
+
+    /// How long the instance has been usable for reads, or None if it is not.
+    pub fn usable_for(&self) -> Option<Duration> {
+        match self.usable_since_millis.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(Duration::from_millis(
+                (epoch().elapsed().as_millis() as u64 + 1).saturating_sub(since),
+            )),
+        }
+    }
+}
