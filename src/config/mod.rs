@@ -142,12 +142,23 @@ pub enum ServerTlsMode {
     VerifyFull,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct UserConfig {
     pub name: String,
     /// Resolved: from `password`, or read from the environment variable named by `password_env`.
     pub password: String,
     pub auth: AuthMethod,
+}
+
+/// Never prints the password: configs end up in logs.
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .field("auth", &self.auth)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -597,3 +597,14 @@ fn every_problem_is_reported_at_once() {
     let lines: Vec<String> = errors.errors.iter().map(|e| format!("{}:{}", e.line, e.col)).collect();
     assert_eq!(lines, vec!["0:0", "2:26", "6:8", "9:8", "12:12"], "{errors}");
 }
+
+#[test]
+fn debug_output_never_shows_passwords() {
+    let config = Config::parse(
+        "[[users]]\nname = \"app\"\npassword = \"s3cret\"\n[leader]\nhost = \"h\"\nport = 1\n",
+        "t.toml",
+    )
+    .unwrap();
+    let printed = format!("{config:?}");
+    assert!(printed.contains("app") && !printed.contains("s3cret"), "{printed}");
+}

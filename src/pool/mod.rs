@@ -211,7 +211,8 @@ impl InstancePool {
     }
 
     /// Takes back a clean, idle connection.
-    pub fn release(&self, conn: ServerConn) {
+    pub fn release(&self, mut conn: ServerConn) {
+        conn.returned();
         let mut state = self.lock();
         let mut conn = Some(conn);
         while let Some(waiter) = state.waiters.pop_front() {

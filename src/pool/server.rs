@@ -2,7 +2,7 @@
 //! Opened and logged in here; the session relays bytes over it; the pool owns it while idle.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -50,7 +50,11 @@ pub struct ServerConn {
     /// The session settings pgsplit applied (or saw the client apply) on this connection.
     pub settings: Settings,
     pub cancel: CancelTarget,
+    returned_at: Instant,
 }
+
+/// Idle time after which a pooled connection is checked before reuse.
+pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -102,6 +106,7 @@ impl ServerConn {
             key: login.key.clone(),
             params: greeting.params,
             settings: Settings::default(),
+            returned_at: Instant::now(),
             cancel: CancelTarget {
                 host: host.clone(),
                 port,
@@ -112,10 +117,20 @@ impl ServerConn {
     }
 
     /// An idle pooled connection should have nothing to say; readable bytes or EOF mean the server closed it or
-    /// sent something unsolicited (a FATAL before shutting down). One non-blocking read, no waiting.
+    /// sent something unsolicited (a FATAL before shutting down). One non-blocking read, skipped for connections
+    /// back in the pool for less than [`PROBE_AFTER`]: under load they cycle far faster than that, and the read
+    /// would cost a system call per transaction.
     pub fn is_idle_and_open(&self) -> bool {
+        if self.returned_at.elapsed() < PROBE_AFTER {
+            return true;
+        }
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Marks the moment the connection went back to the pool.
+    pub fn returned(&mut self) {
+        self.returned_at = Instant::now();
     }
 
     /// Applies `wanted` if this connection's settings differ (one round trip), else does nothing.

@@ -14,11 +14,13 @@
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
+
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -196,7 +198,7 @@ impl Relay {
                 return SessionEnd::ClientGone;
             }
             let result = match self.next_event().await {
-                Event::ClientReadable(Ok(())) => match self.client.try_read_buf(&mut self.client_buf) {
+                Event::ClientReadable(Ok(())) => match read_now(&self.client, &mut self.client_buf) {
                     Ok(0) => return SessionEnd::ClientGone,
                     Ok(_) => self.on_client_data().await,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
@@ -204,7 +206,7 @@ impl Relay {
                 },
                 Event::ServerReadable(Ok(())) => {
                     let server = self.server.as_mut().expect("server events imply a server");
-                    match server.conn.stream.try_read_buf(&mut server.conn.buf) {
+                    match read_now(&server.conn.stream, &mut server.conn.buf) {
                         Ok(0) => return self.lose_server(),
                         Ok(_) => self.on_server_data(),
                         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
@@ -769,6 +771,35 @@ pub async fn borrow(
             pool.discard(conn);
             Err(error.to_sql_error(pool.name()))
         }
+    }
+}
+
+/// Reads what the socket has into `buf`'s spare capacity without blocking. A read that leaves spare room means
+/// the socket is drained, so tokio is told to clear its readiness now (as if the read had said "would block"),
+/// saving the empty read it would otherwise need; tokio keeps any readiness that arrived after this read.
+fn read_now(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let mut got = 0;
+    let result = stream.try_io(Interest::READABLE, || {
+        let spare = buf.spare_capacity_mut();
+        let room = spare.len();
+        // SAFETY: `spare` is writable memory owned by `buf`, valid for `room` bytes; the fd is open for the life
+        // of `stream`.
+        let n = unsafe { libc::read(stream.as_raw_fd(), spare.as_mut_ptr().cast(), room) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        got = n as usize;
+        // SAFETY: the kernel initialised the first `got` bytes of the spare capacity.
+        unsafe { buf.set_len(buf.len() + got) };
+        if got > 0 && got < room {
+            Err(ErrorKind::WouldBlock.into())
+        } else {
+            Ok(got)
+        }
+    });
+    match result {
+        Err(e) if e.kind() == ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
 }
 
