@@ -43,22 +43,7 @@ const STATEMENTS: &[(&str, &str)] = &[
     ("write_function", "SELECT nextval('order_seq'), add_order()"),
 ];
 
-/// The FunctionSet of the corpus header.
-fn functions() -> FunctionSet {
-    let volatile = [
-        ("public", "add_order"),
-        ("public", "AddOrder"),
-        ("public", "random_pick"),
-        ("app", "bump"),
-        ("public", "audit_log"),
-        ("app", "touch"),
-    ];
-    FunctionSet::new(
-        &["audit_log".into(), "app.touch".into()],
-        &["random_pick".into()],
-        volatile,
-    )
-}
+include!("../tests/data/corpus_functions.rs");
 
 /// The SQL of every corpus record (the header, which has no expectation line, is skipped).
 fn corpus() -> Vec<&'static str> {
@@ -74,7 +59,7 @@ fn lex(sql: &str) -> usize {
 }
 
 fn benches(c: &mut Criterion) {
-    let functions = functions();
+    let functions = corpus_functions();
     let mut group = c.benchmark_group("classify");
     group.throughput(Throughput::Elements(1));
     for (name, sql) in STATEMENTS {
@@ -114,7 +99,7 @@ fn ns_per_call(budget: Duration, mut f: impl FnMut()) -> f64 {
 
 /// The closing table: each statement's classify cost against lexing it alone, measured now.
 fn ratios() {
-    let functions = functions();
+    let functions = corpus_functions();
     let budget = Duration::from_millis(200);
     println!(
         "\n{:<24} {:>6} {:>10} {:>12} {:>7}",

@@ -154,10 +154,18 @@ fn run() -> Result<()> {
 
 fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, settings: &Settings) -> Result<()> {
     pgbench_init(cluster, settings.scale)?;
-    let mut proxies = Proxies::start(work, tools, cluster.leader().port, settings)?;
+    let followers: Vec<u16> = cluster.followers().iter().map(|f| f.port).collect();
+    let mut proxies = Proxies::start(work, tools, cluster.leader().port, &followers, settings)?;
     print_header(cluster, settings, proxies.session_pool)?;
     let (txn_targets, session_targets) = (proxies.targets(false), proxies.targets(true));
-    let proxy_targets = || txn_targets.iter().chain(&session_targets).filter(|t| t.pid.is_some());
+    let split_target = proxies.split_target();
+    let proxy_targets = || {
+        txn_targets
+            .iter()
+            .chain(&session_targets)
+            .chain(std::iter::once(&split_target))
+            .filter(|t| t.pid.is_some())
+    };
     // Warm-up: every pool opens its server connections before anything is measured.
     for target in proxy_targets() {
         let args = pgbench_args(&["-S"], MOST_CLIENTS as u32, 2, 1);
@@ -196,6 +204,7 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
         ratios.extend(report::cpu_ratios(workload, &rows));
     }
     report::print_ratios(&ratios);
+    split_reads(cluster, tools, &split_target, settings)?;
     report::print_memory(&memory);
     proxies.stop_all();
     Ok(())
@@ -205,19 +214,44 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
 struct Proxies {
     leader_port: u16,
     session_pool: usize,
-    /// `[transaction, session]` listen ports; then PgBouncer's.
-    ports: [u16; 3],
+    /// `[transaction, session]` listen ports; then PgBouncer's; then the read-splitting pgsplit's.
+    ports: [u16; 4],
     pgsplit_txn: ProxyProcess,
     pgsplit_session: ProxyProcess,
+    /// Transaction pooling with the followers as its read pool.
+    pgsplit_split: ProxyProcess,
     pgbouncer: Option<ProxyProcess>,
 }
 
 impl Proxies {
-    fn start(work: &WorkDir, tools: &Toolbox, leader_port: u16, settings: &Settings) -> Result<Proxies> {
+    fn start(
+        work: &WorkDir,
+        tools: &Toolbox,
+        leader_port: u16,
+        followers: &[u16],
+        settings: &Settings,
+    ) -> Result<Proxies> {
         let session_pool = settings.pool.max(MOST_CLIENTS);
-        let p = free_ports(5)?;
-        let pgsplit_txn = start_pgsplit(work, tools, "transaction", [p[0], p[1]], leader_port, settings.pool)?;
-        let pgsplit_session = start_pgsplit(work, tools, "session", [p[2], p[3]], leader_port, session_pool)?;
+        let p = free_ports(7)?;
+        let pgsplit_txn = start_pgsplit(
+            work,
+            tools,
+            "transaction",
+            [p[0], p[1]],
+            leader_port,
+            settings.pool,
+            &[],
+        )?;
+        let pgsplit_session = start_pgsplit(work, tools, "session", [p[2], p[3]], leader_port, session_pool, &[])?;
+        let pgsplit_split = start_pgsplit(
+            work,
+            tools,
+            "split",
+            [p[5], p[6]],
+            leader_port,
+            settings.pool,
+            followers,
+        )?;
         let pgbouncer = match pgbouncer_binary() {
             Some(bin) => {
                 let pools = [settings.pool, session_pool];
@@ -231,9 +265,10 @@ impl Proxies {
         Ok(Proxies {
             leader_port,
             session_pool,
-            ports: [p[0], p[2], p[4]],
+            ports: [p[0], p[2], p[4], p[5]],
             pgsplit_txn,
             pgsplit_session,
+            pgsplit_split,
             pgbouncer,
         })
     }
@@ -269,10 +304,25 @@ impl Proxies {
         [Some(direct), bouncer, Some(split)].into_iter().flatten().collect()
     }
 
+    /// The read-splitting pgsplit.
+    fn split_target(&self) -> Target {
+        Target {
+            name: "pgsplit (reads split)",
+            kind: Kind::Pgsplit,
+            port: self.ports[3],
+            database: DATABASE,
+            pid: Some(self.pgsplit_split.pid()),
+        }
+    }
+
     /// Stops each proxy by SIGTERM and reports how it went, with the warnings and errors it logged.
     fn stop_all(&mut self) {
         println!();
-        let mut all = vec![&mut self.pgsplit_txn, &mut self.pgsplit_session];
+        let mut all = vec![
+            &mut self.pgsplit_txn,
+            &mut self.pgsplit_session,
+            &mut self.pgsplit_split,
+        ];
         all.extend(self.pgbouncer.as_mut());
         for proxy in all {
             let problems = problem_lines(&proxy.log);
@@ -290,6 +340,53 @@ impl Proxies {
             }
         }
     }
+}
+
+/// `pgbench -S` through the read-splitting pgsplit: throughput, CPU per transaction, and which instance ran the
+/// reads (each instance's own count of committed transactions in the database, before and after).
+fn split_reads(cluster: &LocalCluster, tools: &Toolbox, target: &Target, settings: &Settings) -> Result<()> {
+    println!("\n### select-only with reads split over the followers (`pgbench -S -M simple`), transaction pooling\n");
+    let names: Vec<&str> = cluster.instances().map(|i| i.name.as_str()).collect();
+    println!(
+        "| clients | tps | avg latency ms | proxy CPU µs/txn | failed txns | {} |",
+        names.join(" share | ") + " share"
+    );
+    println!("|---:|---:|---:|---:|---:|{}", "---:|".repeat(names.len()));
+    let commits = || -> Result<Vec<u64>> {
+        let sql = format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{DATABASE}'");
+        cluster
+            .instances()
+            .map(|i| Ok(cluster.psql(i, &sql)?.trim().parse()?))
+            .collect()
+    };
+    for (clients, threads) in CLIENTS {
+        eprintln!("e2e: -S split | {} | {clients} clients", target.name);
+        let before = commits()?;
+        let outcome = measure(tools, target, &pgbench_args(&["-S"], clients, threads, settings.secs));
+        let after = commits()?;
+        let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let total = deltas.iter().sum::<u64>().max(1);
+        let shares: Vec<String> = deltas
+            .iter()
+            .map(|d| format!("{:.1}%", *d as f64 * 100.0 / total as f64))
+            .collect();
+        match outcome {
+            Ok(m) => println!(
+                "| {clients} | {:.0} | {:.3} | {} | {} | {} |",
+                m.run.tps,
+                m.run.latency_ms,
+                m.cpu_per_txn.map_or("–".into(), |c| format!("{c:.1}")),
+                m.run.failed,
+                shares.join(" | ")
+            ),
+            Err(e) => println!("| {clients} | failed: {e} |"),
+        }
+    }
+    println!(
+        "\n(Shares count every committed transaction in the database on each instance, pgsplit's own health checks \
+              included; the leader's share is those and nothing else when every read is split.)"
+    );
+    Ok(())
 }
 
 /// `pgbench -i -s <scale>` on the leader as the app user, then waits for the followers to replay it.
@@ -353,13 +450,27 @@ fn start_pgsplit(
     ports: [u16; 2],
     leader_port: u16,
     pool: usize,
+    followers: &[u16],
 ) -> Result<ProxyProcess> {
-    let config = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\npool_mode = \"{mode}\"\n\n\
+    let pool_mode = if mode == "session" { "session" } else { "transaction" };
+    let mut config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\npool_mode = \"{pool_mode}\"\n\n\
          [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
          [leader]\nhost = \"127.0.0.1\"\nport = {leader_port}\nmax_connections = {pool}\n",
         ports[0], ports[1]
     );
+    if !followers.is_empty() {
+        config.push_str(&format!(
+            "\n[[follower_pools]]\nname = \"default\"\nmax_connections_per_instance = {pool}\ninstances = [\n"
+        ));
+        for (i, port) in followers.iter().enumerate() {
+            config.push_str(&format!(
+                "  {{ name = \"f{}\", host = \"127.0.0.1\", port = {port} }},\n",
+                i + 1
+            ));
+        }
+        config.push_str("]\n");
+    }
     let path = work.write(tools, &format!("pgsplit-{mode}.toml"), &config)?;
     let mut cmd = Command::new(work.path("pgsplit"));
     cmd.arg("run").arg("-c").arg(&path).env("RUST_LOG", "info");

@@ -129,22 +129,7 @@ mod tests {
 
     const CORPUS: &str = include_str!("../../tests/data/classifier_corpus.sql");
 
-    /// The FunctionSet the corpus header describes.
-    fn corpus_functions() -> FunctionSet {
-        let volatile = [
-            ("public", "add_order"),
-            ("public", "AddOrder"),
-            ("public", "random_pick"),
-            ("app", "bump"),
-            ("public", "audit_log"),
-            ("app", "touch"),
-        ];
-        FunctionSet::new(
-            &["audit_log".into(), "app.touch".into()],
-            &["random_pick".into()],
-            volatile,
-        )
-    }
+    include!("../../tests/data/corpus_functions.rs");
 
     /// (line, expected access, expected reason, sql) for every record after the header.
     fn corpus() -> Vec<(usize, Access, Option<&'static str>, &'static str)> {

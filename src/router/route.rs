@@ -223,6 +223,17 @@ mod tests {
         Topology::from_config(&Config::parse(&text, "t.toml").unwrap())
     }
 
+    /// Routes a read on the main pool with fallback to the leader.
+    fn read_on(t: &Topology) -> Decision {
+        route(
+            t,
+            Some(&t.pools[0]),
+            Wants::Follower(RouteReason::Read),
+            Fallback::Leader,
+        )
+        .unwrap()
+    }
+
     fn make_usable(instance: &Instance) {
         let seen = Observation {
             in_recovery: true,
@@ -278,13 +289,7 @@ mod tests {
             lag_commits: 0,
         });
         f.health.set_usable(true);
-        let read = route(
-            &t,
-            Some(&t.pools[0]),
-            Wants::Follower(RouteReason::Read),
-            Fallback::Leader,
-        )
-        .unwrap();
+        let read = read_on(&t);
         assert_eq!(&*read.instance.name, "leader");
     }
 
@@ -295,13 +300,7 @@ mod tests {
         make_usable(&t.pools[0].instances[1]);
         t.pools[0].instances[1].health.mark_down();
         for _ in 0..100 {
-            let d = route(
-                &t,
-                Some(&t.pools[0]),
-                Wants::Follower(RouteReason::Read),
-                Fallback::Leader,
-            )
-            .unwrap();
+            let d = read_on(&t);
             assert_eq!(&*d.instance.name, "f0");
         }
     }
@@ -314,13 +313,7 @@ mod tests {
         let _busy: Vec<_> = (0..50).map(|_| t.pools[0].instances[0].begin_work()).collect();
         let to_idle = (0..1000)
             .filter(|_| {
-                let d = route(
-                    &t,
-                    Some(&t.pools[0]),
-                    Wants::Follower(RouteReason::Read),
-                    Fallback::Leader,
-                )
-                .unwrap();
+                let d = read_on(&t);
                 &*d.instance.name == "f1"
             })
             .count();

@@ -37,6 +37,8 @@ async fn run(client: &tokio_postgres::Client, sql: &str) -> Result<(), tokio_pos
     Ok(())
 }
 
+include!("../data/corpus_functions.rs");
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_statement_the_classifier_calls_a_read_runs_on_a_follower() {
     let c = cluster();
@@ -44,18 +46,7 @@ async fn every_statement_the_classifier_calls_a_read_runs_on_a_follower() {
     c.psql_on(c.leader(), "classifier_oracle", SCHEMA)
         .expect("the corpus schema loads");
     wait_replayed(c);
-    let functions = FunctionSet::new(
-        &["audit_log".to_owned(), "app.touch".to_owned()],
-        &["random_pick".to_owned()],
-        [
-            ("public", "add_order"),
-            ("public", "AddOrder"),
-            ("public", "random_pick"),
-            ("app", "bump"),
-            ("public", "audit_log"),
-            ("app", "touch"),
-        ],
-    );
+    let functions = corpus_functions();
     let follower = &c.followers()[0];
     let mut reads = 0;
     let mut failures = Vec::new();
