@@ -13,18 +13,15 @@ async fn proxy_with(method: AuthMethod) -> proxy::TestProxy {
     proxy::TestProxy::start(config, c).await
 }
 
+async fn current_user(client: &tokio_postgres::Client) -> String {
+    client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0)
+}
+
 #[tokio::test]
 async fn scram_accepts_the_right_password_and_refuses_wrong_ones_and_unknown_users_alike() {
     let p = proxy_with(AuthMethod::ScramSha256).await;
     let client = p.connect_as("app", "app").await.expect("right password");
-    assert_eq!(
-        client
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "app"
-    );
+    assert_eq!(current_user(&client).await, "app");
 
     let wrong = p.connect_as("app", "nope").await.unwrap_err();
     assert_eq!(wrong.code(), Some(&SqlState::INVALID_PASSWORD));
@@ -52,14 +49,7 @@ async fn md5_users_log_in_with_their_password_only() {
 async fn trust_users_need_no_password_but_pgsplit_still_logs_in_upstream_with_its_own() {
     let p = proxy_with(AuthMethod::Trust).await;
     let client = p.connect_as("app", "anything").await.expect("trust");
-    assert_eq!(
-        client
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "app"
-    );
+    assert_eq!(current_user(&client).await, "app");
     drop(client);
     p.stop().await;
 }
