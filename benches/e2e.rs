@@ -246,7 +246,7 @@ impl Proxies {
         let pgsplit_split = start_pgsplit(
             work,
             tools,
-            "split",
+            "transaction",
             [p[5], p[6]],
             leader_port,
             settings.pool,
@@ -452,9 +452,10 @@ fn start_pgsplit(
     pool: usize,
     followers: &[u16],
 ) -> Result<ProxyProcess> {
-    let pool_mode = if mode == "session" { "session" } else { "transaction" };
+    // Files and the process are named after what distinguishes this instance: its pool mode, or its read pool.
+    let label = if followers.is_empty() { mode } else { "split" };
     let mut config = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\npool_mode = \"{pool_mode}\"\n\n\
+        "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\npool_mode = \"{mode}\"\n\n\
          [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
          [leader]\nhost = \"127.0.0.1\"\nport = {leader_port}\nmax_connections = {pool}\n",
         ports[0], ports[1]
@@ -471,13 +472,13 @@ fn start_pgsplit(
         }
         config.push_str("]\n");
     }
-    let path = work.write(tools, &format!("pgsplit-{mode}.toml"), &config)?;
+    let path = work.write(tools, &format!("pgsplit-{label}.toml"), &config)?;
     let mut cmd = Command::new(work.path("pgsplit"));
     cmd.arg("run").arg("-c").arg(&path).env("RUST_LOG", "info");
     let mut proxy = ProxyProcess::spawn(
-        &format!("pgsplit ({mode})"),
+        &format!("pgsplit ({label})"),
         cmd,
-        work.path(&format!("pgsplit-{mode}.log")),
+        work.path(&format!("pgsplit-{label}.log")),
     )?;
     proxy.wait_listening(ports[0])?;
     Ok(proxy)

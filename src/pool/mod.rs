@@ -232,8 +232,8 @@ impl InstancePool {
         state.idle.push(conn.expect("present until handed off"));
     }
 
-    /// Closes every idle connection (the instance went down or left the topology); lent-out ones are discarded
-    /// by their sessions as they fail or finish.
+    /// Closes every idle connection: the monitor calls it when a check of the instance fails. Lent-out ones are
+    /// discarded by their sessions as they fail or finish.
     pub fn close_idle(&self) {
         let closed: Vec<ServerConn> = {
             let mut state = self.lock();

@@ -108,18 +108,19 @@ impl Name {
     /// Is this the setting `setting` (lower case)? Settings compare without case, quotes or spaces, like the
     /// server's GUC lookup: `"Search_Path"` and `search_path` are the same setting.
     pub fn is(&self, sql: &str, setting: &str) -> bool {
-        let mut written = self
-            .text(sql)
+        self.folded(sql).eq(setting.bytes())
+    }
+
+    /// The setting's name as the server looks it up: `"Search_Path"` → `search_path`.
+    pub fn setting(&self, sql: &str) -> String {
+        String::from_utf8_lossy(&self.folded(sql).collect::<Vec<u8>>()).into_owned()
+    }
+
+    fn folded<'a>(&self, sql: &'a str) -> impl Iterator<Item = u8> + 'a {
+        self.text(sql)
             .bytes()
-            .filter(|b| !matches!(b, b'"' | b' ' | b'\t' | b'\n' | b'\r'));
-        let mut wanted = setting.bytes();
-        loop {
-            match (written.next(), wanted.next()) {
-                (None, None) => return true,
-                (Some(a), Some(b)) if a.eq_ignore_ascii_case(&b) => {}
-                _ => return false,
-            }
-        }
+            .filter(|b| !matches!(b, b'"' | b' ' | b'\t' | b'\n' | b'\r'))
+            .map(|b| b.to_ascii_lowercase())
     }
 }
 

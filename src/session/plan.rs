@@ -66,7 +66,7 @@ pub fn plan_sql(sql: &str, functions: &FunctionSet, settings: &Settings, state: 
                 name,
                 value,
             } => {
-                let name = setting_name(name.text(sql));
+                let name = name.setting(sql);
                 changes.push(match value {
                     Some(value) => Change::Set {
                         name,
@@ -75,7 +75,7 @@ pub fn plan_sql(sql: &str, functions: &FunctionSet, settings: &Settings, state: 
                     None => Change::Reset(name),
                 });
             }
-            StatementKind::Reset { name } => changes.push(Change::Reset(setting_name(name.text(sql)))),
+            StatementKind::Reset { name } => changes.push(Change::Reset(name.setting(sql))),
             StatementKind::ResetAll => changes.push(Change::ResetAll),
             StatementKind::Discard { all: true } => {
                 changes.push(Change::ResetAll);
@@ -117,15 +117,6 @@ fn serializable_session(settings: &Settings) -> bool {
     settings
         .get("default_transaction_isolation")
         .is_some_and(|v| v.to_ascii_lowercase().contains("serializable"))
-}
-
-/// Setting names compare without case or quotes, like the server's lookup.
-fn setting_name(written: &str) -> String {
-    written
-        .chars()
-        .filter(|c| *c != '"' && !c.is_whitespace())
-        .collect::<String>()
-        .to_ascii_lowercase()
 }
 
 #[cfg(test)]

@@ -112,15 +112,14 @@ pub struct Relay {
     /// An autocommit read on a follower whose replies are held back until its first result, so that a 25006
     /// refusal can be re-run on the leader unseen.
     retry: Option<Retry>,
+    /// The armed read's Query message, as the client sent it; one buffer reused for the session's life.
+    retry_query: BytesMut,
     out: BytesMut,
 }
 
-/// What is needed to run a unit again on the leader.
+/// What is needed to run a unit again on the leader (its Query message is in `Relay::retry_query`).
 struct Retry {
-    /// The unit's Query message, as the client sent it.
-    query: BytesMut,
     changes: Vec<Change>,
-    shape: u64,
     /// The follower answered 25006: discard its replies up to ReadyForQuery, then re-run.
     refused: bool,
     /// ReadyForQuery of a refused unit has arrived: re-run now.
@@ -176,6 +175,7 @@ impl Relay {
             terminating: false,
             last_route: None,
             retry: None,
+            retry_query: BytesMut::new(),
             out: BytesMut::new(),
         }
     }
@@ -411,14 +411,11 @@ impl Relay {
         {
             return;
         }
-        let frame = &self.client_buf[self.to_server..self.to_server + header.frame_len()];
-        let sql = read_cstr(&frame[HEADER_LEN..])
-            .and_then(|(sql, _)| std::str::from_utf8(sql).ok())
-            .unwrap_or("");
+        self.retry_query.clear();
+        self.retry_query
+            .extend_from_slice(&self.client_buf[self.to_server..self.to_server + header.frame_len()]);
         self.retry = Some(Retry {
-            query: BytesMut::from(frame),
             changes: plan.changes.clone(),
-            shape: router::fingerprint(sql),
             refused: false,
             due: false,
         });
@@ -427,7 +424,9 @@ impl Relay {
     /// The follower refused the unit as a write: remember its shape, give the follower connection back, and run
     /// the same Query on the leader. The client has seen nothing of the first attempt.
     async fn rerun_on_leader(&mut self, retry: Retry) -> Result<(), SessionEnd> {
-        self.ctx.known_writes.remember(retry.shape);
+        // The shape is worked out only now, when a follower has refused: reads that run never pay for it.
+        let sql = read_cstr(&self.retry_query[HEADER_LEN..]).and_then(|(sql, _)| std::str::from_utf8(sql).ok());
+        self.ctx.known_writes.remember(router::fingerprint(sql.unwrap_or("")));
         self.release_if_done();
         let leader = self.ctx.topology.load().leader.clone();
         if self.server.is_some() {
@@ -450,8 +449,9 @@ impl Relay {
         // Everything scanned before the refused Query was already written, so it goes first, ahead of whatever
         // the client sent since (still unscanned).
         debug_assert_eq!(self.to_server, 0);
-        self.to_server = retry.query.len();
-        let mut buf = retry.query;
+        self.to_server = self.retry_query.len();
+        let mut buf = BytesMut::with_capacity(self.retry_query.len() + self.client_buf.len());
+        buf.extend_from_slice(&self.retry_query);
         buf.extend_from_slice(&self.client_buf);
         self.client_buf = buf;
         self.pending += 1;
@@ -592,7 +592,8 @@ impl Relay {
     }
 
     fn on_server_data(&mut self) -> Result<(), SessionEnd> {
-        let server = &mut self.server.as_mut().expect("server data implies a server").conn;
+        let attached = self.server.as_mut().expect("server data implies a server");
+        let (server, instance) = (&mut attached.conn, attached.work.instance());
         loop {
             // While a read may still be re-run, every reply is looked at until its first result.
             let armed = self.retry.is_some();
@@ -603,7 +604,7 @@ impl Relay {
                     |tag| armed || matches!(tag, b'Z' | b'S' | b'E'),
                     usize::MAX,
                 )
-                .map_err(|e| SessionEnd::Fatal(SqlError::server_unavailable(&server.key.database, e)))?;
+                .map_err(|e| SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, e)))?;
             let header = match step {
                 Step::NeedMore(_) => return Ok(()),
                 Step::Pass(n) => {

@@ -41,11 +41,6 @@ impl MonitorHandle {
     pub fn stop(self) {
         // Drop aborts the task.
     }
-
-    /// False once the task has ended (it only ends when stopped, or if it panicked).
-    pub fn is_running(&self) -> bool {
-        !self.task.is_finished()
-    }
 }
 
 impl Drop for MonitorHandle {
@@ -183,6 +178,8 @@ impl Monitor {
             Ok(found) => found,
             Err(error) => {
                 instance.health.mark_down();
+                // Its pooled connections are as unreachable as it is: no client should borrow one.
+                instance.pool.close_idle();
                 watched.note_down(name, instance.role, &error);
                 watched.usable = Some(false);
                 return;
