@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::pool::prepared::StatementTable;
 use crate::protocol::auth::Credentials;
 use crate::router::KnownWrites;
 use crate::session::{self, cancel::CancelRegistry};
@@ -32,6 +33,8 @@ pub struct Context {
     pub functions: FunctionSets,
     /// Statement shapes a follower refused as writes (25006): they go to the leader from then on.
     pub known_writes: KnownWrites,
+    /// Server-side names of the statements clients prepare.
+    pub statements: StatementTable,
     pub cancels: CancelRegistry,
     /// Logged-in clients, against `max_client_connections`.
     pub clients: AtomicUsize,
@@ -99,6 +102,7 @@ impl Proxy {
                 config.routing.read_only_functions.clone(),
             ),
             known_writes: KnownWrites::default(),
+            statements: StatementTable::default(),
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
             shutdown: shutdown_rx,

@@ -5,6 +5,7 @@
 //! user/database gets the slot instead (the connection is closed to make room). The pool never parses SQL and
 //! never looks at a connection's traffic: the session decides whether a connection is clean enough to return.
 
+pub mod prepared;
 pub mod server;
 pub mod settings;
 
@@ -50,7 +51,7 @@ struct Waiter {
 
 /// What a waiter receives.
 enum Grant {
-    Conn(ServerConn),
+    Conn(Box<ServerConn>),
     /// Permission to open a connection of its own; `total` already counts it.
     Slot,
 }
@@ -176,7 +177,7 @@ impl InstancePool {
                     }
                 };
                 match granted {
-                    Some(Grant::Conn(conn)) => Ok(conn),
+                    Some(Grant::Conn(conn)) => Ok(*conn),
                     Some(Grant::Slot) => self.open(login).await,
                     None => Err(CheckoutError::Timeout {
                         instance: self.name.clone(),
@@ -217,7 +218,7 @@ impl InstancePool {
         let mut conn = Some(conn);
         while let Some(waiter) = state.waiters.pop_front() {
             let grant = if waiter.key == conn.as_ref().expect("present until handed off").key {
-                Grant::Conn(conn.take().expect("present until handed off"))
+                Grant::Conn(Box::new(conn.take().expect("present until handed off")))
             } else {
                 Grant::Slot
             };
@@ -225,7 +226,7 @@ impl InstancePool {
                 Ok(()) if conn.is_none() => return,
                 // Slot granted: this connection is closed to make room for the waiter's own.
                 Ok(()) => return drop(conn),
-                Err(Grant::Conn(back)) => conn = Some(back),
+                Err(Grant::Conn(back)) => conn = Some(*back),
                 Err(Grant::Slot) => {}
             }
         }

@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::prepared::PreparedCache;
 use super::settings::Settings;
 use crate::protocol::error::{Severity, SqlError};
 use crate::protocol::io::read_frame;
@@ -49,6 +50,8 @@ pub struct ServerConn {
     pub params: Vec<(String, String)>,
     /// The session settings pgsplit applied (or saw the client apply) on this connection.
     pub settings: Settings,
+    /// The prepared statements this connection has (under pgsplit's names).
+    pub prepared: PreparedCache,
     pub cancel: CancelTarget,
     returned_at: Instant,
 }
@@ -106,6 +109,7 @@ impl ServerConn {
             key: login.key.clone(),
             params: greeting.params,
             settings: Settings::default(),
+            prepared: PreparedCache::default(),
             returned_at: Instant::now(),
             cancel: CancelTarget {
                 host: host.clone(),

@@ -34,7 +34,7 @@ impl TxStatus {
 }
 
 /// Starts a message with `tag`, runs `body`, and patches in the length.
-fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+pub(super) fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     let start = out.len();
     out.put_u8(tag);
     out.put_u32(0);

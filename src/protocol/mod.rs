@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod extended;
 pub mod frame;
 pub mod io;
 pub mod login;

@@ -4,8 +4,14 @@
 //! itself (that is the router's job) and never holds a server connection longer than the pool mode allows.
 
 pub mod cancel;
+mod intent;
+pub mod outflow;
 pub mod plan;
 pub mod relay;
+pub mod replies;
+mod retry;
+mod server;
+pub mod statements;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -75,7 +81,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>, endpoint: Endpoint)
         Some(p) => p,
         // First client of this user and database: log in to the server once now, so the client hears the
         // server's real parameters and a bad database name fails at login as it would without pgsplit.
-        None => match relay::borrow(&pool, &login, &wanted, ctx.config.server.checkout_timeout).await {
+        None => match server::borrow(&pool, &login, &wanted, ctx.config.server.checkout_timeout).await {
             Ok(conn) => {
                 let params = Arc::new(conn.params.clone());
                 pool.release(conn);

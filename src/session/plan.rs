@@ -1,10 +1,11 @@
 //! What a client's Query or Parse asks of the router, and what it changes in the session: whether a transaction is
-//! open at this point of the stream, whether the session becomes pinned to its leader connection, and which
-//! settings its `SET`s change (applied once the server has accepted them). Pure: classification only, no I/O.
+//! open at this point of the stream, whether the session becomes pinned to its leader connection, which settings
+//! its `SET`s change (applied once the server has accepted them), and which SQL-level prepared statement it names.
+//! Pure: classification only, no I/O.
 
 use crate::pool::Settings;
 use crate::router::{
-    Access, Classification, FunctionSet, Isolation, Reason, RouteReason, StatementKind, Wants, statements,
+    Access, Classification, FunctionSet, Isolation, Reason, RouteReason, Span, StatementKind, Wants, statements,
 };
 
 /// Session facts that follow the client's stream of statements.
@@ -35,80 +36,208 @@ impl Change {
     }
 }
 
+/// What a query string is, once and for all: its verdict and what it does to the session. Computed when a Query
+/// or Parse arrives; a named statement keeps its analysis for every later Bind.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    summary: Classification,
+    first_is_begin: bool,
+    /// Every writing statement is a plain BEGIN (which a read-only session may run on a follower).
+    writes_are_plain_begins: bool,
+    effects: Vec<Effect>,
+    /// The text is exactly `SHOW pgsplit.route`: pgsplit answers it itself.
+    pub show_route: bool,
+    /// The text is one SQL `PREPARE`, `EXECUTE` or `DEALLOCATE`: the session renames the statement it names.
+    pub prepared: Option<SqlPrepared>,
+}
+
+/// What a statement does to the session, in the order of the query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Effect {
+    Begin,
+    End {
+        chain: bool,
+    },
+    Pin,
+    /// DISCARD ALL: settings reset, pins and prepared statements gone.
+    DiscardAll,
+    /// DEALLOCATE ALL: prepared statements gone.
+    DeallocateAll,
+    Change(Change),
+}
+
+/// A query string that is exactly one statement about SQL-level prepared statements. Names are as the server
+/// knows them (unquoted identifiers folded to lower case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlPrepared {
+    /// `PREPARE name` and the rest of the statement from just after the name (`[(types)] AS statement`).
+    Prepare { name: String, rest: String },
+    /// `EXECUTE name[(arguments)]`: the byte range of the name in the text, to be replaced.
+    Execute { name: String, at: (usize, usize) },
+    /// `DEALLOCATE [PREPARE] name`: the byte range of the name; `None` for ALL.
+    Deallocate { name: Option<(String, (usize, usize))> },
+}
+
+/// Where a unit should run and the setting changes it makes.
 #[derive(Debug)]
 pub struct Plan {
     pub wants: Wants,
     pub changes: Vec<Change>,
-    /// The text is exactly `SHOW pgsplit.route`: pgsplit answers it itself.
-    pub show_route: bool,
 }
 
-/// Plans one SQL string (a Query's, or a Parse's statement), updating `state` as the stream passes it.
-pub fn plan_sql(sql: &str, functions: &FunctionSet, settings: &Settings, state: &mut StreamState) -> Plan {
-    let pinned_before = state.pinned;
-    let mut summary = Classification::EMPTY;
-    let mut writes_are_plain_begins = true;
-    let mut first_is_begin = false;
-    let mut changes = Vec::new();
+/// Classifies one SQL string (a Query's, or a Parse's statement).
+pub fn analyze(sql: &str, functions: &FunctionSet) -> Analysis {
+    let mut analysis = Analysis {
+        summary: Classification::EMPTY,
+        first_is_begin: false,
+        writes_are_plain_begins: true,
+        effects: Vec::new(),
+        show_route: false,
+        prepared: None,
+    };
     let mut show_route = false;
     for statement in statements(sql, functions) {
         let kind = statement.kind;
-        if summary.statements == 0 {
-            first_is_begin = matches!(kind, StatementKind::Begin { .. });
+        if analysis.summary.statements == 0 {
+            analysis.first_is_begin = matches!(kind, StatementKind::Begin { .. });
+            analysis.prepared = sql_prepared(sql, kind);
+        } else {
+            analysis.prepared = None;
         }
+        let effects = &mut analysis.effects;
         match kind {
-            StatementKind::Begin { .. } => state.in_transaction = true,
-            StatementKind::Commit { chain } | StatementKind::Rollback { chain } => state.in_transaction = chain,
-            StatementKind::Listen { .. } | StatementKind::CreateTemp => state.pinned = true,
-            StatementKind::DeclareCursor { with_hold: true, .. } => state.pinned = true,
+            StatementKind::Begin { .. } => effects.push(Effect::Begin),
+            StatementKind::Commit { chain } | StatementKind::Rollback { chain } => effects.push(Effect::End { chain }),
+            StatementKind::Listen { .. } | StatementKind::CreateTemp => effects.push(Effect::Pin),
+            StatementKind::DeclareCursor { with_hold: true, .. } => effects.push(Effect::Pin),
             StatementKind::Set {
                 local: false,
                 name,
                 value,
             } => {
                 let name = name.setting(sql);
-                changes.push(match value {
+                effects.push(Effect::Change(match value {
                     Some(value) => Change::Set {
                         name,
                         expression: value.text(sql).to_owned(),
                     },
                     None => Change::Reset(name),
-                });
+                }));
             }
-            StatementKind::Reset { name } => changes.push(Change::Reset(name.setting(sql))),
-            StatementKind::ResetAll => changes.push(Change::ResetAll),
-            StatementKind::Discard { all: true } => {
-                changes.push(Change::ResetAll);
-                state.pinned = false;
-            }
+            StatementKind::Reset { name } => effects.push(Effect::Change(Change::Reset(name.setting(sql)))),
+            StatementKind::ResetAll => effects.push(Effect::Change(Change::ResetAll)),
+            StatementKind::Discard { all: true } => effects.push(Effect::DiscardAll),
+            StatementKind::Deallocate { name: None } => effects.push(Effect::DeallocateAll),
             StatementKind::Show { name: Some(name) } => show_route = name.is(sql, "pgsplit.route"),
             _ => {}
         }
-        state.pinned |= statement.session_advisory_lock;
+        if statement.session_advisory_lock {
+            analysis.effects.push(Effect::Pin);
+        }
         let plain_begin = matches!(kind, StatementKind::Begin { read_only: None, isolation }
             if isolation != Some(Isolation::Serializable));
-        writes_are_plain_begins &= statement.access == Access::Read || plain_begin;
-        summary.push(&statement);
+        analysis.writes_are_plain_begins &= statement.access == Access::Read || plain_begin;
+        analysis.summary.push(&statement);
     }
-    let wants = if pinned_before {
-        Wants::Leader(RouteReason::Pinned)
-    } else if serializable_session(settings) {
-        Wants::Leader(RouteReason::Write(Reason::Serializable))
-    } else if summary.access == Access::Read {
-        Wants::Follower(if first_is_begin {
-            RouteReason::ReadOnlyTransaction
+    if analysis.summary.statements != 1 {
+        analysis.prepared = None;
+    }
+    // SQL-level prepared statements the session cannot rename (one among several statements) live on one server
+    // connection only: keep the client there.
+    if analysis.prepared.is_none() && analysis.mentions_prepare(sql, functions) {
+        analysis.effects.push(Effect::Pin);
+    }
+    analysis.show_route = show_route && analysis.summary.statements == 1;
+    analysis
+}
+
+impl Analysis {
+    /// Where the unit should run given the session as it is, and the session as it is after the unit: `state`
+    /// is updated as the stream passes this statement.
+    pub fn plan(&self, settings: &Settings, state: &mut StreamState) -> Plan {
+        let wants = if state.pinned {
+            Wants::Leader(RouteReason::Pinned)
+        } else if serializable_session(settings) {
+            Wants::Leader(RouteReason::Write(Reason::Serializable))
+        } else if self.summary.access == Access::Read {
+            Wants::Follower(if self.first_is_begin {
+                RouteReason::ReadOnlyTransaction
+            } else {
+                RouteReason::Read
+            })
+        } else if self.summary.statements > 0
+            && self.writes_are_plain_begins
+            && settings.is_on("default_transaction_read_only")
+        {
+            Wants::Follower(RouteReason::ReadOnlyTransaction)
         } else {
-            RouteReason::Read
-        })
-    } else if summary.statements > 0 && writes_are_plain_begins && settings.is_on("default_transaction_read_only") {
-        Wants::Follower(RouteReason::ReadOnlyTransaction)
-    } else {
-        Wants::Leader(RouteReason::Write(summary.reason))
-    };
-    Plan {
-        wants,
-        changes,
-        show_route: show_route && summary.statements == 1,
+            Wants::Leader(RouteReason::Write(self.summary.reason))
+        };
+        let mut changes = Vec::new();
+        for effect in &self.effects {
+            match effect {
+                Effect::Begin => state.in_transaction = true,
+                Effect::End { chain } => state.in_transaction = *chain,
+                Effect::Pin => state.pinned = true,
+                Effect::DiscardAll => {
+                    state.pinned = false;
+                    changes.push(Change::ResetAll);
+                }
+                Effect::Change(change) => changes.push(change.clone()),
+                Effect::DeallocateAll => {}
+            }
+        }
+        Plan { wants, changes }
+    }
+
+    /// Whether the text drops every prepared statement of the session (`DISCARD ALL`, `DEALLOCATE ALL`).
+    pub fn discards_statements(&self) -> bool {
+        self.effects
+            .iter()
+            .any(|e| matches!(e, Effect::DiscardAll | Effect::DeallocateAll))
+    }
+
+    /// A query made of nothing but whitespace, comments and semicolons.
+    pub fn is_empty(&self) -> bool {
+        self.summary.is_empty()
+    }
+
+    /// Some statement of a multi-statement text is a PREPARE, EXECUTE or DEALLOCATE.
+    fn mentions_prepare(&self, sql: &str, functions: &FunctionSet) -> bool {
+        self.summary.statements > 1
+            && statements(sql, functions).any(|s| {
+                matches!(
+                    s.kind,
+                    StatementKind::Prepare { .. } | StatementKind::Execute { .. } | StatementKind::Deallocate { .. }
+                )
+            })
+    }
+}
+
+/// The SQL-level prepared-statement operation `kind` is, with the names as the server knows them.
+fn sql_prepared(sql: &str, kind: StatementKind) -> Option<SqlPrepared> {
+    let range = |span: Span| (span.start, span.end);
+    match kind {
+        StatementKind::Prepare { name } => Some(SqlPrepared::Prepare {
+            name: identifier(name.text(sql)),
+            rest: sql[name.end..].trim_end().trim_end_matches(';').to_owned(),
+        }),
+        StatementKind::Execute { name } => Some(SqlPrepared::Execute {
+            name: identifier(name.text(sql)),
+            at: range(name),
+        }),
+        StatementKind::Deallocate { name } => Some(SqlPrepared::Deallocate {
+            name: name.map(|name| (identifier(name.text(sql)), range(name))),
+        }),
+        _ => None,
+    }
+}
+
+/// An identifier as the server resolves it: `"Foo"` is `Foo`, `Foo` is `foo`.
+fn identifier(text: &str) -> String {
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => text.to_ascii_lowercase(),
     }
 }
 
@@ -123,8 +252,12 @@ fn serializable_session(settings: &Settings) -> bool {
 mod tests {
     use super::*;
 
+    fn functions() -> FunctionSet {
+        FunctionSet::new::<&str, &str>(&[], &[], [])
+    }
+
     fn plan(sql: &str, settings: &Settings, state: &mut StreamState) -> Plan {
-        plan_sql(sql, &FunctionSet::new::<&str, &str>(&[], &[], []), settings, state)
+        analyze(sql, &functions()).plan(settings, state)
     }
 
     #[test]
@@ -213,9 +346,45 @@ mod tests {
 
     #[test]
     fn show_route_is_recognised_only_alone() {
-        let (settings, mut state) = (Settings::default(), StreamState::default());
-        assert!(plan("SHOW pgsplit.route", &settings, &mut state).show_route);
-        assert!(plan("show \"pgsplit.route\";", &settings, &mut state).show_route);
-        assert!(!plan("SHOW pgsplit.route; SELECT 1", &settings, &mut state).show_route);
+        let f = functions();
+        assert!(analyze("SHOW pgsplit.route", &f).show_route);
+        assert!(analyze("show \"pgsplit.route\";", &f).show_route);
+        assert!(!analyze("SHOW pgsplit.route; SELECT 1", &f).show_route);
+    }
+
+    #[test]
+    fn sql_prepared_statements_are_named_as_the_server_knows_them() {
+        let f = functions();
+        let prepare = analyze("PREPARE Q1 (int) AS SELECT $1;", &f);
+        assert_eq!(
+            prepare.prepared,
+            Some(SqlPrepared::Prepare {
+                name: "q1".into(),
+                rest: " (int) AS SELECT $1".into()
+            })
+        );
+        assert_eq!(
+            prepare.plan(&Settings::default(), &mut StreamState::default()).wants,
+            Wants::Follower(RouteReason::Read),
+            "a PREPARE is as read-only as its statement"
+        );
+        let sql = "EXECUTE \"My\"\"Q\"(1, 2)";
+        let Some(SqlPrepared::Execute { name, at }) = analyze(sql, &f).prepared else {
+            panic!("an EXECUTE")
+        };
+        assert_eq!((name.as_str(), &sql[at.0..at.1]), ("My\"Q", "\"My\"\"Q\""));
+        assert_eq!(
+            analyze("DEALLOCATE ALL", &f).prepared,
+            Some(SqlPrepared::Deallocate { name: None })
+        );
+    }
+
+    #[test]
+    fn prepared_statements_among_other_statements_pin() {
+        let mut state = StreamState::default();
+        let analysis = analyze("PREPARE q AS SELECT 1; EXECUTE q", &functions());
+        assert_eq!(analysis.prepared, None);
+        analysis.plan(&Settings::default(), &mut state);
+        assert!(state.pinned);
     }
 }

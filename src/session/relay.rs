@@ -1,10 +1,11 @@
 //! The hot path: one client's frames to a borrowed server connection and the replies back, as bytes.
 //!
-//! Frames are forwarded unparsed; only tags that change state are looked at (Query and Parse are planned and
-//! routed, Sync and the extended-protocol messages counted, Terminate handled; from the server: ReadyForQuery,
-//! ParameterStatus, ErrorResponse). Both directions are non-blocking: a write that cannot finish at once waits for
-//! readiness while reads go on, so a client pipelining a large batch never deadlocks against a server streaming
-//! results. Everything read in one go is forwarded in one write.
+//! Frames are forwarded unparsed; only tags that change state are looked at (Query, Parse and Bind are planned and
+//! routed, messages naming prepared statements renamed (`statements`), Terminate handled; from the server, every
+//! message but DataRow and CopyData is matched to the request it answers (`replies`)). Both directions are
+//! non-blocking: a write that cannot finish at once waits for readiness while reads go on, so a client pipelining a
+//! large batch never deadlocks against a server streaming results. Everything read in one go is forwarded in one
+//! write (`outflow`).
 //!
 //! Each unit of work — an autocommit statement, an extended-protocol batch, or a whole transaction — is routed
 //! when it starts: provable reads to a follower, the rest to the leader. A unit that must go to the leader while
@@ -12,30 +13,33 @@
 //! transaction mode the server connection goes back to its pool at ReadyForQuery `I` once nothing is outstanding
 //! (unless the session is pinned); in session mode it stays until the client leaves.
 
-use std::collections::VecDeque;
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::cancel::CancelSlot;
-use super::plan::{Change, Plan, StreamState, plan_sql};
-use crate::config::{Fallback, PoolMode};
+use super::intent::Intent;
+use super::outflow::Outflow;
+use super::plan::{Change, StreamState};
+use super::replies::{Answer, Expected, Replies, Request, Undo, Verdict};
+use super::retry::Retry;
+use super::statements::{Statements, ToServer};
 use crate::pool::server::READ_CHUNK;
-use crate::pool::{ConnectError, InstancePool, LoginInfo, ServerConn, Settings};
-use crate::protocol::error::{Severity, SqlError, code};
-use crate::protocol::frame::{FrameError, Framer, HEADER_LEN, Header, Step, read_cstr};
-use crate::protocol::login::LoginError;
+use crate::pool::{LoginInfo, ServerConn, Settings};
+use crate::protocol::error::SqlError;
+use crate::protocol::extended;
+use crate::protocol::frame::{FrameError, Framer, HEADER_LEN, Header, Step};
+use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
 use crate::proxy::{Context, Endpoint};
-use crate::router::{self, FunctionSet, Reason, RouteReason, Wants};
-use crate::topology::{Instance, Role, WorkGuard};
+use crate::router::{FunctionSet, RouteReason, Wants};
+use crate::topology::{Role, WorkGuard};
 
 /// Stop reading a side while this much of its data waits to be written to the other.
 const BACKPRESSURE: usize = 256 * 1024;
@@ -61,73 +65,64 @@ impl From<FrameError> for SessionEnd {
 }
 
 /// A borrowed server connection and the instance it belongs to (counted as outstanding work while held).
-struct Attached {
-    conn: ServerConn,
-    work: WorkGuard,
+pub(super) struct Attached {
+    pub(super) conn: ServerConn,
+    pub(super) work: WorkGuard,
 }
 
 pub struct Relay {
-    ctx: Arc<Context>,
-    endpoint: Endpoint,
-    login: LoginInfo,
+    pub(super) ctx: Arc<Context>,
+    pub(super) endpoint: Endpoint,
+    pub(super) login: LoginInfo,
     /// The settings this client's session has, applied to each server connection it borrows.
-    wanted: Settings,
+    pub(super) wanted: Settings,
     /// Which functions write, for this client's database; re-checked against the catalog now and then.
-    functions: Arc<FunctionSet>,
-    functions_checked: Instant,
-    cancel: Arc<CancelSlot>,
-    shutdown: watch::Receiver<bool>,
+    pub(super) functions: Arc<FunctionSet>,
+    pub(super) functions_checked: Instant,
+    pub(super) cancel: Arc<CancelSlot>,
+    pub(super) shutdown: watch::Receiver<bool>,
 
-    client: TcpStream,
-    /// Bytes from the client; the first `to_server` are scanned and due to the server.
-    client_buf: BytesMut,
-    client_framer: Framer,
-    to_server: usize,
+    pub(super) client: TcpStream,
+    /// Bytes from the client, scanned up to `to_server.scanned()`.
+    pub(super) client_buf: BytesMut,
+    pub(super) client_framer: Framer,
+    /// Client bytes due to the server.
+    pub(super) to_server: Outflow,
 
-    server: Option<Attached>,
-    server_framer: Framer,
-    /// The first `to_client` bytes of the server's buffer are scanned and due to the client.
-    to_client: usize,
+    pub(super) server: Option<Attached>,
+    pub(super) server_framer: Framer,
+    /// Server bytes due to the client (the source is the server connection's buffer).
+    pub(super) to_client: Outflow,
 
-    /// Queries, Syncs and FunctionCalls sent whose ReadyForQuery has not come back.
-    pending: u32,
+    /// What the server owes for each request sent, in order.
+    pub(super) replies: Replies,
+    /// The client's prepared statements.
+    pub(super) statements: Statements,
     /// Extended-protocol messages sent since the last Sync.
-    batch_open: bool,
-    tx_status: TxStatus,
+    pub(super) batch_open: bool,
+    pub(super) tx_status: TxStatus,
     /// Transaction and pin state as of the last message forwarded.
-    stream: StreamState,
+    pub(super) stream: StreamState,
     /// A unit for the leader waits until the follower serving the previous one is released.
-    held: bool,
-    /// Setting changes of each request awaiting its ReadyForQuery, applied if no error came back.
-    inflight_changes: VecDeque<Vec<Change>>,
-    /// Changes of the Parses in the current extended-protocol batch, until its Sync.
-    batch_changes: Vec<Change>,
-    /// An ErrorResponse arrived since the last ReadyForQuery.
-    error_seen: bool,
+    pub(super) held: bool,
+    /// Changes of the Binds in the current extended-protocol batch, until its Sync.
+    pub(super) batch_changes: Vec<Change>,
+    /// A Bind in the current batch drops every prepared statement (DISCARD ALL) if the batch succeeds.
+    pub(super) batch_discards: bool,
     /// After a failed checkout: drop extended-protocol messages until Sync, as a server would after an error.
-    skip_until_sync: bool,
-    terminating: bool,
+    pub(super) skip_until_sync: bool,
+    pub(super) terminating: bool,
     /// Where the last unit ran and why (`SHOW pgsplit.route`).
-    last_route: Option<(Arc<str>, RouteReason)>,
+    pub(super) last_route: Option<(Arc<str>, RouteReason)>,
     /// An autocommit read on a follower whose replies are held back until its first result, so that a 25006
     /// refusal can be re-run on the leader unseen.
-    retry: Option<Retry>,
+    pub(super) retry: Option<Retry>,
     /// The armed read's Query message, as the client sent it; one buffer reused for the session's life.
-    retry_query: BytesMut,
-    out: BytesMut,
+    pub(super) retry_query: BytesMut,
+    /// Requests a failed request took with it, to be undone (reused buffer).
+    pub(super) undone: Vec<Undo>,
+    pub(super) out: BytesMut,
 }
-
-/// What is needed to run a unit again on the leader (its Query message is in `Relay::retry_query`).
-struct Retry {
-    changes: Vec<Change>,
-    /// The follower answered 25006: discard its replies up to ReadyForQuery, then re-run.
-    refused: bool,
-    /// ReadyForQuery of a refused unit has arrived: re-run now.
-    due: bool,
-}
-
-/// Longest Query kept for a possible re-run; longer ones are not retried (the follower's error reaches the client).
-const MAX_RETRY_QUERY: usize = 64 * 1024;
 
 enum Event {
     ClientReadable(std::io::Result<()>),
@@ -159,23 +154,24 @@ impl Relay {
             client,
             client_buf: BytesMut::with_capacity(READ_CHUNK),
             client_framer: Framer::default(),
-            to_server: 0,
+            to_server: Outflow::default(),
             server: None,
             server_framer: Framer::default(),
-            to_client: 0,
-            pending: 0,
+            to_client: Outflow::default(),
+            replies: Replies::default(),
+            statements: Statements::default(),
             batch_open: false,
             tx_status: TxStatus::Idle,
             stream: StreamState::default(),
             held: false,
-            inflight_changes: VecDeque::new(),
             batch_changes: Vec::new(),
-            error_seen: false,
+            batch_discards: false,
             skip_until_sync: false,
             terminating: false,
             last_route: None,
             retry: None,
             retry_query: BytesMut::new(),
+            undone: Vec::new(),
             out: BytesMut::new(),
         }
     }
@@ -194,7 +190,7 @@ impl Relay {
 
     async fn relay(&mut self) -> SessionEnd {
         loop {
-            if self.terminating && self.to_server == 0 {
+            if self.terminating && self.to_server.is_empty() {
                 return SessionEnd::ClientGone;
             }
             let result = match self.next_event().await {
@@ -232,7 +228,7 @@ impl Relay {
                 self.held = false;
             }
             if !self.scan_paused()
-                && self.client_buf.len() > self.to_server
+                && self.client_buf.len() > self.to_server.scanned()
                 && let Err(end) = self.on_client_data().await.and_then(|()| self.flush())
             {
                 return end;
@@ -241,27 +237,29 @@ impl Relay {
     }
 
     async fn next_event(&mut self) -> Event {
-        let read_client =
-            !self.terminating && self.to_server < BACKPRESSURE && !(self.held && self.client_buf.len() >= BACKPRESSURE);
+        let read_client = !self.terminating
+            && self.to_server.pending() < BACKPRESSURE
+            && !(self.held && self.client_buf.len() >= BACKPRESSURE);
         if read_client {
             self.client_buf.reserve(READ_CHUNK);
         }
         let quiet = self.is_quiet();
         // Replies held for a possible re-run are not due yet: waiting to write them would spin.
-        let client_due = self.to_client > 0 && self.retry.is_none();
+        let client_due = !self.to_client.is_empty() && self.retry.is_none();
+        let server_due = !self.to_server.is_empty();
         match self.server.as_mut() {
             Some(server) => {
                 if quiet && *self.shutdown.borrow() {
                     return Event::Shutdown;
                 }
                 let server = &mut server.conn;
-                let read_server = self.to_client < BACKPRESSURE;
+                let read_server = self.to_client.pending() < BACKPRESSURE;
                 if read_server {
                     server.buf.reserve(READ_CHUNK);
                 }
                 tokio::select! {
                     biased;
-                    r = server.stream.writable(), if self.to_server > 0 => Event::ServerWritable(r),
+                    r = server.stream.writable(), if server_due => Event::ServerWritable(r),
                     r = self.client.writable(), if client_due => Event::ClientWritable(r),
                     r = server.stream.readable(), if read_server => Event::ServerReadable(r),
                     r = self.client.readable(), if read_client => Event::ClientReadable(r),
@@ -284,13 +282,13 @@ impl Relay {
     async fn on_client_data(&mut self) -> Result<(), SessionEnd> {
         while !self.terminating && !self.scan_paused() {
             let step = self.client_framer.step(
-                &self.client_buf[self.to_server..],
+                &self.client_buf[self.to_server.scanned()..],
                 |tag| tag != b'd',
                 self.ctx.config.proxy.max_message_size,
             )?;
             match step {
                 Step::NeedMore(_) => return Ok(()),
-                Step::Pass(n) if self.server.is_some() => self.to_server += n,
+                Step::Pass(n) if self.server.is_some() => self.to_server.pass(&mut self.client_buf, n),
                 // CopyData with no COPY running: a server ignores it, and so do we.
                 Step::Pass(n) => self.client_buf.advance(n),
                 Step::Whole(header) => self.on_client_frame(header).await?,
@@ -317,146 +315,126 @@ impl Relay {
             self.functions = self.ctx.functions.for_database(&self.login.key.database).await;
             self.functions_checked = Instant::now();
         }
-        let planned = self.plan_frame(header);
-        if let Some((plan, _)) = &planned
-            && plan.show_route
-            && self.can_answer_locally()
-        {
+        let mut intent = self.intent(header);
+        if header.tag == b'Q' && intent.analysis.as_ref().is_some_and(|a| a.show_route) && self.can_answer_locally() {
             self.client_buf.advance(len);
             return self.answer_show_route().await;
         }
-        let wants = match &planned {
-            Some((plan, _)) => plan.wants,
-            // FunctionCall, or a batch that starts at Bind/Describe/Execute/Close: the statement it uses was
-            // prepared earlier on some connection; the leader is the safe place.
-            None => Wants::Leader(RouteReason::Write(Reason::Execute)),
-        };
         if self.server.is_none() {
             if self.answer_without_server(header.tag).await? {
                 self.client_buf.advance(len);
                 return Ok(());
             }
-            if let Err(error) = self.route_and_attach(wants).await {
+            if let Err(error) = self.route_and_attach(intent.wants).await {
                 return self.refuse(header, error).await;
             }
-            if let Some((plan, stream)) = &planned {
-                self.arm_retry(header, plan, stream);
+            if let (Some((plan, stream)), Some(analysis)) = (&intent.plan, &intent.analysis)
+                && analysis.prepared.is_none()
+            {
+                self.arm_retry(header, plan.wants, stream.in_transaction, &plan.changes);
             }
-        } else if self.at_unit_boundary() && self.on_follower() && matches!(self.wants_here(wants), Wants::Leader(_)) {
+        } else if self.at_unit_boundary()
+            && self.on_follower()
+            && matches!(self.wants_here(intent.wants), Wants::Leader(_))
+        {
             self.held = true;
             return Ok(());
         }
-        if let Some((plan, stream)) = planned {
+        if let Some((plan, stream)) = intent.plan.take() {
             self.stream = stream;
             match header.tag {
-                b'Q' => self.inflight_changes.push_back(plan.changes),
+                b'Q' => intent.plan = Some((plan, stream)),
                 _ => self.batch_changes.extend(plan.changes),
             }
         }
+        self.forward(header, intent);
+        self.answer_made();
+        Ok(())
+    }
+
+    /// Sends the message on (renamed, answered here, or as it is) and enters what the server owes for it.
+    fn forward(&mut self, header: Header, intent: Intent) {
+        let len = header.frame_len();
+        let Some(server) = self.server.as_mut() else {
+            unreachable!("a server is attached before anything is forwarded")
+        };
+        let mut to = ToServer {
+            flow: &mut self.to_server,
+            source: &mut self.client_buf,
+            replies: &mut self.replies,
+            cache: &mut server.conn.prepared,
+        };
+        let table = &self.ctx.statements;
         match header.tag {
-            b'Q' => self.pending += 1,
-            b'F' => {
-                self.pending += 1;
-                self.inflight_changes.push_back(Vec::new());
+            b'Q' => {
+                let analysis = intent.analysis.expect("a Query is analysed");
+                let changes = intent.plan.map(|(plan, _)| plan.changes).unwrap_or_default();
+                let mut expected = Expected::ready(changes);
+                if analysis.discards_statements() {
+                    expected = expected.discarding_statements();
+                }
+                let undo = match &analysis.prepared {
+                    Some(prepared) => self
+                        .statements
+                        .sql(&mut to, len, table, prepared, &analysis, self.batch_open),
+                    None => {
+                        to.pass(len);
+                        None
+                    }
+                };
+                to.replies.push(match undo {
+                    Some(undo) => expected.undo(undo),
+                    None => expected,
+                });
+            }
+            b'P' => {
+                let analysis = intent.analysis.expect("a Parse is analysed");
+                self.statements.parse(&mut to, len, table, analysis);
+            }
+            b'B' => {
+                self.batch_discards |= intent.discards;
+                self.statements.bind(&mut to, len);
+            }
+            b'D' => self.statements.describe(&mut to, len),
+            b'C' => self.statements.close(&mut to, len),
+            b'E' => {
+                to.pass(len);
+                to.replies.push(Expected::new(Request::Execute, Answer::Server));
             }
             b'S' => {
-                self.pending += 1;
-                self.batch_open = false;
-                self.inflight_changes.push_back(std::mem::take(&mut self.batch_changes));
+                to.pass(len);
+                let mut expected = Expected::ready(std::mem::take(&mut self.batch_changes));
+                if std::mem::take(&mut self.batch_discards) {
+                    expected = expected.discarding_statements();
+                }
+                to.replies.push(expected);
             }
+            b'F' => {
+                to.pass(len);
+                to.replies.push(Expected::ready(Vec::new()));
+            }
+            b'c' | b'f' => {
+                to.pass(len);
+                to.replies.push(Expected::new(Request::CopyEnd, Answer::Server));
+            }
+            // Flush gets no answer of its own.
+            _ => to.pass(len),
+        }
+        match header.tag {
             b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
+            b'S' => self.batch_open = false,
             _ => {}
         }
-        self.to_server += len;
-        Ok(())
     }
 
-    /// Plans a Query or Parse (routing request and session effects), without committing its effects yet.
-    fn plan_frame(&self, header: Header) -> Option<(Plan, StreamState)> {
-        let body = &self.client_buf[self.to_server + HEADER_LEN..self.to_server + header.frame_len()];
-        let sql = match header.tag {
-            b'Q' => read_cstr(body).map(|(sql, _)| sql),
-            b'P' => read_cstr(body)
-                .and_then(|(_, rest)| read_cstr(rest))
-                .map(|(sql, _)| sql),
-            _ => return None,
-        };
-        let mut stream = self.stream;
-        let plan = match sql.and_then(|sql| std::str::from_utf8(sql).ok()) {
-            Some(sql) => {
-                let mut plan = plan_sql(sql, &self.functions, &self.wanted, &mut stream);
-                if matches!(plan.wants, Wants::Follower(_)) && self.ctx.known_writes.contains(sql) {
-                    plan.wants = Wants::Leader(RouteReason::KnownWrite);
-                }
-                plan
-            }
-            None => Plan {
-                wants: Wants::Leader(RouteReason::Write(Reason::Unparsable)),
-                changes: Vec::new(),
-                show_route: false,
-            },
-        };
-        Some((plan, stream))
-    }
-
-    /// Keeps what is needed to re-run an autocommit read that went to a follower, should it turn out to write.
-    fn arm_retry(&mut self, header: Header, plan: &Plan, stream: &StreamState) {
-        let autocommit_read = plan.wants == Wants::Follower(RouteReason::Read) && !stream.in_transaction;
-        let main = self.endpoint == Endpoint::Main;
-        if header.tag != b'Q'
-            || !main
-            || !autocommit_read
-            || !self.on_follower()
-            || header.frame_len() > MAX_RETRY_QUERY
-        {
+    /// Writes the answers pgsplit makes up (ParseComplete, CloseComplete) whose turn has come.
+    fn answer_made(&mut self) {
+        let Some(server) = self.server.as_mut() else {
             return;
+        };
+        while let Some(tag) = self.replies.next_made() {
+            extended::put_empty(self.to_client.insert(&mut server.conn.buf), tag);
         }
-        self.retry_query.clear();
-        self.retry_query
-            .extend_from_slice(&self.client_buf[self.to_server..self.to_server + header.frame_len()]);
-        self.retry = Some(Retry {
-            changes: plan.changes.clone(),
-            refused: false,
-            due: false,
-        });
-    }
-
-    /// The follower refused the unit as a write: remember its shape, give the follower connection back, and run
-    /// the same Query on the leader. The client has seen nothing of the first attempt.
-    async fn rerun_on_leader(&mut self, retry: Retry) -> Result<(), SessionEnd> {
-        // The shape is worked out only now, when a follower has refused: reads that run never pay for it.
-        let sql = read_cstr(&self.retry_query[HEADER_LEN..]).and_then(|(sql, _)| std::str::from_utf8(sql).ok());
-        self.ctx.known_writes.remember(router::fingerprint(sql.unwrap_or("")));
-        self.release_if_done();
-        let leader = self.ctx.topology.load().leader.clone();
-        if self.server.is_some() {
-            // Still attached (the follower connection was not quiet): never mix units; fail this one visibly.
-            return Err(SessionEnd::Fatal(SqlError::protocol_violation(
-                "cannot re-run a refused read",
-            )));
-        }
-        if let Err(error) = self.attach(&leader).await {
-            return self
-                .send_to_client(|out| {
-                    error.encode(out);
-                    messages::ready_for_query(out, TxStatus::Idle);
-                })
-                .await;
-        }
-        leader.count_route(RouteReason::Retry25006);
-        self.last_route = Some((leader.name.clone(), RouteReason::Retry25006));
-        tracing::debug!(instance = %leader.name, "re-running a statement a follower refused (25006) on the leader");
-        // Everything scanned before the refused Query was already written, so it goes first, ahead of whatever
-        // the client sent since (still unscanned).
-        debug_assert_eq!(self.to_server, 0);
-        self.to_server = self.retry_query.len();
-        let mut buf = BytesMut::with_capacity(self.retry_query.len() + self.client_buf.len());
-        buf.extend_from_slice(&self.retry_query);
-        buf.extend_from_slice(&self.client_buf);
-        self.client_buf = buf;
-        self.pending += 1;
-        self.inflight_changes.push_back(retry.changes);
-        Ok(())
     }
 
     /// Client messages wait: for the follower running the previous unit to be released, or for an armed read's
@@ -466,63 +444,14 @@ impl Relay {
     }
 
     /// Between units: no extended batch open and no transaction open at this point of the stream.
-    fn at_unit_boundary(&self) -> bool {
+    pub(super) fn at_unit_boundary(&self) -> bool {
         !self.batch_open && !self.stream.in_transaction
     }
 
-    fn on_follower(&self) -> bool {
+    pub(super) fn on_follower(&self) -> bool {
         self.server
             .as_ref()
             .is_some_and(|s| s.work.instance().role == Role::Follower)
-    }
-
-    /// A pool's own endpoint sends everything to its followers. In session mode the main endpoint keeps each
-    /// client on one leader connection for its whole life: a session cannot be split across instances.
-    fn wants_here(&self, wants: Wants) -> Wants {
-        match (&self.endpoint, wants) {
-            (Endpoint::Pool(_), Wants::Leader(reason)) => Wants::Follower(reason),
-            (Endpoint::Main, Wants::Follower(_)) if self.ctx.config.proxy.pool_mode == PoolMode::Session => {
-                Wants::Leader(RouteReason::Pinned)
-            }
-            (_, wants) => wants,
-        }
-    }
-
-    async fn route_and_attach(&mut self, wants: Wants) -> Result<(), SqlError> {
-        let wants = self.wants_here(wants);
-        let decision = {
-            let topology = self.ctx.topology.load();
-            let (pool, fallback) = match &self.endpoint {
-                Endpoint::Main => (
-                    topology.read_pool.map(|i| &*topology.pools[i]),
-                    self.ctx.config.routing.fallback,
-                ),
-                Endpoint::Pool(name) => (
-                    topology.pools.iter().find(|p| p.name == *name).map(|p| &**p),
-                    Fallback::Error,
-                ),
-            };
-            router::route(&topology, pool, wants, fallback)?
-        };
-        let (instance, reason) = match self.attach(&decision.instance).await {
-            Ok(()) => (decision.instance, decision.reason),
-            // A follower that cannot take the read: the leader can, unless this endpoint serves followers only.
-            Err(error) if decision.instance.role == Role::Follower && self.may_fall_back() => {
-                tracing::debug!(instance = %decision.instance.name, %error, "follower unavailable; reading on the leader");
-                let leader = self.ctx.topology.load().leader.clone();
-                self.attach(&leader).await?;
-                (leader, RouteReason::Fallback)
-            }
-            Err(error) => return Err(error),
-        };
-        instance.count_route(reason);
-        tracing::debug!(instance = %instance.name, reason = reason.as_str(), "routed");
-        self.last_route = Some((instance.name.clone(), reason));
-        Ok(())
-    }
-
-    fn may_fall_back(&self) -> bool {
-        matches!(self.endpoint, Endpoint::Main) && self.ctx.config.routing.fallback == Fallback::Leader
     }
 
     /// Messages that need no server when none is attached: a lone Sync is answered here, Flush and stray COPY
@@ -557,7 +486,8 @@ impl Relay {
 
     /// Nothing in flight: pgsplit may answer a statement itself without disturbing the server's replies.
     fn can_answer_locally(&self) -> bool {
-        self.server.is_none() || (self.pending == 0 && !self.batch_open && self.to_server == 0 && self.to_client == 0)
+        self.server.is_none()
+            || (self.replies.is_empty() && !self.batch_open && self.to_server.is_empty() && self.to_client.is_empty())
     }
 
     async fn answer_show_route(&mut self) -> Result<(), SessionEnd> {
@@ -579,66 +509,54 @@ impl Relay {
         .await
     }
 
-    async fn attach(&mut self, instance: &Arc<Instance>) -> Result<(), SqlError> {
-        let checkout_timeout = self.ctx.config.server.checkout_timeout;
-        let conn = borrow(&instance.pool, &self.login, &self.wanted, checkout_timeout).await?;
-        self.cancel.set(Some(conn.cancel.clone()));
-        self.server = Some(Attached {
-            conn,
-            work: instance.begin_work(),
-        });
-        self.server_framer = Framer::default();
-        Ok(())
-    }
-
     fn on_server_data(&mut self) -> Result<(), SessionEnd> {
         let attached = self.server.as_mut().expect("server data implies a server");
         let (server, instance) = (&mut attached.conn, attached.work.instance());
         loop {
-            // While a read may still be re-run, every reply is looked at until its first result.
+            // Every reply but rows and COPY data is matched to its request; while a read may still be re-run,
+            // every reply is looked at until its first result.
             let armed = self.retry.is_some();
             let step = self
                 .server_framer
                 .step(
-                    &server.buf[self.to_client..],
-                    |tag| armed || matches!(tag, b'Z' | b'S' | b'E'),
+                    &server.buf[self.to_client.scanned()..],
+                    |tag| armed || !matches!(tag, b'D' | b'd'),
                     usize::MAX,
                 )
                 .map_err(|e| SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, e)))?;
             let header = match step {
                 Step::NeedMore(_) => return Ok(()),
                 Step::Pass(n) => {
-                    self.to_client += n;
+                    self.to_client.pass(&mut server.buf, n);
                     continue;
                 }
                 Step::Whole(header) => header,
             };
-            let body = &server.buf[self.to_client + HEADER_LEN..self.to_client + header.frame_len()];
-            if let Some(retry) = self.retry.as_mut() {
-                match header.tag {
-                    b'E' if messages::error_code(body) == Some("25006") => retry.refused = true,
-                    b'Z' if retry.refused => retry.due = true,
-                    // Descriptions, notices and parameter changes come before results; keep holding.
-                    b'T' | b'1' | b'2' | b't' | b'n' | b'S' | b'N' | b'Z' => {}
-                    _ if retry.refused => {}
-                    _ => self.retry = None,
-                }
+            let at = self.to_client.scanned();
+            let body = &server.buf[at + HEADER_LEN..at + header.frame_len()];
+            if let Some(retry) = self.retry.as_mut()
+                && !retry.observe(header.tag, body)
+            {
+                self.retry = None;
             }
+            let mut ended = None;
+            let verdict = self.replies.on_reply(header.tag, &mut self.undone, &mut ended);
             match header.tag {
                 b'Z' => {
                     self.tx_status = body.first().copied().and_then(TxStatus::from_byte).ok_or_else(|| {
                         SessionEnd::Fatal(SqlError::protocol_violation("server sent a bad ReadyForQuery"))
                     })?;
-                    self.pending = self.pending.saturating_sub(1);
-                    let changes = self.inflight_changes.pop_front().unwrap_or_default();
-                    if !std::mem::take(&mut self.error_seen) {
-                        for change in &changes {
+                    if let Some(ended) = ended {
+                        for change in &ended.changes {
                             change.apply(&mut self.wanted);
                             change.apply(&mut server.settings);
                         }
+                        if ended.discards_statements {
+                            self.statements.clear();
+                            server.prepared.clear();
+                        }
                     }
                 }
-                b'E' => self.error_seen = true,
                 b'S' => {
                     if let Some((name, value)) = messages::parse_parameter_status(body) {
                         // The client changed a setting (SET, RESET, SET LOCAL ending): it is now part of its
@@ -649,11 +567,19 @@ impl Relay {
                 }
                 _ => {}
             }
-            self.to_client += header.frame_len();
+            for undo in self.undone.drain(..) {
+                self.statements.undo(undo, Some(&mut server.prepared));
+            }
+            match verdict {
+                Verdict::Forward => self.to_client.pass(&mut server.buf, header.frame_len()),
+                Verdict::Drop => self.to_client.skip(&mut server.buf, header.frame_len()),
+            }
+            while let Some(tag) = self.replies.next_made() {
+                extended::put_empty(self.to_client.insert(&mut server.buf), tag);
+            }
             if self.retry.as_ref().is_some_and(|r| r.due) {
                 // The refused attempt's replies never reach the client.
-                server.buf.advance(self.to_client);
-                self.to_client = 0;
+                self.to_client.discard(&mut server.buf);
                 return Ok(());
             }
             if header.tag == b'Z' && self.retry.is_some() {
@@ -668,11 +594,11 @@ impl Relay {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
-        let to_server = write_now(&server.conn.stream, &mut self.client_buf, &mut self.to_server);
+        let to_server = self.to_server.write(&server.conn.stream, &mut self.client_buf);
         let to_client = match self.retry {
             // Held back until the read shows a result (or is re-run on the leader).
             Some(_) => Ok(()),
-            None => write_now(&self.client, &mut server.conn.buf, &mut self.to_client),
+            None => self.to_client.write(&self.client, &mut server.conn.buf),
         };
         if to_server.is_err() {
             return Err(self.lose_server());
@@ -680,142 +606,9 @@ impl Relay {
         to_client.map_err(SessionEnd::ClientIo)
     }
 
-    /// In transaction mode, gives the server connection back once the transaction is over and nothing is in flight.
-    fn release_if_done(&mut self) {
-        if self.ctx.config.proxy.pool_mode == PoolMode::Transaction
-            && !self.stream.pinned
-            && self.server.is_some()
-            && self.is_quiet()
-        {
-            let Attached { conn, work } = self.server.take().expect("checked above");
-            self.cancel.set(None);
-            if conn.buf.is_empty() {
-                work.instance().pool.release(conn);
-            } else {
-                // Unsolicited bytes after ReadyForQuery belong to nobody; never hand them to another client.
-                work.instance().pool.discard(conn);
-            }
-        }
-    }
-
-    /// Idle between transactions with nothing outstanding in either direction.
-    fn is_quiet(&self) -> bool {
-        self.pending == 0
-            && !self.batch_open
-            && self.tx_status == TxStatus::Idle
-            && self.to_server == 0
-            && self.to_client == 0
-            && self.client_framer.at_boundary()
-            && self.server_framer.at_boundary()
-    }
-
-    /// At the end of a session: a clean connection goes back to the pool (after `DISCARD ALL` in session mode or
-    /// when pinned, so no state leaks to the next client), anything else is closed.
-    async fn return_server(&mut self) {
-        let Some(Attached { mut conn, work }) = self.server.take() else {
-            return;
-        };
-        self.cancel.set(None);
-        let clean = self.is_quiet() && conn.buf.is_empty();
-        let keeps_state = self.ctx.config.proxy.pool_mode == PoolMode::Session || self.stream.pinned;
-        let reusable = clean && (!keeps_state || conn.run_own("DISCARD ALL").await.is_ok());
-        if reusable {
-            if keeps_state {
-                conn.settings = Settings::default();
-            }
-            work.instance().pool.release(conn);
-        } else {
-            work.instance().pool.discard(conn);
-        }
-    }
-
-    /// The server connection failed: it is closed, never returned, and the client is told.
-    fn lose_server(&mut self) -> SessionEnd {
-        let instance = match self.server.take() {
-            Some(Attached { conn, work }) => {
-                self.cancel.set(None);
-                work.instance().pool.discard(conn);
-                work.instance().name.clone()
-            }
-            None => "?".into(),
-        };
-        SessionEnd::Fatal(SqlError::new(
-            Severity::Fatal,
-            code::CONNECTION_FAILURE,
-            format!("lost the connection to instance \"{instance}\" during the transaction"),
-        ))
-    }
-
-    async fn send_to_client(&mut self, build: impl FnOnce(&mut BytesMut)) -> Result<(), SessionEnd> {
+    pub(super) async fn send_to_client(&mut self, build: impl FnOnce(&mut BytesMut)) -> Result<(), SessionEnd> {
         self.out.clear();
         build(&mut self.out);
         self.client.write_all(&self.out).await.map_err(SessionEnd::ClientIo)
     }
-}
-
-/// Borrows a connection from `pool` and gives it `wanted`'s settings. A setting the server refuses comes back as
-/// the server's own error; the connection goes back to the pool untouched.
-pub async fn borrow(
-    pool: &InstancePool,
-    login: &LoginInfo,
-    wanted: &Settings,
-    timeout: std::time::Duration,
-) -> Result<ServerConn, SqlError> {
-    let mut conn = pool.checkout(login, timeout).await.map_err(|e| e.to_sql_error())?;
-    match conn.sync_settings(wanted).await {
-        Ok(()) => Ok(conn),
-        Err(error @ ConnectError::Login(LoginError::Refused { .. })) => {
-            pool.release(conn);
-            Err(error.to_sql_error(pool.name()))
-        }
-        Err(error) => {
-            pool.discard(conn);
-            Err(error.to_sql_error(pool.name()))
-        }
-    }
-}
-
-/// Reads what the socket has into `buf`'s spare capacity without blocking. A read that leaves spare room means
-/// the socket is drained, so tokio is told to clear its readiness now (as if the read had said "would block"),
-/// saving the empty read it would otherwise need; tokio keeps any readiness that arrived after this read.
-fn read_now(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    let mut got = 0;
-    let result = stream.try_io(Interest::READABLE, || {
-        let spare = buf.spare_capacity_mut();
-        let room = spare.len();
-        // SAFETY: `spare` is writable memory owned by `buf`, valid for `room` bytes; the fd is open for the life
-        // of `stream`.
-        let n = unsafe { libc::read(stream.as_raw_fd(), spare.as_mut_ptr().cast(), room) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        got = n as usize;
-        // SAFETY: the kernel initialised the first `got` bytes of the spare capacity.
-        unsafe { buf.set_len(buf.len() + got) };
-        if got > 0 && got < room {
-            Err(ErrorKind::WouldBlock.into())
-        } else {
-            Ok(got)
-        }
-    });
-    match result {
-        Err(e) if e.kind() == ErrorKind::WouldBlock && got > 0 => Ok(got),
-        other => other,
-    }
-}
-
-/// Writes as much of `buf[..*due]` as the socket takes without blocking; the rest waits for writability.
-fn write_now(stream: &TcpStream, buf: &mut BytesMut, due: &mut usize) -> std::io::Result<()> {
-    while *due > 0 {
-        match stream.try_write(&buf[..*due]) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                buf.advance(n);
-                *due -= n;
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

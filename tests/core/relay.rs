@@ -89,11 +89,17 @@ async fn pgbench_16_clients_share_a_pool_of_4_without_errors() {
     tokio::task::spawn_blocking(pgbench_init).await.unwrap();
     let c = cluster();
     let p = proxy::start(c, PoolMode::Transaction, 4).await;
+    // One thread per client: pgbench prepares each statement with a blocking PQprepare, which stalls every other
+    // client of its thread; clients of that thread holding a server connection mid-transaction would then hold
+    // it until the checkout timeout (a pool-size deadlock of pgbench's own, through any transaction pooler).
     for (protocol, script) in [
         ("simple", "-S"),
         ("extended", "-S"),
         ("simple", "-N"),
         ("extended", "-N"),
+        // Named prepared statements, prepared once per client and bound on whichever connection serves it.
+        ("prepared", "-S"),
+        ("prepared", "-btpcb-like"),
     ] {
         let out = tokio::process::Command::new("pgbench")
             .args([
@@ -106,7 +112,7 @@ async fn pgbench_16_clients_share_a_pool_of_4_without_errors() {
                 "-c",
                 "16",
                 "-j",
-                "2",
+                "16",
                 "-t",
                 "40",
             ])

@@ -1,0 +1,391 @@
+//! What the server owes the client, in order: one entry per message sent that the server answers, saying how its
+//! answer ends and who gets it.
+//!
+//! Statements pgsplit prepares on a server connection behind the client's back (a Parse before a Bind on a
+//! connection that lacks the statement) are answered to nobody; a Parse or Close pgsplit answers itself (the
+//! statement is already prepared there; a Close of a statement shared with other clients) gets its reply made up
+//! when its turn comes, so the client sees exactly the replies a direct connection would send, in the same order.
+//!
+//! After an ErrorResponse to an extended-protocol message the server ignores everything up to Sync; the entries in
+//! between are dropped and their [`Undo`]s handed back, so the session can forget what never happened.
+
+use std::collections::VecDeque;
+
+use super::plan::Change;
+use super::statements::ClientStatement;
+
+/// A message the server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Parse,
+    Bind,
+    /// Describe of a statement (ParameterDescription, then RowDescription or NoData) or of a portal.
+    Describe,
+    Execute,
+    Close,
+    /// Sync, Query and FunctionCall end with ReadyForQuery.
+    Sync,
+    /// CopyDone or CopyFail: not answered, but it ends COPY FROM STDIN, during which the server ignores Syncs.
+    CopyEnd,
+}
+
+impl Request {
+    /// Whether `tag` is the last message of this request's answer (ErrorResponse aside).
+    fn ends_with(self, tag: u8) -> bool {
+        match self {
+            Request::Parse => tag == b'1',
+            Request::Bind => tag == b'2',
+            Request::Describe => matches!(tag, b'T' | b'n'),
+            Request::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Request::Close => tag == b'3',
+            Request::Sync => tag == b'Z',
+            Request::CopyEnd => false,
+        }
+    }
+}
+
+/// Who answers a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The server, to the client.
+    Server,
+    /// The server, to pgsplit: the client never asked (its error, though, is the client's to see).
+    Hidden,
+    /// pgsplit, when the request's turn comes (the server never sees it).
+    Made,
+}
+
+/// What to take back when a request fails or is dropped unanswered (an earlier message in its batch failed).
+#[derive(Debug)]
+pub enum Undo {
+    /// A statement that was not prepared: the client's name for it (if the client named it), and whether the
+    /// server connection was recorded as having it.
+    Prepared {
+        name: Option<Box<[u8]>>,
+        id: u64,
+        cached: bool,
+    },
+    /// A statement that was not closed: the client still has it (and, if `cached`, the server connection too).
+    Closed {
+        name: Box<[u8]>,
+        statement: ClientStatement,
+        cached: bool,
+    },
+}
+
+#[derive(Debug)]
+pub struct Expected {
+    request: Request,
+    answer: Answer,
+    undo: Option<Undo>,
+    /// Sync only: setting changes the unit makes, applied when it ends without an error.
+    changes: Vec<Change>,
+    /// Sync only: the unit discards every prepared statement (`DISCARD ALL`, `DEALLOCATE ALL`) if it succeeds.
+    discards_statements: bool,
+    failed: bool,
+}
+
+impl Expected {
+    pub fn new(request: Request, answer: Answer) -> Expected {
+        Expected {
+            request,
+            answer,
+            undo: None,
+            changes: Vec::new(),
+            discards_statements: false,
+            failed: false,
+        }
+    }
+
+    pub fn undo(mut self, undo: Undo) -> Expected {
+        self.undo = Some(undo);
+        self
+    }
+
+    /// A Sync, Query or FunctionCall whose success brings these setting changes.
+    pub fn ready(changes: Vec<Change>) -> Expected {
+        Expected {
+            changes,
+            ..Expected::new(Request::Sync, Answer::Server)
+        }
+    }
+
+    /// On success the unit leaves the connection without prepared statements.
+    pub fn discarding_statements(mut self) -> Expected {
+        self.discards_statements = true;
+        self
+    }
+}
+
+/// What to do with one reply message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    Drop,
+}
+
+/// A unit of work ended (ReadyForQuery) without an error: what it changed.
+#[derive(Debug, Default)]
+pub struct Ended {
+    pub changes: Vec<Change>,
+    pub discards_statements: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Replies {
+    queue: VecDeque<Expected>,
+    /// The server is in COPY FROM STDIN and the client has not ended it yet: Syncs sent meanwhile are ignored.
+    copy_in: bool,
+}
+
+impl Replies {
+    pub fn push(&mut self, expected: Expected) {
+        match (self.copy_in, expected.request) {
+            // A server in COPY FROM STDIN ignores Sync (drivers send one after every Execute, COPY or not).
+            (true, Request::Sync) => {}
+            (true, Request::CopyEnd) => self.copy_in = false,
+            _ => self.queue.push_back(expected),
+        }
+    }
+
+    /// Nothing owed: every request sent has been answered.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// ReadyForQuery messages still owed.
+    pub fn ready_owed(&self) -> usize {
+        self.queue.iter().filter(|e| e.request == Request::Sync).count()
+    }
+
+    /// The tag of a reply pgsplit makes up now, if the head of the queue is one (call until `None`).
+    pub fn next_made(&mut self) -> Option<u8> {
+        // A COPY end that reaches the head was sent with no COPY running: the server ignores it.
+        while self.queue.front()?.request == Request::CopyEnd {
+            self.queue.pop_front();
+        }
+        if self.queue.front()?.answer != Answer::Made {
+            return None;
+        }
+        let made = self.queue.pop_front().expect("checked above");
+        Some(match made.request {
+            Request::Parse => b'1',
+            Request::Close => b'3',
+            other => unreachable!("only Parse and Close are answered by pgsplit, not {other:?}"),
+        })
+    }
+
+    /// Accounts for one message from the server. Dropped requests' undos go to `undone`; a ReadyForQuery
+    /// returns what its unit changed through `ended`.
+    pub fn on_reply(&mut self, tag: u8, undone: &mut Vec<Undo>, ended: &mut Option<Ended>) -> Verdict {
+        // Asynchronous messages (notices, notifications, parameter changes) belong to no request.
+        if matches!(tag, b'N' | b'A' | b'S') {
+            return Verdict::Forward;
+        }
+        let Some(head) = self.queue.front_mut() else {
+            return Verdict::Forward;
+        };
+        let verdict = if head.answer == Answer::Hidden && tag != b'E' {
+            Verdict::Drop
+        } else {
+            Verdict::Forward
+        };
+        if tag == b'G' {
+            self.copy_in_started();
+            return verdict;
+        }
+        if tag == b'E' {
+            self.copy_in = false;
+            if head.request == Request::Sync {
+                // A failed Query, or a COMMIT failing at Sync: ReadyForQuery still follows.
+                head.failed = true;
+                return verdict;
+            }
+            // The server skips the rest of the batch up to its Sync.
+            let failed = self.queue.pop_front().expect("head exists");
+            undone.extend(failed.undo);
+            while let Some(next) = self.queue.front_mut() {
+                if next.request == Request::Sync {
+                    next.failed = true;
+                    break;
+                }
+                undone.extend(self.queue.pop_front().expect("front exists").undo);
+            }
+            return verdict;
+        }
+        if head.request.ends_with(tag) {
+            let done = self.queue.pop_front().expect("head exists");
+            if done.failed {
+                undone.extend(done.undo);
+            } else if done.request == Request::Sync {
+                *ended = Some(Ended {
+                    changes: done.changes,
+                    discards_statements: done.discards_statements,
+                });
+            }
+        }
+        verdict
+    }
+}
+
+impl Replies {
+    /// CopyInResponse: Syncs the client sent after the COPY's Execute, up to its CopyDone or CopyFail, will be
+    /// ignored by the server, so no ReadyForQuery is owed for them.
+    fn copy_in_started(&mut self) {
+        let mut i = 1;
+        while i < self.queue.len() {
+            match self.queue[i].request {
+                Request::Sync => {
+                    self.queue.remove(i);
+                }
+                Request::CopyEnd => {
+                    self.queue.remove(i);
+                    return;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replay(replies: &mut Replies, tags: &[u8]) -> (Vec<u8>, Vec<Undo>) {
+        let (mut seen, mut undone) = (Vec::new(), Vec::new());
+        while let Some(tag) = replies.next_made() {
+            seen.push(tag);
+        }
+        for &tag in tags {
+            let mut ended = None;
+            if replies.on_reply(tag, &mut undone, &mut ended) == Verdict::Forward {
+                seen.push(tag);
+            }
+            while let Some(tag) = replies.next_made() {
+                seen.push(tag);
+            }
+        }
+        (seen, undone)
+    }
+
+    #[test]
+    fn hidden_answers_are_dropped_and_made_ones_inserted_in_turn() {
+        let mut replies = Replies::default();
+        replies.push(Expected::new(Request::Parse, Answer::Hidden));
+        replies.push(Expected::new(Request::Bind, Answer::Server));
+        replies.push(Expected::new(Request::Execute, Answer::Server));
+        replies.push(Expected::new(Request::Parse, Answer::Made));
+        replies.push(Expected::ready(Vec::new()));
+        let (seen, _) = replay(&mut replies, b"12DDCZ");
+        assert_eq!(seen, b"2DDC1Z");
+        assert!(replies.is_empty());
+    }
+
+    #[test]
+    fn a_made_answer_at_the_head_comes_at_once() {
+        let mut replies = Replies::default();
+        replies.push(Expected::new(Request::Close, Answer::Made));
+        assert_eq!(replies.next_made(), Some(b'3'));
+        assert!(replies.is_empty());
+    }
+
+    #[test]
+    fn an_error_drops_the_rest_of_the_batch_and_fails_its_sync() {
+        let mut replies = Replies::default();
+        replies.push(Expected::new(Request::Bind, Answer::Server));
+        replies.push(Expected::new(Request::Execute, Answer::Server));
+        replies.push(Expected::new(Request::Parse, Answer::Made).undo(Undo::Prepared {
+            name: Some(b"s1"[..].into()),
+            id: 1,
+            cached: false,
+        }));
+        replies.push(Expected::ready(vec![Change::ResetAll]));
+        let mut undone = Vec::new();
+        let mut ended = None;
+        assert_eq!(replies.on_reply(b'E', &mut undone, &mut ended), Verdict::Forward);
+        assert_eq!(undone.len(), 1, "the Parse after the failure never happened");
+        assert_eq!(replies.next_made(), None, "no ParseComplete for a skipped Parse");
+        replies.on_reply(b'Z', &mut undone, &mut ended);
+        assert!(ended.is_none(), "a failed unit changes nothing");
+    }
+
+    #[test]
+    fn a_hidden_request_shows_its_error() {
+        let mut replies = Replies::default();
+        replies.push(Expected::new(Request::Parse, Answer::Hidden));
+        replies.push(Expected::new(Request::Bind, Answer::Server));
+        replies.push(Expected::ready(Vec::new()));
+        let (seen, undone) = replay(&mut replies, b"EZ");
+        assert_eq!(seen, b"EZ");
+        assert!(undone.is_empty());
+    }
+
+    #[test]
+    fn a_query_ends_at_ready_for_query_whatever_comes_before() {
+        let mut replies = Replies::default();
+        replies.push(Expected::ready(vec![Change::ResetAll]));
+        let mut ended = None;
+        for tag in *b"TDCTDCNE" {
+            replies.on_reply(tag, &mut Vec::new(), &mut ended);
+        }
+        assert!(ended.is_none());
+        replies.on_reply(b'Z', &mut Vec::new(), &mut ended);
+        assert!(ended.is_none(), "an error in the query drops its changes");
+        assert!(replies.is_empty());
+        replies.push(Expected::ready(vec![Change::ResetAll]).discarding_statements());
+        replies.on_reply(b'Z', &mut Vec::new(), &mut ended);
+        let ended = ended.expect("a query that succeeded ended");
+        assert!(ended.discards_statements && ended.changes == [Change::ResetAll]);
+    }
+
+    #[test]
+    fn describe_of_a_statement_ends_at_its_row_description() {
+        let mut replies = Replies::default();
+        replies.push(Expected::new(Request::Describe, Answer::Hidden));
+        replies.push(Expected::new(Request::Describe, Answer::Server));
+        let (seen, _) = replay(&mut replies, b"tnt");
+        assert_eq!(seen, b"t");
+        assert!(
+            !replies.is_empty(),
+            "still waiting for the second Describe's row description"
+        );
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_are_not_answered() {
+        // Bind, Execute (a COPY FROM STDIN), Sync, CopyData…, CopyDone, Sync: one ReadyForQuery.
+        let mut replies = Replies::default();
+        replies.push(Expected::new(Request::Bind, Answer::Server));
+        replies.push(Expected::new(Request::Execute, Answer::Server));
+        replies.push(Expected::ready(Vec::new()));
+        let (seen, _) = replay(&mut replies, b"2G");
+        assert_eq!(seen, b"2G");
+        replies.push(Expected::new(Request::CopyEnd, Answer::Server));
+        replies.push(Expected::ready(Vec::new()));
+        replay(&mut replies, b"CZ");
+        assert!(replies.is_empty());
+
+        // The same with the CopyDone already read when CopyInResponse arrives.
+        for request in [
+            Request::Bind,
+            Request::Execute,
+            Request::Sync,
+            Request::CopyEnd,
+            Request::Sync,
+        ] {
+            replies.push(Expected::new(request, Answer::Server));
+        }
+        replay(&mut replies, b"2GCZ");
+        assert!(replies.is_empty());
+    }
+
+    #[test]
+    fn a_copy_end_without_a_copy_is_ignored() {
+        let mut replies = Replies::default();
+        replies.push(Expected::new(Request::CopyEnd, Answer::Server));
+        assert_eq!(replies.next_made(), None);
+        assert!(replies.is_empty());
+    }
+}

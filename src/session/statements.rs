@@ -1,0 +1,439 @@
+//! One client's prepared statements, and the messages that name them made fit for whichever server connection
+//! serves the client now.
+//!
+//! A client's statement names stay with the client; on the server every statement goes by its shared name
+//! (`pool::prepared`). A Parse registers the client's name and prepares the statement on the connection unless the
+//! connection has it already (then pgsplit answers the ParseComplete itself). A Bind, Describe, `EXECUTE` or
+//! `DEALLOCATE` of a statement the connection lacks prepares it first, unseen by the client. A Close is answered
+//! here: the server-side statement may serve other clients. Every message sent is entered in [`Replies`], so the
+//! client gets exactly the answers it asked for, in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, BytesMut};
+
+use super::outflow::Outflow;
+use super::plan::{Analysis, SqlPrepared};
+use super::replies::{Answer, Expected, Replies, Request, Undo};
+use crate::pool::prepared::{Definition, NAME_PREFIX, PreparedCache, ServerStatement, StatementTable, put_name};
+use crate::protocol::extended::{self, Target};
+use crate::protocol::frame::HEADER_LEN;
+
+/// A statement as one client has it: the server-side statement and what it does (for routing each execution).
+#[derive(Debug, Clone)]
+pub struct ClientStatement {
+    pub server: Arc<ServerStatement>,
+    pub analysis: Arc<Analysis>,
+}
+
+/// The client's prepared statements by the client's names, and its unnamed statement's analysis.
+#[derive(Debug, Default)]
+pub struct Statements {
+    named: HashMap<Box<[u8]>, ClientStatement>,
+    unnamed: Option<Analysis>,
+}
+
+/// Where the client's messages go: the outflow to the server over the client's read buffer, what the server will
+/// owe, and the statements the server connection has.
+pub struct ToServer<'a> {
+    pub flow: &'a mut Outflow,
+    pub source: &'a mut BytesMut,
+    pub replies: &'a mut Replies,
+    pub cache: &'a mut PreparedCache,
+}
+
+impl ToServer<'_> {
+    /// The message of `len` bytes at the scan position goes through unchanged.
+    pub fn pass(&mut self, len: usize) {
+        self.flow.pass(self.source, len);
+    }
+
+    /// The message of `len` bytes at the scan position is dropped.
+    fn skip(&mut self, len: usize) {
+        self.flow.skip(self.source, len);
+    }
+
+    /// The message of `len` bytes at the scan position is replaced by what `write` makes of its body.
+    fn replace(&mut self, len: usize, write: impl FnOnce(&mut BytesMut, &[u8])) {
+        let out = self.flow.insert(self.source);
+        write(out, &self.source[HEADER_LEN..len]);
+        self.source.advance(len);
+    }
+
+    /// Bytes sent ahead of the message at the scan position.
+    fn inject(&mut self, write: impl FnOnce(&mut BytesMut)) {
+        write(self.flow.insert(self.source));
+    }
+
+    /// The body of the message of `len` bytes at the scan position.
+    fn body(&self, len: usize) -> &[u8] {
+        let at = self.flow.scanned();
+        &self.source[at + HEADER_LEN..at + len]
+    }
+
+    /// Makes sure the connection has `statement` before the message at the scan position runs, preparing it
+    /// unseen if not. `before_query`: that message is a simple Query, after which no Sync would come to end an
+    /// error in the preparation.
+    fn ensure(&mut self, statement: &Arc<ServerStatement>, before_query: bool) {
+        if self.cache.touch(statement.id) {
+            return;
+        }
+        self.record(statement);
+        let undo = Undo::Prepared {
+            name: None,
+            id: statement.id,
+            cached: true,
+        };
+        match &statement.definition {
+            Definition::Parse(definition) => {
+                self.inject(|out| extended::put_parse(out, |o| statement.put_name(o), definition));
+                self.replies
+                    .push(Expected::new(Request::Parse, Answer::Hidden).undo(undo));
+                if before_query {
+                    self.inject(extended::put_sync);
+                    self.replies.push(Expected::new(Request::Sync, Answer::Hidden));
+                }
+            }
+            Definition::Sql(rest) => {
+                let prepare = prepare_sql(statement.id, rest);
+                if before_query {
+                    self.inject(|out| extended::put_query(out, &prepare));
+                    self.replies
+                        .push(Expected::new(Request::Sync, Answer::Hidden).undo(undo));
+                } else {
+                    // Inside an extended-protocol batch: run the PREPARE through the unnamed statement.
+                    self.inject(|out| {
+                        extended::put_parse(out, |o| o.put_u8(0), &[&prepare[..], &[0, 0, 0][..]].concat());
+                        extended::put_bind_unnamed(out);
+                        extended::put_execute_unnamed(out);
+                    });
+                    self.replies.push(Expected::new(Request::Parse, Answer::Hidden));
+                    self.replies.push(Expected::new(Request::Bind, Answer::Hidden));
+                    self.replies
+                        .push(Expected::new(Request::Execute, Answer::Hidden).undo(undo));
+                }
+            }
+        }
+    }
+
+    /// Records that the connection has `statement`, closing the one it evicts on the server.
+    fn record(&mut self, statement: &Arc<ServerStatement>) {
+        if let Some(evicted) = self.cache.insert(statement.clone()) {
+            self.inject(|out| extended::put_close_statement(out, |o| put_name(evicted, o)));
+            self.replies.push(Expected::new(Request::Close, Answer::Hidden));
+        }
+    }
+}
+
+/// `PREPARE pgsplit_<id> <rest>`.
+fn prepare_sql(id: u64, rest: &str) -> Vec<u8> {
+    let mut sql = BytesMut::new();
+    sql.put_slice(b"PREPARE ");
+    put_name(id, &mut sql);
+    sql.truncate(sql.len() - 1);
+    sql.put_slice(rest.as_bytes());
+    sql.to_vec()
+}
+
+/// A client name that is not the client's statement but looks like one of pgsplit's: it must not reach a
+/// server as it is, where it could name another client's statement.
+fn unknown_name(name: &[u8]) -> Option<Vec<u8>> {
+    name.starts_with(NAME_PREFIX.as_bytes())
+        .then(|| [b"pgsplit_unknown_", name].concat())
+}
+
+impl Statements {
+    /// What running the statement a Bind names does; `None` if the client has no such statement.
+    pub fn for_bind(&self, body: &[u8]) -> Option<&Analysis> {
+        let (_, name, _) = extended::bind_fields(body)?;
+        self.analysis(name)
+    }
+
+    /// What the statement a Describe names does, if it names one the client has.
+    pub fn for_describe(&self, body: &[u8]) -> Option<&Analysis> {
+        match extended::target(body)? {
+            Target::Statement(name) => self.analysis(name),
+            Target::Portal(_) => None,
+        }
+    }
+
+    /// The statement a SQL `EXECUTE` names, if the client has it.
+    pub fn named(&self, name: &str) -> Option<&ClientStatement> {
+        self.named.get(name.as_bytes())
+    }
+
+    fn analysis(&self, name: &[u8]) -> Option<&Analysis> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name).map(|s| &*s.analysis)
+        }
+    }
+
+    /// The client has no statements (`DISCARD ALL`, `DEALLOCATE ALL` succeeded).
+    pub fn clear(&mut self) {
+        self.named.clear();
+        self.unnamed = None;
+    }
+
+    /// Takes back what a failed or skipped request did.
+    pub fn undo(&mut self, undo: Undo, cache: Option<&mut PreparedCache>) {
+        match undo {
+            Undo::Prepared { name, id, cached } => {
+                if let Some(name) = name
+                    && self.named.get(&name).is_some_and(|s| s.server.id == id)
+                {
+                    self.named.remove(&name);
+                }
+                if let (true, Some(cache)) = (cached, cache) {
+                    cache.remove(id);
+                }
+            }
+            Undo::Closed {
+                name,
+                statement,
+                cached,
+            } => {
+                if let (true, Some(cache)) = (cached, cache) {
+                    cache.insert(statement.server.clone());
+                }
+                self.named.entry(name).or_insert(statement);
+            }
+        }
+    }
+
+    /// A Parse of `len` bytes at the scan position, whose query string is `analysis`.
+    pub fn parse(&mut self, to: &mut ToServer, len: usize, table: &StatementTable, analysis: Analysis) {
+        let Some((name, definition)) = extended::parse_fields(to.body(len)) else {
+            // Malformed: the server says what is wrong with it.
+            to.pass(len);
+            to.replies.push(Expected::new(Request::Parse, Answer::Server));
+            return;
+        };
+        if name.is_empty() {
+            self.unnamed = Some(analysis);
+            to.pass(len);
+            to.replies.push(Expected::new(Request::Parse, Answer::Server));
+            return;
+        }
+        if let Some(existing) = self.named.get(name) {
+            // A name the client already uses: the server must refuse it as it would on a direct connection
+            // (42P05), which it does for a Parse under the existing statement's name.
+            let server = existing.server.clone();
+            to.ensure(&server, false);
+            to.replace(len, |out, body| {
+                let (_, definition) = extended::parse_fields(body).expect("read above");
+                extended::put_parse(out, |o| server.put_name(o), definition);
+            });
+            to.replies.push(Expected::new(Request::Parse, Answer::Server));
+            return;
+        }
+        let server = table.intern(definition);
+        let name: Box<[u8]> = name.into();
+        let statement = ClientStatement {
+            server: server.clone(),
+            analysis: Arc::new(analysis),
+        };
+        self.named.insert(name.clone(), statement);
+        let undo = |cached| Undo::Prepared {
+            name: Some(name.clone()),
+            id: server.id,
+            cached,
+        };
+        if to.cache.touch(server.id) {
+            to.skip(len);
+            to.replies
+                .push(Expected::new(Request::Parse, Answer::Made).undo(undo(false)));
+            return;
+        }
+        to.record(&server);
+        to.replace(len, |out, body| {
+            let (_, definition) = extended::parse_fields(body).expect("read above");
+            extended::put_parse(out, |o| server.put_name(o), definition);
+        });
+        to.replies
+            .push(Expected::new(Request::Parse, Answer::Server).undo(undo(true)));
+    }
+
+    /// A Bind of `len` bytes at the scan position.
+    pub fn bind(&self, to: &mut ToServer, len: usize) {
+        let statement = extended::bind_fields(to.body(len))
+            .filter(|(_, name, _)| !name.is_empty())
+            .map(|(_, name, _)| (self.named.get(name).cloned(), unknown_name(name)));
+        match statement {
+            Some((Some(statement), _)) => {
+                to.ensure(&statement.server, false);
+                to.replace(len, |out, body| {
+                    let (portal, _, rest) = extended::bind_fields(body).expect("read above");
+                    extended::put_bind(out, portal, |o| statement.server.put_name(o), rest);
+                });
+            }
+            Some((None, Some(guarded))) => to.replace(len, |out, body| {
+                let (portal, _, rest) = extended::bind_fields(body).expect("read above");
+                extended::put_bind(out, portal, |o| put_cstr(o, &guarded), rest);
+            }),
+            _ => to.pass(len),
+        }
+        to.replies.push(Expected::new(Request::Bind, Answer::Server));
+    }
+
+    /// A Describe of `len` bytes at the scan position.
+    pub fn describe(&self, to: &mut ToServer, len: usize) {
+        let statement = match extended::target(to.body(len)) {
+            Some(Target::Statement(name)) if !name.is_empty() => {
+                Some((self.named.get(name).cloned(), unknown_name(name)))
+            }
+            _ => None,
+        };
+        match statement {
+            Some((Some(statement), _)) => {
+                to.ensure(&statement.server, false);
+                to.replace(len, |out, _| {
+                    extended::put_describe_statement(out, |o| statement.server.put_name(o))
+                });
+            }
+            Some((None, Some(guarded))) => to.replace(len, |out, _| {
+                extended::put_describe_statement(out, |o| put_cstr(o, &guarded))
+            }),
+            _ => to.pass(len),
+        }
+        to.replies.push(Expected::new(Request::Describe, Answer::Server));
+    }
+
+    /// A Close of `len` bytes at the scan position. Closing a named statement is answered here: on the server it
+    /// stays prepared for whoever uses it next (a Close of a statement that does not exist succeeds too).
+    pub fn close(&mut self, to: &mut ToServer, len: usize) {
+        match extended::target(to.body(len)) {
+            Some(Target::Statement(name)) if !name.is_empty() => {
+                let closed = self.named.remove_entry(name);
+                to.skip(len);
+                let expected = Expected::new(Request::Close, Answer::Made);
+                to.replies.push(match closed {
+                    Some((name, statement)) => expected.undo(Undo::Closed {
+                        name,
+                        statement,
+                        cached: false,
+                    }),
+                    None => expected,
+                });
+            }
+            target => {
+                if target == Some(Target::Statement(b"")) {
+                    self.unnamed = None;
+                }
+                to.pass(len);
+                to.replies.push(Expected::new(Request::Close, Answer::Server));
+            }
+        }
+    }
+
+    /// A Query of `len` bytes at the scan position that is one SQL `PREPARE`, `EXECUTE` or `DEALLOCATE`:
+    /// renames the statement. Returns the ReadyForQuery entry to expect (with its undo).
+    pub fn sql(
+        &mut self,
+        to: &mut ToServer,
+        len: usize,
+        table: &StatementTable,
+        prepared: &SqlPrepared,
+        analysis: &Analysis,
+        in_batch: bool,
+    ) -> Option<Undo> {
+        let before_query = !in_batch;
+        match prepared {
+            SqlPrepared::Prepare { name, rest } => {
+                let server = match self.named.get(name.as_bytes()) {
+                    // Already the client's: the server must refuse it (42P05) under the existing name.
+                    Some(existing) => {
+                        let server = existing.server.clone();
+                        to.ensure(&server, before_query);
+                        to.replace(len, |out, _| extended::put_query(out, &prepare_sql(server.id, rest)));
+                        return None;
+                    }
+                    None => table.sql(rest),
+                };
+                to.record(&server);
+                to.replace(len, |out, _| extended::put_query(out, &prepare_sql(server.id, rest)));
+                let name: Box<[u8]> = name.as_bytes().into();
+                self.named.insert(
+                    name.clone(),
+                    ClientStatement {
+                        server: server.clone(),
+                        analysis: Arc::new(analysis.clone()),
+                    },
+                );
+                Some(Undo::Prepared {
+                    name: Some(name),
+                    id: server.id,
+                    cached: true,
+                })
+            }
+            SqlPrepared::Execute { name, at } => {
+                match self.named.get(name.as_bytes()).cloned() {
+                    Some(statement) => {
+                        to.ensure(&statement.server, before_query);
+                        to.replace(len, |out, body| {
+                            rename_in_query(out, body, *at, |o| statement.server.put_name(o))
+                        });
+                    }
+                    None => guard_in_query(to, len, name, *at),
+                }
+                None
+            }
+            SqlPrepared::Deallocate { name: Some((name, at)) } => match self.named.remove_entry(name.as_bytes()) {
+                Some((name, statement)) => {
+                    to.ensure(&statement.server, before_query);
+                    to.cache.remove(statement.server.id);
+                    to.replace(len, |out, body| {
+                        rename_in_query(out, body, *at, |o| statement.server.put_name(o))
+                    });
+                    Some(Undo::Closed {
+                        name,
+                        statement,
+                        cached: true,
+                    })
+                }
+                None => {
+                    guard_in_query(to, len, name, *at);
+                    None
+                }
+            },
+            SqlPrepared::Deallocate { name: None } => {
+                to.pass(len);
+                None
+            }
+        }
+    }
+}
+
+/// A Query whose text has the name at `at` (byte range of the SQL text) replaced by what `name` writes.
+fn rename_in_query(out: &mut BytesMut, body: &[u8], at: (usize, usize), name: impl FnOnce(&mut BytesMut)) {
+    let sql = &body[..body.len().saturating_sub(1)];
+    let mut text = BytesMut::with_capacity(sql.len() + 16);
+    text.put_slice(&sql[..at.0]);
+    name(&mut text);
+    text.truncate(text.len() - 1);
+    text.put_slice(&sql[at.1..]);
+    extended::put_query(out, &text);
+}
+
+/// An `EXECUTE` or `DEALLOCATE` of a statement the client does not have goes to the server as it is (which says
+/// it does not exist), unless its name could be one of pgsplit's.
+fn guard_in_query(to: &mut ToServer, len: usize, name: &str, at: (usize, usize)) {
+    match unknown_name(name.as_bytes()) {
+        Some(guarded) => to.replace(len, |out, body| {
+            rename_in_query(out, body, at, |o| {
+                o.put_u8(b'"');
+                o.put_slice(&guarded);
+                o.put_u8(b'"');
+                o.put_u8(0);
+            })
+        }),
+        None => to.pass(len),
+    }
+}
+
+fn put_cstr(out: &mut BytesMut, s: &[u8]) {
+    out.put_slice(s);
+    out.put_u8(0);
+}
