@@ -86,3 +86,12 @@ fn psycopg3_with_every_statement_prepared() {
 fn asyncpg() {
     run("asyncpg", python_suite("asyncpg_suite.py"));
 }
+
+#[test]
+fn node_postgres_with_named_queries() {
+    let mut suite = Command::new("node");
+    suite
+        .arg(harness::script("node_suite.js"))
+        .env("NODE_PATH", harness::node_modules());
+    run("node-postgres", suite);
+}

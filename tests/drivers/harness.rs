@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Exact versions, for runs that behave the same on every machine.
 const PYTHON_PACKAGES: &[&str] = &["psycopg[binary]==3.3.9", "asyncpg==0.32.0"];
+const NODE_PACKAGES: &[&str] = &["pg@8.23.1", "pg-copy-streams@7.0.0"];
 /// Longest a suite may run before its child is killed and the test fails.
 pub const SUITE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -92,6 +93,26 @@ pub fn python() -> &'static Path {
             )
         })?;
         Ok(venv.join("bin/python"))
+    }))
+    .as_path()
+}
+
+/// A `node_modules` holding pg and pg-copy-streams (from npm on first use), for `NODE_PATH`.
+pub fn node_modules() -> &'static Path {
+    static NODE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    unwrap_setup(NODE.get_or_init(|| {
+        let prefix = drivers_dir().join("node");
+        install_once(&prefix, NODE_PACKAGES, |prefix| {
+            step(
+                "npm install (needs the npm registry)",
+                Command::new("npm")
+                    .args(["install", "--save-exact", "--no-audit", "--no-fund", "--prefix"])
+                    .arg(prefix)
+                    .args(NODE_PACKAGES),
+                "needs node and npm (Debian: nodejs, npm)",
+            )
+        })?;
+        Ok(prefix.join("node_modules"))
     }))
     .as_path()
 }
