@@ -95,3 +95,10 @@ fn node_postgres_with_named_queries() {
         .env("NODE_PATH", harness::node_modules());
     run("node-postgres", suite);
 }
+
+#[test]
+fn pgjdbc_with_prepare_threshold_1() {
+    let mut suite = Command::new("java");
+    suite.args(["-XX:+UseSerialGC", "-cp", harness::jdbc_classpath(), "JdbcSuite"]);
+    run("pgjdbc", suite);
+}

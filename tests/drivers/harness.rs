@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 /// Exact versions, for runs that behave the same on every machine.
 const PYTHON_PACKAGES: &[&str] = &["psycopg[binary]==3.3.9", "asyncpg==0.32.0"];
 const NODE_PACKAGES: &[&str] = &["pg@8.23.1", "pg-copy-streams@7.0.0"];
+/// pgjdbc as Debian ships it (`libpostgresql-jdbc-java`).
+const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
 /// Longest a suite may run before its child is killed and the test fails.
 pub const SUITE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -115,6 +117,31 @@ pub fn node_modules() -> &'static Path {
         Ok(prefix.join("node_modules"))
     }))
     .as_path()
+}
+
+/// The class path running `JdbcSuite`: the suite compiled with `javac`, plus Debian's pgjdbc.
+pub fn jdbc_classpath() -> &'static str {
+    static CLASSPATH: OnceLock<Result<String, String>> = OnceLock::new();
+    unwrap_setup(CLASSPATH.get_or_init(|| {
+        if !Path::new(JDBC_JAR).exists() {
+            return Err(format!(
+                "{JDBC_JAR} is missing: apt-get install -y --no-install-recommends libpostgresql-jdbc-java"
+            ));
+        }
+        let classes = drivers_dir().join("java");
+        if classes.exists() {
+            fs::remove_dir_all(&classes).map_err(|e| format!("removing {}: {e}", classes.display()))?;
+        }
+        let mut javac = Command::new("javac");
+        javac
+            .args(["-encoding", "UTF-8", "-cp", JDBC_JAR, "-d"])
+            .arg(&classes)
+            .arg(script("JdbcSuite.java"));
+        let hint = "apt-get install -y --no-install-recommends default-jdk-headless";
+        step("javac JdbcSuite.java", &mut javac, hint)?;
+        Ok(format!("{}:{JDBC_JAR}", classes.display()))
+    }))
+    .as_str()
 }
 
 /// Runs `suite` with `DATABASE_URL` set, killing it (by its pid, as a process group) after [`SUITE_TIMEOUT`].
