@@ -38,6 +38,8 @@ pub struct Context {
     pub cancels: CancelRegistry,
     /// Logged-in clients, against `max_client_connections`.
     pub clients: AtomicUsize,
+    /// Clients pinned to one server connection (LISTEN, temp tables, session advisory locks, WITH HOLD cursors).
+    pub pinned: AtomicUsize,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -105,6 +107,7 @@ impl Proxy {
             statements: StatementTable::default(),
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
+            pinned: AtomicUsize::new(0),
             shutdown: shutdown_rx,
             config: Arc::new(config),
         });

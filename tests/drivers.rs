@@ -11,10 +11,8 @@ mod harness;
 use std::process::Command;
 use std::time::Duration;
 
-use pgsplit::config::PoolMode;
-
-use crate::support::proxy::{TestProxy, config_with_followers};
-use crate::support::{cluster, eventually};
+use crate::support::cluster;
+use crate::support::proxy::{TestProxy, routed};
 
 /// Far above any lag these suites cause, so the followers stay in the read set; the suites read fresh rows only inside
 /// transactions (on the leader).
@@ -24,28 +22,13 @@ const LAG: Duration = Duration::from_secs(600);
 /// pgsplit in transaction mode in front of the shared cluster: 4 leader connections, 2 per follower, once every
 /// follower is usable for reads.
 async fn tiny_transaction_proxy() -> TestProxy {
-    let c = cluster();
-    let mut config = config_with_followers(c, LAG_BYTES, LAG);
-    config.proxy.pool_mode = PoolMode::Transaction;
-    config.leader.max_connections = 4;
-    config.follower_pools[0].max_connections_per_instance = 2;
-    let proxy = TestProxy::start(config, c).await;
-    let topology = proxy.proxy.context().topology.clone();
-    eventually("every follower usable", || {
-        let t = topology.load();
-        let waiting: Vec<_> = t.pools[0]
-            .instances
-            .iter()
-            .filter(|i| i.health.usable_for().is_none())
-            .map(|i| i.name.clone())
-            .collect();
-        waiting
-            .is_empty()
-            .then_some(())
-            .ok_or(format!("not usable yet: {waiting:?}"))
+    routed(cluster(), |config| {
+        config.follower_pools[0].max_lag_bytes = LAG_BYTES;
+        config.follower_pools[0].max_lag_seconds = LAG;
+        config.leader.max_connections = 4;
+        config.follower_pools[0].max_connections_per_instance = 2;
     })
-    .await;
-    proxy
+    .await
 }
 
 /// Runs one driver's `suite` against a fresh proxy; fails the test with the suite's output unless it exits 0.

@@ -15,6 +15,7 @@
 
 use std::io::ErrorKind;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -185,6 +186,7 @@ impl Relay {
             let _ = self.client.write_all(&self.out).await;
         }
         self.return_server().await;
+        self.set_stream(StreamState::default());
         end
     }
 
@@ -341,7 +343,7 @@ impl Relay {
             return Ok(());
         }
         if let Some((plan, stream)) = intent.plan.take() {
-            self.stream = stream;
+            self.set_stream(stream);
             match header.tag {
                 b'Q' => intent.plan = Some((plan, stream)),
                 _ => self.batch_changes.extend(plan.changes),
@@ -425,6 +427,16 @@ impl Relay {
             b'S' => self.batch_open = false,
             _ => {}
         }
+    }
+
+    /// The stream moves past a statement; a client that becomes pinned, or stops being pinned, is counted.
+    fn set_stream(&mut self, stream: StreamState) {
+        match (self.stream.pinned, stream.pinned) {
+            (false, true) => self.ctx.pinned.fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.ctx.pinned.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        self.stream = stream;
     }
 
     /// Writes the answers pgsplit makes up (ParseComplete, CloseComplete) whose turn has come.

@@ -4,51 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pgsplit::config::{FollowerPoolConfig, PoolMode};
+use pgsplit::config::FollowerPoolConfig;
 use pgsplit::router::route::SLOW_START;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::support::proxy::{TestProxy, config_with_followers};
-use crate::support::{LocalCluster, StopMode, cluster, eventually, private_cluster, psql, wait_replayed};
-
-const DEFAULT_LAG_BYTES: u64 = 16 << 20;
-const DEFAULT_LAG: Duration = Duration::from_secs(5);
-
-/// pgsplit in front of `cluster` with its followers as the read pool, once every follower is usable.
-async fn routed(cluster: &LocalCluster, edit: impl FnOnce(&mut pgsplit::config::Config)) -> TestProxy {
-    let mut config = config_with_followers(cluster, DEFAULT_LAG_BYTES, DEFAULT_LAG);
-    config.proxy.pool_mode = PoolMode::Transaction;
-    edit(&mut config);
-    let p = TestProxy::start(config, cluster).await;
-    let topology = p.proxy.context().topology.clone();
-    eventually("every follower usable", || {
-        let t = topology.load();
-        let waiting: Vec<_> = t.pools[0]
-            .instances
-            .iter()
-            .filter(|i| i.health.usable_for().is_none())
-            .map(|i| i.name.clone())
-            .collect();
-        waiting
-            .is_empty()
-            .then_some(())
-            .ok_or(format!("not usable yet: {waiting:?}"))
-    })
-    .await;
-    p
-}
-
-async fn value(client: &Client, sql: &str) -> String {
-    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
-}
+use crate::support::proxy::routed;
+use crate::support::{LocalCluster, StopMode, cluster, eventually, private_cluster, psql, value, wait_replayed};
 
 fn ports(cluster: &LocalCluster) -> (String, Vec<String>) {
     (

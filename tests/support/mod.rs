@@ -14,6 +14,8 @@ use std::ops::Deref;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::{Client, SimpleQueryMessage};
+
 pub use pgsplit::demo::cluster::{ClusterOptions, Instance, LocalCluster, StopMode, Toolbox, Watchdog};
 
 /// Bound for the harness's waits (replication catch-up, pgbench setup).
@@ -169,4 +171,16 @@ pub fn psql(cluster: &LocalCluster, instance: &Instance, sql: &str) -> String {
         Ok(out) => out,
         Err(e) => panic!("psql on {}: {e}", instance.name),
     }
+}
+
+/// The first column of the first row `sql` returns (simple protocol); panics with the statement on an error.
+pub async fn value(client: &Client, sql: &str) -> String {
+    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
 }

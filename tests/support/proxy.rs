@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use pgsplit::config::{Config, FollowerConfig, FollowerPoolConfig, HealthConfig, PoolMode};
+
+use super::eventually;
 use pgsplit::demo::cluster::LocalCluster;
 use pgsplit::proxy::Proxy;
 use tokio::sync::mpsc;
@@ -129,4 +131,29 @@ pub async fn start(cluster: &LocalCluster, mode: PoolMode, pool_size: usize) -> 
     config.proxy.pool_mode = mode;
     config.leader.max_connections = pool_size;
     TestProxy::start(config, cluster).await
+}
+
+/// pgsplit in transaction mode in front of `cluster` with its followers as the read pool (lag limits 16 MB and
+/// 5 s), adjusted by `edit`, once every follower is usable.
+pub async fn routed(cluster: &LocalCluster, edit: impl FnOnce(&mut Config)) -> TestProxy {
+    let mut config = config_with_followers(cluster, 16 << 20, Duration::from_secs(5));
+    config.proxy.pool_mode = PoolMode::Transaction;
+    edit(&mut config);
+    let p = TestProxy::start(config, cluster).await;
+    let topology = p.proxy.context().topology.clone();
+    eventually("every follower usable", || {
+        let t = topology.load();
+        let waiting: Vec<_> = t.pools[0]
+            .instances
+            .iter()
+            .filter(|i| i.health.usable_for().is_none())
+            .map(|i| i.name.clone())
+            .collect();
+        waiting
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("not usable yet: {waiting:?}"))
+    })
+    .await;
+    p
 }

@@ -75,3 +75,77 @@ pub fn error_code(messages: &[(u8, Vec<u8>)]) -> Option<String> {
 pub async fn send(stream: &mut TcpStream, bytes: &[u8]) {
     stream.write_all(bytes).await.expect("writable");
 }
+
+/// One frontend message: `tag`, length, `body`.
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn cstrs(parts: &[&str]) -> Vec<u8> {
+    parts.iter().flat_map(|p| p.bytes().chain([0])).collect()
+}
+
+/// Parse of `sql` as the statement `name`, no parameter types.
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut body = cstrs(&[name, sql]);
+    body.extend_from_slice(&[0, 0]);
+    message(b'P', &body)
+}
+
+/// Bind of the unnamed portal to `statement`, no parameters, text results.
+pub fn bind(statement: &str) -> Vec<u8> {
+    let mut body = cstrs(&["", statement]);
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    message(b'B', &body)
+}
+
+/// Execute of the unnamed portal, all rows.
+pub fn execute() -> Vec<u8> {
+    message(b'E', &[0, 0, 0, 0, 0])
+}
+
+pub fn sync() -> Vec<u8> {
+    message(b'S', &[])
+}
+
+/// Close of the statement `name`.
+pub fn close_statement(name: &str) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    body.extend_from_slice(&cstrs(&[name]));
+    message(b'C', &body)
+}
+
+/// The tags of `messages`, as a string (`"12DCZ"`).
+pub fn tags(messages: &[(u8, Vec<u8>)]) -> String {
+    messages.iter().map(|(tag, _)| *tag as char).collect()
+}
+
+/// The first column of every DataRow among `messages`, as text.
+pub fn first_columns(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|(tag, _)| *tag == b'D')
+        .map(|(_, body)| {
+            let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+            String::from_utf8_lossy(&body[6..6 + len.max(0) as usize]).into_owned()
+        })
+        .collect()
+}
+
+/// Logs in as a `trust` user and reads up to the first ReadyForQuery.
+pub async fn login(port: u16, user: &str, database: &str) -> TcpStream {
+    let mut stream = connect(port).await;
+    send(&mut stream, &startup(user, database)).await;
+    let greeting = read_until(&mut stream, b'Z').await;
+    assert!(greeting.iter().all(|(tag, _)| *tag != b'E'), "login: {greeting:?}");
+    stream
+}
+
+/// Sends `messages` in one write and reads until the ReadyForQuery of the last Sync.
+pub async fn exchange(stream: &mut TcpStream, messages: &[Vec<u8>]) -> Vec<(u8, Vec<u8>)> {
+    send(stream, &messages.concat()).await;
+    read_until(stream, b'Z').await
+}

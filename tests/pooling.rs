@@ -1,0 +1,10 @@
+//! Transaction pooling that clients cannot tell from a direct connection (SPEC §3.3): named prepared statements on
+//! whichever server connection serves the client, session settings, pinning, and server-connection hygiene. Tiny
+//! pools and several clients, so that clients really do move between server connections.
+
+mod support;
+
+#[path = "pooling/prepared.rs"]
+mod prepared;
+#[path = "pooling/state.rs"]
+mod state;
