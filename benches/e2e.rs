@@ -88,30 +88,42 @@ struct Target {
 struct Workload {
     title: &'static str,
     args: &'static [&'static str],
-    /// Runs against the session-pooling proxies (prepared statements need the same server connection throughout).
+    /// Runs against the session-pooling proxies.
     session: bool,
+    /// PgBouncer takes part (1.18 has no prepared statements in transaction pooling).
+    pgbouncer: bool,
 }
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: [Workload; 5] = [
     Workload {
         title: "select-only, simple protocol (`pgbench -S -M simple`), transaction pooling",
         args: &["-S", "-M", "simple"],
         session: false,
+        pgbouncer: true,
     },
     Workload {
         title: "select-only, extended protocol (`pgbench -S -M extended`), transaction pooling",
         args: &["-S", "-M", "extended"],
         session: false,
+        pgbouncer: true,
+    },
+    Workload {
+        title: "select-only, prepared statements (`pgbench -S -M prepared`), transaction pooling",
+        args: &["-S", "-M", "prepared"],
+        session: false,
+        pgbouncer: false,
     },
     Workload {
         title: "select-only, prepared statements (`pgbench -S -M prepared`), session pooling",
         args: &["-S", "-M", "prepared"],
         session: true,
+        pgbouncer: true,
     },
     Workload {
         title: "tpcb-like read/write (`pgbench -M simple`), transaction pooling",
         args: &["-M", "simple"],
         session: false,
+        pgbouncer: true,
     },
 ];
 
@@ -188,7 +200,7 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
         };
         let mut rows = Vec::new();
         for (clients, threads) in CLIENTS {
-            for target in targets {
+            for target in targets.iter().filter(|t| workload.pgbouncer || t.kind != Kind::PgBouncer) {
                 eprintln!("e2e: {} | {} | {clients} clients", workload.args.join(" "), target.name);
                 let args = pgbench_args(workload.args, clients, threads, settings.secs);
                 let outcome = measure(tools, target, &args);

@@ -14,25 +14,11 @@ import traceback
 
 import asyncpg
 
+from suite_common import CLIENTS, COPY_ROWS, ROUNDS, SuiteError, check, copy_rows, names
+
 DRIVER = "asyncpg"
-PREFIX = "drv_asyncpg"
-ITEMS = f"{PREFIX}_items"
-COPY_TABLE = f"{PREFIX}_copy"
-SCHEMA = f"{PREFIX}_schema"
-CHANNEL = f"{PREFIX}_chan"
-CLIENTS = 16
-ROUNDS = 25
-COPY_ROWS = 500
+ITEMS, COPY_TABLE, SCHEMA, CHANNEL = names(DRIVER)
 TIME_LIMIT = 60
-
-
-class SuiteError(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise SuiteError(message)
 
 
 async def connect():
@@ -146,19 +132,6 @@ async def listen_notify():
     finally:
         await listener.close()
         await notifier.close()
-
-
-def copy_rows():
-    rows = []
-    for i in range(1, COPY_ROWS + 1):
-        if i % 7 == 0:
-            label = None
-        elif i % 3 == 0:
-            label = f"row {i}\ttab \\ backslash\nnewline ü"
-        else:
-            label = f"row {i}"
-        rows.append((i, label, i * i))
-    return rows
 
 
 ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}

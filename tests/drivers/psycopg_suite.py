@@ -14,25 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
+from suite_common import CLIENTS, COPY_ROWS, ROUNDS, SuiteError, check, copy_rows, names
+
 DRIVER = "psycopg"
-PREFIX = "drv_psycopg"
-ITEMS = f"{PREFIX}_items"
-COPY_TABLE = f"{PREFIX}_copy"
-SCHEMA = f"{PREFIX}_schema"
-CHANNEL = f"{PREFIX}_chan"
-CLIENTS = 16
-ROUNDS = 25
-COPY_ROWS = 500
+ITEMS, COPY_TABLE, SCHEMA, CHANNEL = names(DRIVER)
 DEADLINE = time.monotonic() + 60
-
-
-class SuiteError(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise SuiteError(message)
 
 
 def in_time(what):
@@ -142,19 +128,6 @@ def listen_notify():
             notifier.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
         received = [(n.channel, n.payload) for n in listener.notifies(timeout=10.0, stop_after=len(payloads))]
         check(received == [(CHANNEL, p) for p in payloads], f"LISTEN got {received!r}, expected {payloads!r}")
-
-
-def copy_rows():
-    rows = []
-    for i in range(1, COPY_ROWS + 1):
-        if i % 7 == 0:
-            label = None
-        elif i % 3 == 0:
-            label = f"row {i}\ttab \\ backslash\nnewline ü"
-        else:
-            label = f"row {i}"
-        rows.append((i, label, i * i))
-    return rows
 
 
 def copy_both_ways():

@@ -1,0 +1,37 @@
+"""What the Python driver suites share: their table and channel names, sizes, checks and the rows COPY sends.
+
+Imported by psycopg_suite.py and asyncpg_suite.py (Python puts the running script's folder on the import path).
+"""
+
+CLIENTS = 16
+ROUNDS = 25
+COPY_ROWS = 500
+
+
+class SuiteError(Exception):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise SuiteError(message)
+
+
+def names(driver):
+    """The suite's own objects, so that suites running side by side never collide: items, copy, schema, channel."""
+    prefix = f"drv_{driver}"
+    return f"{prefix}_items", f"{prefix}_copy", f"{prefix}_schema", f"{prefix}_chan"
+
+
+def copy_rows():
+    """Rows for COPY, with NULLs and text that needs escaping (tab, backslash, newline, non-ASCII)."""
+    rows = []
+    for i in range(1, COPY_ROWS + 1):
+        if i % 7 == 0:
+            label = None
+        elif i % 3 == 0:
+            label = f"row {i}\ttab \\ backslash\nnewline ü"
+        else:
+            label = f"row {i}"
+        rows.append((i, label, i * i))
+    return rows
