@@ -200,7 +200,10 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
         };
         let mut rows = Vec::new();
         for (clients, threads) in CLIENTS {
-            for target in targets.iter().filter(|t| workload.pgbouncer || t.kind != Kind::PgBouncer) {
+            for target in targets
+                .iter()
+                .filter(|t| workload.pgbouncer || t.kind != Kind::PgBouncer)
+            {
                 eprintln!("e2e: {} | {} | {clients} clients", workload.args.join(" "), target.name);
                 let args = pgbench_args(workload.args, clients, threads, settings.secs);
                 let outcome = measure(tools, target, &args);

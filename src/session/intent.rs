@@ -42,7 +42,10 @@ impl Relay {
                     intent.wants = Wants::Leader(RouteReason::Write(Reason::Unparsable));
                     return intent;
                 };
-                let analysis = analyze(sql, &self.functions);
+                let mut analysis = analyze(sql, &self.functions);
+                if header.tag == b'P' {
+                    analysis.pin_if_prepares();
+                }
                 // An EXECUTE runs what its statement runs.
                 let runs = match &analysis.prepared {
                     Some(SqlPrepared::Execute { name, .. }) => self.statements.named(name).map(|s| &*s.analysis),

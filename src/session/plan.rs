@@ -197,6 +197,17 @@ impl Analysis {
             .any(|e| matches!(e, Effect::DiscardAll | Effect::DeallocateAll))
     }
 
+    /// The text, run through the extended protocol, creates or drops a SQL-level prepared statement under the
+    /// client's own name, which pgsplit renames only in a simple Query: the statement would live on one server
+    /// connection, so the client must stay there, on the leader (where pins live).
+    pub fn pin_if_prepares(&mut self) {
+        if self.prepared.is_some() {
+            self.effects.push(Effect::Pin);
+            self.summary.access = Access::Write;
+            self.summary.reason = Reason::Pin;
+        }
+    }
+
     /// A query made of nothing but whitespace, comments and semicolons.
     pub fn is_empty(&self) -> bool {
         self.summary.is_empty()
@@ -377,6 +388,16 @@ mod tests {
             analyze("DEALLOCATE ALL", &f).prepared,
             Some(SqlPrepared::Deallocate { name: None })
         );
+    }
+
+    #[test]
+    fn a_parse_of_a_sql_prepare_pins_when_bound() {
+        let mut analysis = analyze("PREPARE q AS SELECT 1", &functions());
+        analysis.pin_if_prepares();
+        let mut state = StreamState::default();
+        let plan = analysis.plan(&Settings::default(), &mut state);
+        assert!(state.pinned);
+        assert_eq!(plan.wants, Wants::Leader(RouteReason::Write(Reason::Pin)));
     }
 
     #[test]

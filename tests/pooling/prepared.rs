@@ -191,6 +191,15 @@ async fn sql_prepare_execute_and_deallocate_follow_the_client() {
         .unwrap_or_default();
     assert!(message.contains("nothere"), "{message}");
 
+    // A PREPARE run through the extended protocol creates the client's own name on the server: that pins too.
+    b.execute("PREPARE px AS SELECT 'x'", &[]).await.unwrap();
+    assert_eq!(value(&b, "EXECUTE px").await, "x");
+    assert_eq!(
+        value(&b, "SELECT inet_server_port()").await,
+        leader,
+        "pinned: reads stay on the leader"
+    );
+    b.batch_execute("DISCARD ALL").await.unwrap();
     // PREPARE among other statements pins the client to its leader connection, where the statement lives.
     assert_eq!(value(&b, "PREPARE m AS SELECT 'm'; EXECUTE m").await, "m");
     assert_eq!(value(&b, "EXECUTE m").await, "m");
