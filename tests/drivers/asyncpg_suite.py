@@ -14,7 +14,7 @@ import traceback
 
 import asyncpg
 
-from suite_common import CLIENTS, COPY_ROWS, ROUNDS, SuiteError, check, copy_rows, names
+from suite_common import CLIENTS, COPY_ROWS, ROUNDS, SuiteError, check, check_round_trip, copy_rows, names
 
 DRIVER = "asyncpg"
 ITEMS, COPY_TABLE, SCHEMA, CHANNEL = names(DRIVER)
@@ -165,9 +165,7 @@ async def copy_both_ways():
     for line in lines[:-1]:
         id_, label, amount = (text_field(f) for f in line.split("\t"))
         got.append((int(id_), label, int(amount)))
-    check(len(got) == len(expected), f"COPY TO returned {len(got)} rows, expected {len(expected)}")
-    for want, have in zip(expected, got):
-        check(want == have, f"COPY round trip: wrote {want!r}, read {have!r}")
+    check_round_trip(expected, got)
 
 
 PHASES = [

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
-from suite_common import CLIENTS, COPY_ROWS, ROUNDS, SuiteError, check, copy_rows, names
+from suite_common import CLIENTS, COPY_ROWS, ROUNDS, SuiteError, check, check_round_trip, copy_rows, names
 
 DRIVER = "psycopg"
 ITEMS, COPY_TABLE, SCHEMA, CHANNEL = names(DRIVER)
@@ -141,9 +141,7 @@ def copy_both_ways():
             with cur.copy(f"COPY (SELECT id, label, amount FROM {COPY_TABLE} ORDER BY id) TO STDOUT") as copy:
                 copy.set_types(["int4", "text", "int8"])
                 got = list(copy.rows())
-    check(len(got) == len(expected), f"COPY TO returned {len(got)} rows, expected {len(expected)}")
-    for want, have in zip(expected, got):
-        check(want == have, f"COPY round trip: wrote {want!r}, read {have!r}")
+    check_round_trip(expected, got)
 
 
 PHASES = [

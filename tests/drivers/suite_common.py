@@ -35,3 +35,10 @@ def copy_rows():
             label = f"row {i}"
         rows.append((i, label, i * i))
     return rows
+
+
+def check_round_trip(expected, got):
+    """The rows COPY TO STDOUT returned are the rows COPY FROM STDIN wrote."""
+    check(len(got) == len(expected), f"COPY TO returned {len(got)} rows, expected {len(expected)}")
+    for want, have in zip(expected, got):
+        check(want == have, f"COPY round trip: wrote {want!r}, read {have!r}")
