@@ -108,13 +108,10 @@ impl StatementTable {
     }
 
     /// Distinct statements held by some client or server connection.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.by_definition.values().filter(|w| w.strong_count() > 0).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -165,10 +162,12 @@ impl PreparedCache {
         self.used.clear();
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.used.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.used.is_empty()
     }
@@ -202,7 +201,7 @@ mod tests {
             "a released statement is named afresh"
         );
         assert_eq!(
-            table.len(),
+            table.held(),
             1,
             "only the held statement (SELECT 2) remains; the new one was dropped"
         );

@@ -208,11 +208,6 @@ impl Analysis {
         }
     }
 
-    /// A query made of nothing but whitespace, comments and semicolons.
-    pub fn is_empty(&self) -> bool {
-        self.summary.is_empty()
-    }
-
     /// Some statement of a multi-statement text is a PREPARE, EXECUTE or DEALLOCATE.
     fn mentions_prepare(&self, sql: &str, functions: &FunctionSet) -> bool {
         self.summary.statements > 1

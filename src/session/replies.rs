@@ -153,11 +153,6 @@ impl Replies {
         self.queue.is_empty()
     }
 
-    /// ReadyForQuery messages still owed.
-    pub fn ready_owed(&self) -> usize {
-        self.queue.iter().filter(|e| e.request == Request::Sync).count()
-    }
-
     /// The tag of a reply pgsplit makes up now, if the head of the queue is one (call until `None`).
     pub fn next_made(&mut self) -> Option<u8> {
         // A COPY end that reaches the head was sent with no COPY running: the server ignores it.
