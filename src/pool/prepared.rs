@@ -43,11 +43,16 @@ impl ServerStatement {
     }
 }
 
-/// Appends `pgsplit_<id>\0`.
+/// Appends `pgsplit_<id>\0`, as protocol messages carry names.
 pub fn put_name(id: u64, out: &mut BytesMut) {
+    put_sql_name(id, out);
+    out.put_u8(0);
+}
+
+/// Appends `pgsplit_<id>`, as SQL text carries names (a plain lower-case identifier).
+pub fn put_sql_name(id: u64, out: &mut BytesMut) {
     out.put_slice(NAME_PREFIX.as_bytes());
     let _ = write!(Writer(out), "{id}");
-    out.put_u8(0);
 }
 
 struct Writer<'a>(&'a mut BytesMut);

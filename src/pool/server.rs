@@ -150,7 +150,7 @@ impl ServerConn {
     /// succeeded and left the connection idle; a server error comes back as `LoginError::Refused`.
     pub async fn run_own(&mut self, sql: &str) -> Result<(), ConnectError> {
         let mut out = BytesMut::new();
-        messages::query(&mut out, sql);
+        messages::query(&mut out, sql.as_bytes());
         self.stream.write_all(&out).await?;
         let mut failed = None;
         loop {

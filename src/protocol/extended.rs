@@ -94,14 +94,6 @@ pub fn put_sync(out: &mut BytesMut) {
     message(out, b'S', |_| {});
 }
 
-/// A simple Query of `sql`.
-pub fn put_query(out: &mut BytesMut, sql: &[u8]) {
-    message(out, b'Q', |o| {
-        o.put_slice(sql);
-        o.put_u8(0);
-    });
-}
-
 /// ParseComplete or CloseComplete: the answers pgsplit makes up for a Parse or Close it did not send.
 pub fn put_empty(out: &mut BytesMut, tag: u8) {
     message(out, tag, |_| {});
@@ -112,10 +104,7 @@ mod tests {
     use super::*;
 
     fn named(name: &'static [u8]) -> impl FnOnce(&mut BytesMut) {
-        move |o: &mut BytesMut| {
-            o.put_slice(name);
-            o.put_u8(0);
-        }
+        move |o: &mut BytesMut| crate::protocol::messages::put_cstr(o, name)
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub(super) fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesM
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
-fn put_cstr(out: &mut BytesMut, s: &[u8]) {
+pub fn put_cstr(out: &mut BytesMut, s: &[u8]) {
     out.put_slice(s);
     out.put_u8(0);
 }
@@ -132,8 +132,8 @@ pub fn command_complete(out: &mut BytesMut, tag: &str) {
 }
 
 /// A simple-protocol Query, for the statements pgsplit runs itself on server connections.
-pub fn query(out: &mut BytesMut, sql: &str) {
-    message(out, b'Q', |o| put_cstr(o, sql.as_bytes()));
+pub fn query(out: &mut BytesMut, sql: &[u8]) {
+    message(out, b'Q', |o| put_cstr(o, sql));
 }
 
 /// Reads a ParameterStatus body into (name, value).

@@ -444,9 +444,7 @@ impl Relay {
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        while let Some(tag) = self.replies.next_made() {
-            extended::put_empty(self.to_client.insert(&mut server.conn.buf), tag);
-        }
+        write_made(&mut self.replies, &mut self.to_client, &mut server.conn.buf);
     }
 
     /// Client messages wait: for the follower running the previous unit to be released, or for an armed read's
@@ -586,9 +584,7 @@ impl Relay {
                 Verdict::Forward => self.to_client.pass(&mut server.buf, header.frame_len()),
                 Verdict::Drop => self.to_client.skip(&mut server.buf, header.frame_len()),
             }
-            while let Some(tag) = self.replies.next_made() {
-                extended::put_empty(self.to_client.insert(&mut server.buf), tag);
-            }
+            write_made(&mut self.replies, &mut self.to_client, &mut server.buf);
             if self.retry.as_ref().is_some_and(|r| r.due) {
                 // The refused attempt's replies never reach the client.
                 self.to_client.discard(&mut server.buf);
@@ -622,5 +618,12 @@ impl Relay {
         self.out.clear();
         build(&mut self.out);
         self.client.write_all(&self.out).await.map_err(SessionEnd::ClientIo)
+    }
+}
+
+/// Puts the answers pgsplit makes up whose turn has come (ParseComplete, CloseComplete) into the client's stream.
+fn write_made(replies: &mut Replies, to_client: &mut Outflow, server_buf: &mut BytesMut) {
+    while let Some(tag) = replies.next_made() {
+        extended::put_empty(to_client.insert(server_buf), tag);
     }
 }

@@ -16,9 +16,12 @@ use bytes::{Buf, BufMut, BytesMut};
 use super::outflow::Outflow;
 use super::plan::{Analysis, SqlPrepared};
 use super::replies::{Answer, Expected, Replies, Request, Undo};
-use crate::pool::prepared::{Definition, NAME_PREFIX, PreparedCache, ServerStatement, StatementTable, put_name};
+use crate::pool::prepared::{
+    Definition, NAME_PREFIX, PreparedCache, ServerStatement, StatementTable, put_name, put_sql_name,
+};
 use crate::protocol::extended::{self, Target};
 use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::messages::{self, put_cstr};
 
 /// A statement as one client has it: the server-side statement and what it does (for routing each execution).
 #[derive(Debug, Clone)]
@@ -98,7 +101,7 @@ impl ToServer<'_> {
             Definition::Sql(rest) => {
                 let prepare = prepare_sql(statement.id, rest);
                 if before_query {
-                    self.inject(|out| extended::put_query(out, &prepare));
+                    self.inject(|out| messages::query(out, &prepare));
                     self.replies
                         .push(Expected::new(Request::Sync, Answer::Hidden).undo(undo));
                 } else {
@@ -130,8 +133,7 @@ impl ToServer<'_> {
 fn prepare_sql(id: u64, rest: &str) -> Vec<u8> {
     let mut sql = BytesMut::new();
     sql.put_slice(b"PREPARE ");
-    put_name(id, &mut sql);
-    sql.truncate(sql.len() - 1);
+    put_sql_name(id, &mut sql);
     sql.put_slice(rest.as_bytes());
     sql.to_vec()
 }
@@ -347,13 +349,13 @@ impl Statements {
                     Some(existing) => {
                         let server = existing.server.clone();
                         to.ensure(&server, before_query);
-                        to.replace(len, |out, _| extended::put_query(out, &prepare_sql(server.id, rest)));
+                        to.replace(len, |out, _| messages::query(out, &prepare_sql(server.id, rest)));
                         return None;
                     }
                     None => table.sql(rest),
                 };
                 to.record(&server);
-                to.replace(len, |out, _| extended::put_query(out, &prepare_sql(server.id, rest)));
+                to.replace(len, |out, _| messages::query(out, &prepare_sql(server.id, rest)));
                 let name: Box<[u8]> = name.as_bytes().into();
                 self.named.insert(
                     name.clone(),
@@ -373,7 +375,7 @@ impl Statements {
                     Some(statement) => {
                         to.ensure(&statement.server, before_query);
                         to.replace(len, |out, body| {
-                            rename_in_query(out, body, *at, |o| statement.server.put_name(o))
+                            rename_in_query(out, body, *at, |o| put_sql_name(statement.server.id, o))
                         });
                     }
                     None => guard_in_query(to, len, name, *at),
@@ -385,7 +387,7 @@ impl Statements {
                     to.ensure(&statement.server, before_query);
                     to.cache.remove(statement.server.id);
                     to.replace(len, |out, body| {
-                        rename_in_query(out, body, *at, |o| statement.server.put_name(o))
+                        rename_in_query(out, body, *at, |o| put_sql_name(statement.server.id, o))
                     });
                     Some(Undo::Closed {
                         name,
@@ -412,9 +414,8 @@ fn rename_in_query(out: &mut BytesMut, body: &[u8], at: (usize, usize), name: im
     let mut text = BytesMut::with_capacity(sql.len() + 16);
     text.put_slice(&sql[..at.0]);
     name(&mut text);
-    text.truncate(text.len() - 1);
     text.put_slice(&sql[at.1..]);
-    extended::put_query(out, &text);
+    messages::query(out, &text);
 }
 
 /// An `EXECUTE` or `DEALLOCATE` of a statement the client does not have goes to the server as it is (which says
@@ -426,14 +427,8 @@ fn guard_in_query(to: &mut ToServer, len: usize, name: &str, at: (usize, usize))
                 o.put_u8(b'"');
                 o.put_slice(&guarded);
                 o.put_u8(b'"');
-                o.put_u8(0);
             })
         }),
         None => to.pass(len),
     }
-}
-
-fn put_cstr(out: &mut BytesMut, s: &[u8]) {
-    out.put_slice(s);
-    out.put_u8(0);
 }

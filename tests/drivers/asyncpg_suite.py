@@ -14,7 +14,7 @@ import traceback
 
 import asyncpg
 
-from suite_common import CLIENTS, COPY_ROWS, ROUNDS, SuiteError, check, check_round_trip, copy_rows, names
+from suite_common import CLIENTS, ROUNDS, SuiteError, check, check_round_trip, copy_rows, finish, names, phase_failed
 
 DRIVER = "asyncpg"
 ITEMS, COPY_TABLE, SCHEMA, CHANNEL = names(DRIVER)
@@ -188,17 +188,8 @@ async def main():
         try:
             await phase()
         except Exception as error:  # noqa: BLE001 - reported, and the suite fails at the end
-            traceback.print_exc()
-            print(f"{DRIVER}: {name} FAILED: {type(error).__name__}: {error}", file=sys.stderr)
-            failed.append(name)
-    if failed:
-        print(f"{DRIVER} suite FAILED in: {'; '.join(failed)}", file=sys.stderr)
-        return 1
-    print(
-        f"{DRIVER} {asyncpg.__version__} ok: {CLIENTS} clients x {ROUNDS} prepared rounds, transactions, "
-        f"search_path, LISTEN/NOTIFY, COPY {COPY_ROWS} rows both ways in {time.monotonic() - started:.1f}s"
-    )
-    return 0
+            phase_failed(DRIVER, name, error, failed)
+    return finish(DRIVER, asyncpg.__version__, failed, started)
 
 
 if __name__ == "__main__":

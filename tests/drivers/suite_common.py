@@ -3,6 +3,10 @@
 Imported by psycopg_suite.py and asyncpg_suite.py (Python puts the running script's folder on the import path).
 """
 
+import sys
+import time
+import traceback
+
 CLIENTS = 16
 ROUNDS = 25
 COPY_ROWS = 500
@@ -42,3 +46,22 @@ def check_round_trip(expected, got):
     check(len(got) == len(expected), f"COPY TO returned {len(got)} rows, expected {len(expected)}")
     for want, have in zip(expected, got):
         check(want == have, f"COPY round trip: wrote {want!r}, read {have!r}")
+
+
+def phase_failed(driver, name, error, failed):
+    """Reports a failed phase; the suite goes on with the next and fails at the end."""
+    traceback.print_exc()
+    print(f"{driver}: {name} FAILED: {type(error).__name__}: {error}", file=sys.stderr)
+    failed.append(name)
+
+
+def finish(driver, version, failed, started):
+    """The suite's verdict: the failed phases on stderr and 1, or one summary line and 0."""
+    if failed:
+        print(f"{driver} suite FAILED in: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    print(
+        f"{driver} {version} ok: {CLIENTS} clients x {ROUNDS} prepared rounds, transactions, "
+        f"search_path, LISTEN/NOTIFY, COPY {COPY_ROWS} rows both ways in {time.monotonic() - started:.1f}s"
+    )
+    return 0
