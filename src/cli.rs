@@ -13,19 +13,16 @@ use crate::proxy::Proxy;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(config_path: &Path) -> ExitCode {
-    let config = match crate::config::Config::load(config_path) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(1);
-        }
-    };
+    if let Err(errors) = crate::config::Config::load(config_path) {
+        eprintln!("{errors}");
+        return ExitCode::from(1);
+    }
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     runtime.block_on(async {
-        let proxy = match Proxy::start(config).await {
+        let proxy = match Proxy::start_from_file(config_path).await {
             Ok(proxy) => proxy,
             Err(error) => {
                 tracing::error!(%error, "pgsplit cannot start");

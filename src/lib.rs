@@ -4,6 +4,7 @@
 //! Data flows one way: `session` → `router` (decision) → `pool` (connection) → server, and replies stream back
 //! through the session untouched. `protocol` knows bytes, not pools.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -1,12 +1,18 @@
-//! The running proxy: listeners, the accept loop, the state every session shares, and graceful shutdown.
+//! The running proxy: listeners, the accept loop, the state every session shares, the tasks that keep it in step
+//! with the topology, and graceful shutdown.
+//!
+//! After every topology swap the proxy opens the endpoints of new follower pools, closes those of removed ones
+//! (their connected clients stay), and takes the users and function lists of the new config. Reload requests come
+//! from SIGHUP, the config file changing, and the admin API; promotions seen by the monitor are adopted.
 //!
 //! Shutdown stops accepting at once; idle clients are told 57P01 and closed; a client in a transaction is closed
 //! once it finishes, bounded by the grace period the caller gives.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -15,20 +21,24 @@ use tokio::task::JoinHandle;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors, UserConfig};
 use crate::pool::prepared::StatementTable;
 use crate::protocol::auth::Credentials;
 use crate::router::KnownWrites;
 use crate::session::{self, cancel::CancelRegistry};
 use crate::topology::catalog::{FunctionCatalog, FunctionSets};
+use crate::topology::control::Control;
 use crate::topology::monitor::{Monitor, MonitorHandle};
 use crate::topology::{SharedTopology, Topology};
 
 /// What every session reads.
 pub struct Context {
-    pub config: Arc<Config>,
-    pub credentials: HashMap<String, Credentials>,
+    /// The cluster and the config it was built from; every decision loads it once.
     pub topology: SharedTopology,
+    /// Reload, pause/resume, promotion: everything that changes the topology.
+    pub control: Arc<Control>,
+    /// Per user: what a client must prove. Replaced by a reload.
+    pub credentials: ArcSwap<HashMap<String, Credentials>>,
     /// Per database, the functions that make a SELECT a write.
     pub functions: FunctionSets,
     /// Statement shapes a follower refused as writes (25006): they go to the leader from then on.
@@ -43,6 +53,13 @@ pub struct Context {
     pub shutdown: watch::Receiver<bool>,
 }
 
+impl Context {
+    /// The config in use now.
+    pub fn config(&self) -> Arc<Config> {
+        self.topology.load().config.clone()
+    }
+}
+
 /// Which listener a client came in on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -52,52 +69,80 @@ pub enum Endpoint {
     Pool(Arc<str>),
 }
 
+/// The accept loops running now, the main endpoint's and each follower pool's, with their bound addresses.
+#[derive(Default)]
+struct Listeners {
+    main: Option<(SocketAddr, JoinHandle<()>)>,
+    /// Pool name → (configured address, bound address, accept loop).
+    pools: HashMap<Arc<str>, (SocketAddr, SocketAddr, JoinHandle<()>)>,
+}
+
 pub struct Proxy {
     local_addr: SocketAddr,
-    /// Bound addresses of follower pools' own endpoints.
-    pool_addrs: Vec<(Arc<str>, SocketAddr)>,
+    admin_addr: SocketAddr,
     ctx: Arc<Context>,
+    listeners: Arc<Mutex<Listeners>>,
     shutdown: watch::Sender<bool>,
-    accepts: Vec<JoinHandle<()>>,
+    /// Monitor, promotion follower, swap follower, reload triggers, admin API.
+    tasks: Vec<JoinHandle<()>>,
     monitor: MonitorHandle,
     /// Every session holds a clone of the sender; all dropped = all sessions over.
     sessions_done: mpsc::Receiver<()>,
+    session_token: mpsc::Sender<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Config(ConfigErrors),
+    #[error("cannot watch the config file: {0}")]
+    Watch(String),
 }
 
 impl Proxy {
-    /// Binds the main endpoint and starts accepting. SCRAM verifiers are derived here, once.
+    /// Starts from a config value; reloads are not possible (no file). SCRAM verifiers are derived here, once.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
-        let mut listeners = vec![(Endpoint::Main, bind(config.proxy.listen).await?)];
-        for pool in &config.follower_pools {
-            if let Some(addr) = pool.listen {
-                listeners.push((Endpoint::Pool(pool.name.as_str().into()), bind(addr).await?));
+        Self::start_with(config, None).await
+    }
+
+    /// Starts from a config file, and reloads it on SIGHUP, when it changes, and on `POST /reload`.
+    pub async fn start_from_file(path: &Path) -> Result<Proxy, StartError> {
+        let config = Config::load(path).map_err(StartError::Config)?;
+        let mut proxy = Self::start_with(config, Some(path.to_path_buf())).await?;
+        let mut triggers =
+            crate::topology::watch::reload_triggers(path).map_err(|e| StartError::Watch(e.to_string()))?;
+        let control = proxy.ctx.control.clone();
+        proxy.tasks.push(tokio::spawn(async move {
+            while let Some(cause) = triggers.next().await {
+                match control.reload().await {
+                    Ok(outcome) => tracing::info!(?cause, changed = outcome.changed, "config reloaded"),
+                    Err(error) => tracing::error!(?cause, %error, "config reload rejected"),
+                }
             }
-        }
-        let local_addr = listeners[0].1.local_addr().map_err(|source| StartError::Listen {
-            addr: config.proxy.listen,
-            source,
-        })?;
+        }));
+        Ok(proxy)
+    }
+
+    async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Result<Proxy, StartError> {
+        let main = bind(config.proxy.listen).await?;
+        let local_addr = bound_addr(&main, config.proxy.listen)?;
+        let admin = bind(config.proxy.admin_listen).await?;
+        let admin_addr = bound_addr(&admin, config.proxy.admin_listen)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::from_config(&config)));
         // The monitor and the catalog log in as the first configured user (to database `postgres`, and to each
         // client database for its functions).
         let watcher = &config.users[0];
         let (user, password) = (watcher.name.clone(), watcher.password.clone());
-        let monitor = Monitor::spawn(topology.clone(), config.health.clone(), user.clone(), password.clone());
+        let monitor = Monitor::spawn(topology.clone(), user.clone(), password.clone());
         let catalog = FunctionCatalog::new(topology.clone(), &config.health, user, password);
+        let control = Arc::new(Control::new(topology.clone(), path));
         let ctx = Arc::new(Context {
-            credentials: config
-                .users
-                .iter()
-                .map(|u| (u.name.clone(), Credentials::derive(u)))
-                .collect(),
+            credentials: ArcSwap::from_pointee(derive_credentials(&config.users, &HashMap::new())),
             topology,
+            control: control.clone(),
             functions: FunctionSets::new(
                 catalog,
                 config.routing.write_functions.clone(),
@@ -109,48 +154,54 @@ impl Proxy {
             clients: AtomicUsize::new(0),
             pinned: AtomicUsize::new(0),
             shutdown: shutdown_rx,
-            config: Arc::new(config),
         });
         let (session_token, sessions_done) = mpsc::channel(1);
-        let mut accepts = Vec::new();
-        let mut pool_addrs = Vec::new();
-        for (endpoint, listener) in listeners {
-            let addr = listener.local_addr().map_err(|source| StartError::Listen {
-                addr: local_addr,
-                source,
-            })?;
-            tracing::info!(%addr, ?endpoint, "pgsplit listening");
-            if let Endpoint::Pool(name) = &endpoint {
-                pool_addrs.push((name.clone(), addr));
+        tracing::info!(addr = %local_addr, "pgsplit listening");
+        let listeners = Arc::new(Mutex::new(Listeners {
+            main: Some((
+                local_addr,
+                tokio::spawn(accept_loop(main, Endpoint::Main, ctx.clone(), session_token.clone())),
+            )),
+            pools: HashMap::new(),
+        }));
+        open_pool_endpoints(&listeners, &config, &ctx, &session_token).await?;
+        tracing::info!(addr = %admin_addr, "admin API listening");
+        let mut tasks = vec![tokio::spawn(crate::admin::serve(admin, ctx.clone()))];
+        let mut rounds = monitor.rounds();
+        tasks.push(tokio::spawn(async move {
+            while rounds.changed().await.is_ok() {
+                control.follow_promotion().await;
             }
-            accepts.push(tokio::spawn(accept_loop(
-                listener,
-                endpoint,
-                ctx.clone(),
-                session_token.clone(),
-            )));
-        }
+        }));
+        tasks.push(tokio::spawn(follow_swaps(
+            listeners.clone(),
+            ctx.clone(),
+            session_token.clone(),
+        )));
         Ok(Proxy {
             local_addr,
-            pool_addrs,
+            admin_addr,
             ctx,
+            listeners,
             shutdown,
-            accepts,
+            tasks,
             monitor,
             sessions_done,
+            session_token,
         })
     }
 
     /// The address a follower pool's own endpoint listens on.
     pub fn pool_addr(&self, pool: &str) -> Option<SocketAddr> {
-        self.pool_addrs
-            .iter()
-            .find(|(name, _)| &**name == pool)
-            .map(|(_, addr)| *addr)
+        lock(&self.listeners).pools.get(pool).map(|(_, bound, _)| *bound)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -161,22 +212,113 @@ impl Proxy {
     /// Returns whether every session ended in time.
     pub async fn shutdown(mut self, grace: Duration) -> bool {
         let _ = self.shutdown.send(true);
-        for accept in &self.accepts {
-            accept.abort();
+        for task in self.tasks.drain(..) {
+            task.abort();
         }
-        for accept in self.accepts.drain(..) {
+        let accepts: Vec<JoinHandle<()>> = {
+            let mut listeners = lock(&self.listeners);
+            let main = listeners.main.take().map(|(_, task)| task);
+            main.into_iter()
+                .chain(listeners.pools.drain().map(|(_, (_, _, task))| task))
+                .collect()
+        };
+        for accept in accepts {
+            accept.abort();
             let _ = accept.await;
         }
+        drop(self.session_token);
         let drained = tokio::time::timeout(grace, self.sessions_done.recv()).await.is_ok();
         self.monitor.stop();
         drained
     }
 }
 
+/// After every swap: pool endpoints opened and closed to match, users and function lists taken from the config.
+async fn follow_swaps(listeners: Arc<Mutex<Listeners>>, ctx: Arc<Context>, token: mpsc::Sender<()>) {
+    let mut swaps = ctx.control.swaps();
+    while swaps.changed().await.is_ok() {
+        let config = ctx.config();
+        let next = derive_credentials(&config.users, &ctx.credentials.load());
+        ctx.credentials.store(Arc::new(next));
+        ctx.functions
+            .reconfigure(&config.routing.write_functions, &config.routing.read_only_functions);
+        if let Err(error) = open_pool_endpoints(&listeners, &config, &ctx, &token).await {
+            tracing::error!(%error, "a follower pool's endpoint cannot open; the pool is served on the main endpoint only");
+        }
+    }
+}
+
+/// Opens the endpoint of every pool with `listen` that has none (or another address), and closes those of pools
+/// gone or without `listen`. Clients already connected through a closed endpoint stay connected.
+async fn open_pool_endpoints(
+    listeners: &Mutex<Listeners>,
+    config: &Config,
+    ctx: &Arc<Context>,
+    token: &mpsc::Sender<()>,
+) -> Result<(), StartError> {
+    let wanted: HashMap<Arc<str>, SocketAddr> = config
+        .follower_pools
+        .iter()
+        .filter_map(|p| Some((Arc::from(p.name.as_str()), p.listen?)))
+        .collect();
+    {
+        let mut listeners = lock(listeners);
+        listeners.pools.retain(|name, (configured, bound, task)| {
+            let keep = wanted.get(name) == Some(configured);
+            if !keep {
+                tracing::info!(pool = %name, addr = %bound, "follower pool endpoint closed");
+                task.abort();
+            }
+            keep
+        });
+    }
+    for (name, addr) in wanted {
+        if lock(listeners).pools.contains_key(&name) {
+            continue;
+        }
+        let listener = bind(addr).await?;
+        let bound = bound_addr(&listener, addr)?;
+        tracing::info!(pool = %name, addr = %bound, "follower pool endpoint listening");
+        let task = tokio::spawn(accept_loop(
+            listener,
+            Endpoint::Pool(name.clone()),
+            ctx.clone(),
+            token.clone(),
+        ));
+        lock(listeners).pools.insert(name, (addr, bound, task));
+    }
+    Ok(())
+}
+
+/// Verifiers for `users`; an unchanged user keeps the one already derived (SCRAM derivation is deliberately slow).
+fn derive_credentials(users: &[UserConfig], known: &HashMap<String, Credentials>) -> HashMap<String, Credentials> {
+    users
+        .iter()
+        .map(|user| {
+            let credentials = match known.get(&user.name) {
+                Some(c) if c.derived_from(user) => c.clone(),
+                _ => Credentials::derive(user),
+            };
+            (user.name.clone(), credentials)
+        })
+        .collect()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })
+}
+
+fn bound_addr(listener: &TcpListener, configured: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Listen {
+        addr: configured,
+        source,
+    })
 }
 
 async fn accept_loop(listener: TcpListener, endpoint: Endpoint, ctx: Arc<Context>, session_token: mpsc::Sender<()>) {

@@ -11,6 +11,7 @@
 
 mod error;
 mod raw;
+pub mod rewrite;
 #[cfg(test)]
 mod tests;
 mod units;
@@ -84,6 +85,34 @@ impl Config {
             plural(instances, "follower instance"),
             plural(self.users.len(), "user"),
         )
+    }
+}
+
+impl Config {
+    /// This config with follower `name` as the leader, as after its promotion: it takes the leader's name and
+    /// address (the leader's other settings stay), leaves its pool (a pool left empty goes, and `read_pool` with
+    /// it), and the old leader is dropped — fenced or lost, it is nobody's follower. None if no follower has that
+    /// name. The same change `rewrite` makes to the file.
+    pub fn promoted(&self, name: &str) -> Option<Config> {
+        let mut next = self.clone();
+        let (pool, index) = next.follower_pools.iter().enumerate().find_map(|(p, pool)| {
+            let i = pool.instances.iter().position(|f| f.name == name)?;
+            Some((p, i))
+        })?;
+        let follower = next.follower_pools[pool].instances.remove(index);
+        next.leader.name = follower.name;
+        next.leader.host = follower.host;
+        next.leader.port = follower.port;
+        if next.follower_pools[pool].instances.is_empty() {
+            let gone = next.follower_pools.remove(pool);
+            if next.routing.read_pool.as_deref() == Some(&gone.name) {
+                // As if `read_pool` were unset, which is what the rewritten file says.
+                let pools = &next.follower_pools;
+                let default = pools.iter().find(|p| p.name == "default").or(pools.first());
+                next.routing.read_pool = default.map(|p| p.name.clone());
+            }
+        }
+        Some(next)
     }
 }
 

@@ -28,13 +28,15 @@ pub struct InstancePool {
     name: Arc<str>,
     host: Arc<str>,
     port: u16,
-    max_connections: usize,
-    connect_timeout: Duration,
     state: Mutex<PoolState>,
 }
 
-#[derive(Default)]
 struct PoolState {
+    /// The cap; a reload may change it.
+    max_connections: usize,
+    connect_timeout: Duration,
+    /// The instance left the topology: connections coming back are closed, not kept.
+    retired: bool,
     /// Connections open or being opened (idle + lent out + connecting).
     total: usize,
     /// Most recently returned last.
@@ -104,9 +106,15 @@ impl InstancePool {
             name: name.into(),
             host: host.into(),
             port,
-            max_connections,
-            connect_timeout,
-            state: Mutex::new(PoolState::default()),
+            state: Mutex::new(PoolState {
+                max_connections,
+                connect_timeout,
+                retired: false,
+                total: 0,
+                idle: Vec::new(),
+                waiters: VecDeque::new(),
+                server_params: HashMap::new(),
+            }),
         }
     }
 
@@ -144,7 +152,7 @@ impl InstancePool {
                 drop(conn);
                 continue;
             }
-            break if state.total < self.max_connections {
+            break if state.total < state.max_connections {
                 state.total += 1;
                 Next::Open { evicted: None }
             } else if let Some(i) = state.idle.iter().position(|c| c.key != login.key) {
@@ -181,7 +189,7 @@ impl InstancePool {
                     Some(Grant::Slot) => self.open(login).await,
                     None => Err(CheckoutError::Timeout {
                         instance: self.name.clone(),
-                        pool_size: self.max_connections,
+                        pool_size: self.lock().max_connections,
                         waited: started.elapsed(),
                     }),
                 }
@@ -191,7 +199,8 @@ impl InstancePool {
 
     /// Opens a connection for a slot already counted in `total`; gives the slot back on failure.
     async fn open(&self, login: &LoginInfo) -> Result<ServerConn, CheckoutError> {
-        match ServerConn::connect(&self.host, self.port, login, self.connect_timeout).await {
+        let connect_timeout = self.lock().connect_timeout;
+        match ServerConn::connect(&self.host, self.port, login, connect_timeout).await {
             Ok(conn) => {
                 let mut state = self.lock();
                 if !state.server_params.contains_key(&conn.key) {
@@ -215,6 +224,11 @@ impl InstancePool {
     pub fn release(&self, mut conn: ServerConn) {
         conn.returned();
         let mut state = self.lock();
+        if state.retired || state.total > state.max_connections {
+            // Retired, or over a cap a reload lowered: close it rather than keep it.
+            drop(state);
+            return self.discard(conn);
+        }
         let mut conn = Some(conn);
         while let Some(waiter) = state.waiters.pop_front() {
             let grant = if waiter.key == conn.as_ref().expect("present until handed off").key {
@@ -243,6 +257,38 @@ impl InstancePool {
             closed
         };
         drop(closed);
+    }
+
+    /// Applies a reloaded cap and connect timeout: a higher cap lets waiters open connections now; a lower one
+    /// closes idle connections over it now and busy ones as they come back.
+    pub fn set_limits(&self, max_connections: usize, connect_timeout: Duration) {
+        let closed: Vec<ServerConn> = {
+            let mut state = self.lock();
+            state.max_connections = max_connections;
+            state.connect_timeout = connect_timeout;
+            while state.total < state.max_connections {
+                let Some(waiter) = state.waiters.pop_front() else { break };
+                if waiter.grant.send(Grant::Slot).is_ok() {
+                    state.total += 1;
+                }
+            }
+            let over = state.total.saturating_sub(state.max_connections).min(state.idle.len());
+            let closed: Vec<ServerConn> = state.idle.drain(..over).collect();
+            state.total -= closed.len();
+            closed
+        };
+        drop(closed);
+    }
+
+    /// The instance left the topology: idle connections close now, lent-out ones when they come back.
+    pub fn retire(&self) {
+        self.lock().retired = true;
+        self.close_idle();
+    }
+
+    /// Forgets the cached login parameters: the instance changed role, and with it `in_hot_standby`.
+    pub fn forget_server_params(&self) {
+        self.lock().server_params.clear();
     }
 
     /// A lent-out connection is gone (broken, or not clean enough to reuse): free its slot.

@@ -85,6 +85,11 @@ impl Credentials {
             verifier: Verifier::from_password(&user.password),
         }
     }
+
+    /// Whether these were derived from exactly this user entry (a reload keeps them then).
+    pub fn derived_from(&self, user: &UserConfig) -> bool {
+        self.user == user.name && self.method == user.auth && self.password == user.password
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -166,7 +166,7 @@ fn effective_weight(instance: &Instance) -> Option<f64> {
     }
     let usable_for = instance.health.usable_for()?;
     let ramp = (usable_for.as_secs_f64() / SLOW_START.as_secs_f64()).clamp(0.1, 1.0);
-    Some(f64::from(instance.weight.max(1)) * ramp)
+    Some(f64::from(instance.weight().max(1)) * ramp)
 }
 
 /// Power of two choices over weighted random picks; the less loaded per unit of weight wins.
@@ -241,6 +241,7 @@ mod tests {
             lag_bytes: 0,
             lag: Duration::ZERO,
             lag_commits: 0,
+            timeline: 0,
         };
         instance.health.observe(seen);
         instance.health.set_usable(true);
@@ -287,6 +288,7 @@ mod tests {
             lag_bytes: 0,
             lag: Duration::ZERO,
             lag_commits: 0,
+            timeline: 0,
         });
         f.health.set_usable(true);
         let read = read_on(&t);
@@ -310,7 +312,7 @@ mod tests {
         let t = topology(&[1, 1]);
         make_usable(&t.pools[0].instances[0]);
         make_usable(&t.pools[0].instances[1]);
-        let _busy: Vec<_> = (0..50).map(|_| t.pools[0].instances[0].begin_work()).collect();
+        let _busy: Vec<_> = (0..50).map(|_| t.pools[0].instances[0].begin_work(false)).collect();
         let to_idle = (0..1000)
             .filter(|_| {
                 let d = read_on(&t);

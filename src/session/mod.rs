@@ -42,14 +42,15 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>, endpoint: Endpoint)
     let Some(_client_slot) = ClientSlot::take(&ctx) else {
         return reject(
             stream,
-            SqlError::too_many_clients(ctx.config.proxy.max_client_connections),
+            SqlError::too_many_clients(ctx.config().proxy.max_client_connections),
         )
         .await;
     };
     let registration = ctx.cancels.register();
     let user = params.get("user").unwrap_or_default().to_owned();
     let mut buf = BytesMut::new();
-    let credentials = ctx.credentials.get(&user);
+    let users = ctx.credentials.load_full();
+    let credentials = users.get(&user);
     match auth::authenticate(&mut stream, &mut buf, &user, credentials).await {
         Ok(()) => {}
         Err(AuthError::Rejected(error)) => {
@@ -81,7 +82,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>, endpoint: Endpoint)
         Some(p) => p,
         // First client of this user and database: log in to the server once now, so the client hears the
         // server's real parameters and a bad database name fails at login as it would without pgsplit.
-        None => match server::borrow(&pool, &login, &wanted, ctx.config.server.checkout_timeout).await {
+        None => match server::borrow(&pool, &login, &wanted, ctx.config().server.checkout_timeout).await {
             Ok(conn) => {
                 let params = Arc::new(conn.params.clone());
                 pool.release(conn);
@@ -175,7 +176,7 @@ struct ClientSlot<'a>(&'a Context);
 
 impl<'a> ClientSlot<'a> {
     fn take(ctx: &'a Context) -> Option<Self> {
-        let max = ctx.config.proxy.max_client_connections;
+        let max = ctx.config().proxy.max_client_connections;
         ctx.clients
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()

@@ -31,6 +31,7 @@ use super::plan::{Change, StreamState};
 use super::replies::{Answer, Expected, Replies, Request, Undo, Verdict};
 use super::retry::Retry;
 use super::statements::{Statements, ToServer};
+use crate::config::PoolMode;
 use crate::pool::server::READ_CHUNK;
 use crate::pool::{LoginInfo, ServerConn, Settings};
 use crate::protocol::error::SqlError;
@@ -40,7 +41,7 @@ use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
 use crate::proxy::{Context, Endpoint};
 use crate::router::{FunctionSet, RouteReason, Wants};
-use crate::topology::{Role, WorkGuard};
+use crate::topology::{Instance, Role, WorkGuard};
 
 /// Stop reading a side while this much of its data waits to be written to the other.
 const BACKPRESSURE: usize = 256 * 1024;
@@ -65,15 +66,21 @@ impl From<FrameError> for SessionEnd {
     }
 }
 
-/// A borrowed server connection and the instance it belongs to (counted as outstanding work while held).
+/// A borrowed server connection, the instance it belongs to and the role that instance had when routed to.
 pub(super) struct Attached {
     pub(super) conn: ServerConn,
-    pub(super) work: WorkGuard,
+    pub(super) instance: Arc<Instance>,
+    pub(super) role: Role,
+    /// Counts the running unit on the instance; None between units on a kept connection.
+    pub(super) work: Option<WorkGuard>,
 }
 
 pub struct Relay {
     pub(super) ctx: Arc<Context>,
     pub(super) endpoint: Endpoint,
+    /// Taken from the config at login: a reload changes them for new clients only.
+    pub(super) pool_mode: PoolMode,
+    pub(super) max_message_size: usize,
     pub(super) login: LoginInfo,
     /// The settings this client's session has, applied to each server connection it borrows.
     pub(super) wanted: Settings,
@@ -143,7 +150,10 @@ impl Relay {
         cancel: Arc<CancelSlot>,
         client: TcpStream,
     ) -> Self {
+        let config = ctx.topology.load().config.clone();
         Relay {
+            pool_mode: config.proxy.pool_mode,
+            max_message_size: config.proxy.max_message_size,
             functions,
             functions_checked: Instant::now(),
             shutdown: ctx.shutdown.clone(),
@@ -226,7 +236,7 @@ impl Relay {
                 }
             }
             self.release_if_done();
-            if self.held && self.server.is_none() {
+            if self.held && self.server.as_ref().is_none_or(|s| s.work.is_none()) {
                 self.held = false;
             }
             if !self.scan_paused()
@@ -286,7 +296,7 @@ impl Relay {
             let step = self.client_framer.step(
                 &self.client_buf[self.to_server.scanned()..],
                 |tag| tag != b'd',
-                self.ctx.config.proxy.max_message_size,
+                self.max_message_size,
             )?;
             match step {
                 Step::NeedMore(_) => return Ok(()),
@@ -322,6 +332,9 @@ impl Relay {
             self.client_buf.advance(len);
             return self.answer_show_route().await;
         }
+        if self.server.as_ref().is_some_and(|s| s.work.is_none()) {
+            self.resume_unit(intent.wants).await?;
+        }
         if self.server.is_none() {
             if self.answer_without_server(header.tag).await? {
                 self.client_buf.advance(len);
@@ -336,8 +349,7 @@ impl Relay {
                 self.arm_retry(header, plan.wants, stream.in_transaction, &plan.changes);
             }
         } else if self.at_unit_boundary()
-            && self.on_follower()
-            && matches!(self.wants_here(intent.wants), Wants::Leader(_))
+            && ((self.on_follower() && matches!(self.wants_here(intent.wants), Wants::Leader(_))) || self.paused_here())
         {
             self.held = true;
             return Ok(());
@@ -459,9 +471,17 @@ impl Relay {
     }
 
     pub(super) fn on_follower(&self) -> bool {
-        self.server
-            .as_ref()
-            .is_some_and(|s| s.work.instance().role == Role::Follower)
+        self.server.as_ref().is_some_and(|s| s.role == Role::Follower)
+    }
+
+    /// The attached connection's direction is paused: a unit pipelined behind the last one must not start on it.
+    fn paused_here(&self) -> bool {
+        let direction = if self.on_follower() {
+            crate::topology::gate::Direction::Reads
+        } else {
+            crate::topology::gate::Direction::Writes
+        };
+        self.ctx.control.gate.is_paused(direction)
     }
 
     /// Messages that need no server when none is attached: a lone Sync is answered here, Flush and stray COPY
@@ -521,7 +541,7 @@ impl Relay {
 
     fn on_server_data(&mut self) -> Result<(), SessionEnd> {
         let attached = self.server.as_mut().expect("server data implies a server");
-        let (server, instance) = (&mut attached.conn, attached.work.instance());
+        let (server, instance) = (&mut attached.conn, &attached.instance);
         loop {
             // Every reply but rows and COPY data is matched to its request; while a read may still be re-run,
             // every reply is looked at until its first result.

@@ -73,14 +73,14 @@ impl Relay {
         let sql = read_cstr(&self.retry_query[HEADER_LEN..]).and_then(|(sql, _)| std::str::from_utf8(sql).ok());
         self.ctx.known_writes.remember(router::fingerprint(sql.unwrap_or("")));
         self.release_if_done();
-        let leader = self.ctx.topology.load().leader.clone();
         if self.server.is_some() {
             // Still attached (the follower connection was not quiet): never mix units; fail this one visibly.
             return Err(SessionEnd::Fatal(SqlError::protocol_violation(
                 "cannot re-run a refused read",
             )));
         }
-        if let Err(error) = self.attach(&leader).await {
+        // A write after all: it waits at a write pause like any other.
+        if let Err(error) = self.route_and_attach(Wants::Leader(RouteReason::Retry25006)).await {
             return self
                 .send_to_client(|out| {
                     error.encode(out);
@@ -88,9 +88,7 @@ impl Relay {
                 })
                 .await;
         }
-        leader.count_route(RouteReason::Retry25006);
-        self.last_route = Some((leader.name.clone(), RouteReason::Retry25006));
-        tracing::debug!(instance = %leader.name, "re-running a statement a follower refused (25006) on the leader");
+        tracing::debug!("re-running a statement a follower refused (25006) on the leader");
         // Everything scanned before the refused Query was already written, so it goes first, ahead of whatever
         // the client sent since (still unscanned).
         debug_assert!(self.to_server.is_empty());

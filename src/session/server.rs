@@ -1,7 +1,14 @@
 //! The server connection a session holds: routing a unit of work to an instance and borrowing a connection there,
 //! giving it back when the unit is over (transaction mode) or the client leaves, and closing it when it fails.
+//!
+//! Every unit passes the pause gate first, for its direction (writes: the leader; reads: followers). A unit for the
+//! leader that cannot get a connection because the leader is down waits, retrying, up to `checkout_timeout` — a
+//! promotion adopted meanwhile serves it — and then gets 57P03. A connection kept between units (session mode, or a
+//! pinned client) is counted as work only while a unit runs on it, and moves off an instance that left the
+//! topology at the next unit; a pinned client cannot move (its state lives there) and is told to reconnect.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::relay::{Attached, Relay, SessionEnd};
 use crate::config::{Fallback, PoolMode};
@@ -12,6 +19,7 @@ use crate::protocol::login::LoginError;
 use crate::protocol::messages::TxStatus;
 use crate::proxy::Endpoint;
 use crate::router::{RouteReason, Wants};
+use crate::topology::gate::Direction;
 use crate::topology::{Instance, Role};
 
 impl Relay {
@@ -20,7 +28,7 @@ impl Relay {
     pub(super) fn wants_here(&self, wants: Wants) -> Wants {
         match (&self.endpoint, wants) {
             (Endpoint::Pool(_), Wants::Leader(reason)) => Wants::Follower(reason),
-            (Endpoint::Main, Wants::Follower(_)) if self.ctx.config.proxy.pool_mode == PoolMode::Session => {
+            (Endpoint::Main, Wants::Follower(_)) if self.pool_mode == PoolMode::Session => {
                 Wants::Leader(RouteReason::Pinned)
             }
             (_, wants) => wants,
@@ -29,68 +37,146 @@ impl Relay {
 
     pub(super) async fn route_and_attach(&mut self, wants: Wants) -> Result<(), SqlError> {
         let wants = self.wants_here(wants);
-        let decision = {
-            let topology = self.ctx.topology.load();
-            let (pool, fallback) = match &self.endpoint {
-                Endpoint::Main => (
-                    topology.read_pool.map(|i| &*topology.pools[i]),
-                    self.ctx.config.routing.fallback,
-                ),
-                Endpoint::Pool(name) => (
-                    topology.pools.iter().find(|p| p.name == *name).map(|p| &**p),
-                    Fallback::Error,
-                ),
+        let direction = direction_of(wants);
+        let config = self.ctx.topology.load().config.clone();
+        // A leader that cannot be reached is retried until this deadline.
+        let deadline = Instant::now() + config.server.checkout_timeout;
+        loop {
+            self.ctx.control.gate.wait_open(direction).await;
+            let decision = {
+                let topology = self.ctx.topology.load();
+                let (pool, fallback) = match &self.endpoint {
+                    Endpoint::Main => (topology.read_pool.map(|i| &*topology.pools[i]), config.routing.fallback),
+                    Endpoint::Pool(name) => (
+                        topology.pools.iter().find(|p| p.name == *name).map(|p| &**p),
+                        Fallback::Error,
+                    ),
+                };
+                crate::router::route(&topology, pool, wants, fallback)?
             };
-            crate::router::route(&topology, pool, wants, fallback)?
-        };
-        let (instance, reason) = match self.attach(&decision.instance).await {
-            Ok(()) => (decision.instance, decision.reason),
-            // A follower that cannot take the read: the leader can, unless this endpoint serves followers only.
-            Err(error) if decision.instance.role == Role::Follower && self.may_fall_back() => {
-                tracing::debug!(instance = %decision.instance.name, %error, "follower unavailable; reading on the leader");
-                let leader = self.ctx.topology.load().leader.clone();
-                self.attach(&leader).await?;
-                (leader, RouteReason::Fallback)
+            let role = match wants {
+                Wants::Leader(_) => Role::Leader,
+                Wants::Follower(_) if Arc::ptr_eq(&decision.instance, &self.ctx.topology.load().leader) => Role::Leader,
+                Wants::Follower(_) => Role::Follower,
+            };
+            let writes = direction == Direction::Writes;
+            let (instance, reason) = match self.attach(&decision.instance, role, writes).await {
+                Ok(()) => (decision.instance, decision.reason),
+                // A follower that cannot take the read: the leader can, unless this endpoint serves followers only.
+                Err(error) if role == Role::Follower && self.may_fall_back(&config) => {
+                    tracing::debug!(instance = %decision.instance.name, %error, "follower unavailable; reading on the leader");
+                    let leader = self.ctx.topology.load().leader.clone();
+                    self.attach(&leader, Role::Leader, false).await?;
+                    (leader, RouteReason::Fallback)
+                }
+                // The leader is down: a promotion may come, or the leader may return, before the deadline.
+                Err(error) if writes && error.code == code::CANNOT_CONNECT_NOW && Instant::now() < deadline => {
+                    tracing::debug!(instance = %decision.instance.name, %error, "leader unavailable; retrying");
+                    let pause = config
+                        .health
+                        .interval
+                        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            if self.ctx.control.gate.is_paused(direction) {
+                // Paused after this unit passed the gate but before it was counted: it waits like the rest.
+                self.detach();
+                continue;
             }
-            Err(error) => return Err(error),
-        };
-        instance.count_route(reason);
-        tracing::debug!(instance = %instance.name, reason = reason.as_str(), "routed");
-        self.last_route = Some((instance.name.clone(), reason));
-        Ok(())
+            instance.count_route(reason);
+            tracing::debug!(instance = %instance.name, reason = reason.as_str(), "routed");
+            self.last_route = Some((instance.name.clone(), reason));
+            return Ok(());
+        }
     }
 
-    fn may_fall_back(&self) -> bool {
-        matches!(self.endpoint, Endpoint::Main) && self.ctx.config.routing.fallback == Fallback::Leader
+    fn may_fall_back(&self, config: &crate::config::Config) -> bool {
+        matches!(self.endpoint, Endpoint::Main) && config.routing.fallback == Fallback::Leader
     }
 
-    pub(super) async fn attach(&mut self, instance: &Arc<Instance>) -> Result<(), SqlError> {
-        let checkout_timeout = self.ctx.config.server.checkout_timeout;
+    /// Borrows a connection on `instance`, counted as a running unit (one that may write, if `writes`).
+    pub(super) async fn attach(&mut self, instance: &Arc<Instance>, role: Role, writes: bool) -> Result<(), SqlError> {
+        let checkout_timeout = self.ctx.topology.load().config.server.checkout_timeout;
         let conn = borrow(&instance.pool, &self.login, &self.wanted, checkout_timeout).await?;
         self.cancel.set(Some(conn.cancel.clone()));
         self.server = Some(Attached {
             conn,
-            work: instance.begin_work(),
+            instance: instance.clone(),
+            role,
+            work: Some(instance.begin_work(writes)),
         });
         self.server_framer = Framer::default();
         Ok(())
     }
 
-    /// In transaction mode, gives the server connection back once the transaction is over and nothing is in flight.
+    /// A new unit on a connection kept between units (session mode, or pinned): it passes the gate, and moves off
+    /// an instance that left the topology — unless pinned, when the session must end.
+    pub(super) async fn resume_unit(&mut self, wants: Wants) -> Result<(), SessionEnd> {
+        let direction = direction_of(self.wants_here(wants));
+        loop {
+            let attached = self.server.as_mut().expect("called with a kept connection");
+            if attached.instance.is_retired() {
+                if !self.stream.pinned {
+                    // Nothing lives only on that connection: the unit is routed afresh.
+                    self.detach();
+                    return Ok(());
+                }
+                return Err(SessionEnd::Fatal(SqlError::new(
+                    Severity::Fatal,
+                    code::ADMIN_SHUTDOWN,
+                    format!(
+                        "instance \"{}\" left the topology, and this session's state (LISTEN, temporary tables, \
+                         session locks or held cursors) lives only there; reconnect",
+                        attached.instance.name
+                    ),
+                )));
+            }
+            let gate = &self.ctx.control.gate;
+            if gate.is_paused(direction) {
+                gate.wait_open(direction).await;
+                continue;
+            }
+            attached.work = Some(attached.instance.begin_work(direction == Direction::Writes));
+            if gate.is_paused(direction) {
+                attached.work = None;
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Gives the server connection back between units without ending anything: the pool keeps it if it can.
+    fn detach(&mut self) {
+        if let Some(Attached { conn, instance, .. }) = self.server.take() {
+            self.cancel.set(None);
+            if self.is_quiet() && conn.buf.is_empty() {
+                instance.pool.release(conn);
+            } else {
+                instance.pool.discard(conn);
+            }
+        }
+    }
+
+    /// Once a unit is over and nothing is in flight: in transaction mode the server connection goes back to its
+    /// pool; kept (session mode, pinned), it stops counting as running work.
     pub(super) fn release_if_done(&mut self) {
-        if self.ctx.config.proxy.pool_mode == PoolMode::Transaction
-            && !self.stream.pinned
-            && self.server.is_some()
-            && self.is_quiet()
-        {
-            let Attached { conn, work } = self.server.take().expect("checked above");
+        if self.server.as_ref().is_none_or(|s| s.work.is_none()) || !self.is_quiet() {
+            return;
+        }
+        if self.pool_mode == PoolMode::Transaction && !self.stream.pinned {
+            let Attached { conn, instance, .. } = self.server.take().expect("checked above");
             self.cancel.set(None);
             if conn.buf.is_empty() {
-                work.instance().pool.release(conn);
+                instance.pool.release(conn);
             } else {
                 // Unsolicited bytes after ReadyForQuery belong to nobody; never hand them to another client.
-                work.instance().pool.discard(conn);
+                instance.pool.discard(conn);
             }
+        } else if let Some(attached) = self.server.as_mut() {
+            attached.work = None;
         }
     }
 
@@ -108,31 +194,31 @@ impl Relay {
     /// At the end of a session: a clean connection goes back to the pool (after `DISCARD ALL` in session mode or
     /// when pinned, so no state leaks to the next client), anything else is closed.
     pub(super) async fn return_server(&mut self) {
-        let Some(Attached { mut conn, work }) = self.server.take() else {
+        let Some(Attached { mut conn, instance, .. }) = self.server.take() else {
             return;
         };
         self.cancel.set(None);
         let clean = self.is_quiet() && conn.buf.is_empty();
-        let keeps_state = self.ctx.config.proxy.pool_mode == PoolMode::Session || self.stream.pinned;
+        let keeps_state = self.pool_mode == PoolMode::Session || self.stream.pinned;
         let reusable = clean && (!keeps_state || conn.run_own("DISCARD ALL").await.is_ok());
         if reusable {
             if keeps_state {
                 conn.settings = Settings::default();
                 conn.prepared.clear();
             }
-            work.instance().pool.release(conn);
+            instance.pool.release(conn);
         } else {
-            work.instance().pool.discard(conn);
+            instance.pool.discard(conn);
         }
     }
 
     /// The server connection failed: it is closed, never returned, and the client is told.
     pub(super) fn lose_server(&mut self) -> SessionEnd {
         let instance = match self.server.take() {
-            Some(Attached { conn, work }) => {
+            Some(Attached { conn, instance, .. }) => {
                 self.cancel.set(None);
-                work.instance().pool.discard(conn);
-                work.instance().name.clone()
+                instance.pool.discard(conn);
+                instance.name.clone()
             }
             None => "?".into(),
         };
@@ -141,6 +227,14 @@ impl Relay {
             code::CONNECTION_FAILURE,
             format!("lost the connection to instance \"{instance}\" during the transaction"),
         ))
+    }
+}
+
+/// Writes wait at a write pause; reads at a read pause.
+fn direction_of(wants: Wants) -> Direction {
+    match wants {
+        Wants::Leader(_) => Direction::Writes,
+        Wants::Follower(_) => Direction::Reads,
     }
 }
 

@@ -131,6 +131,19 @@ impl FunctionCatalog {
     }
 }
 
+impl FunctionCatalog {
+    /// Makes every loaded list stale: the next use serves it once more and reloads it in the background.
+    pub fn expire_all(&self) {
+        let now = Instant::now();
+        for entry in lock(&self.inner.databases).values() {
+            let mut cached = lock(&entry.cached);
+            if cached.next_load.is_some() {
+                cached.next_load = Some(now);
+            }
+        }
+    }
+}
+
 impl Inner {
     fn entry(&self, database: &str) -> Arc<Entry> {
         lock(&self.databases).entry(database.to_owned()).or_default().clone()
@@ -187,8 +200,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// session on that database.
 pub struct FunctionSets {
     catalog: FunctionCatalog,
-    write_functions: Vec<String>,
-    read_only_functions: Vec<String>,
+    /// `routing.write_functions` and `routing.read_only_functions`; a reload replaces them.
+    lists: Mutex<(Vec<String>, Vec<String>)>,
     built: Mutex<HashMap<String, (FunctionList, Arc<FunctionSet>)>>,
 }
 
@@ -196,15 +209,23 @@ impl FunctionSets {
     pub fn new(catalog: FunctionCatalog, write_functions: Vec<String>, read_only_functions: Vec<String>) -> Self {
         FunctionSets {
             catalog,
-            write_functions,
-            read_only_functions,
+            lists: Mutex::new((write_functions, read_only_functions)),
             built: Mutex::default(),
         }
+    }
+
+    /// After a reload or a new leader: the configured lists as now written, and every database's catalog list
+    /// reloaded in the background (a reload is when new functions are expected to have appeared).
+    pub fn reconfigure(&self, write_functions: &[String], read_only_functions: &[String]) {
+        *lock(&self.lists) = (write_functions.to_vec(), read_only_functions.to_vec());
+        lock(&self.built).clear();
+        self.catalog.expire_all();
     }
 
     /// The set for `database`; waits (bounded by `health.timeout`) only the first time a database is seen.
     pub async fn for_database(&self, database: &str) -> Arc<FunctionSet> {
         let list = self.catalog.get(database).await;
+        let (write_functions, read_only_functions) = lock(&self.lists).clone();
         let mut built = lock(&self.built);
         if let Some((known, set)) = built.get(database)
             && Arc::ptr_eq(known, &list)
@@ -212,8 +233,8 @@ impl FunctionSets {
             return set.clone();
         }
         let set = Arc::new(FunctionSet::new(
-            &self.write_functions,
-            &self.read_only_functions,
+            &write_functions,
+            &read_only_functions,
             list.iter().map(|(schema, name)| (schema.as_str(), name.as_str())),
         ));
         built.insert(database.to_owned(), (list, set.clone()));

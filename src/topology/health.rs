@@ -1,7 +1,7 @@
 //! What the monitor last learned about one instance, as atomics: written by the monitor task, read lock-free by
 //! every routing decision.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
@@ -15,6 +15,8 @@ pub struct Health {
     lag_bytes: AtomicU64,
     lag_millis: AtomicU64,
     lag_commits: AtomicU64,
+    /// The timeline a primary writes on; 0 for a standby or before the first check.
+    timeline: AtomicU32,
     /// Millis since `EPOCH` when the instance last became usable for reads (for slow start); 0 = not usable.
     usable_since_millis: AtomicU64,
 }
@@ -28,6 +30,7 @@ pub struct HealthSnapshot {
     pub lag_bytes: u64,
     pub lag: Duration,
     pub lag_commits: u64,
+    pub timeline: u32,
 }
 
 /// What one health check found.
@@ -38,6 +41,7 @@ pub struct Observation {
     pub lag_bytes: u64,
     pub lag: Duration,
     pub lag_commits: u64,
+    pub timeline: u32,
 }
 
 fn epoch() -> Instant {
@@ -54,6 +58,7 @@ impl Health {
             lag_bytes: self.lag_bytes.load(Ordering::Acquire),
             lag: Duration::from_millis(self.lag_millis.load(Ordering::Acquire)),
             lag_commits: self.lag_commits.load(Ordering::Acquire),
+            timeline: self.timeline.load(Ordering::Acquire),
         }
     }
 
@@ -64,6 +69,7 @@ impl Health {
         self.lag_bytes.store(seen.lag_bytes, Ordering::Release);
         self.lag_millis.store(seen.lag.as_millis() as u64, Ordering::Release);
         self.lag_commits.store(seen.lag_commits, Ordering::Release);
+        self.timeline.store(seen.timeline, Ordering::Release);
         self.up.store(true, Ordering::Release);
     }
 

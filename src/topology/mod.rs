@@ -1,17 +1,25 @@
 //! The cluster as pgsplit knows it now: one immutable [`Topology`] value behind an `ArcSwap`, loaded once per
-//! routing decision and never locked on the hot path. A swap (reload, promotion) never disturbs a transaction
-//! already running: it keeps the `Arc<Instance>` it was routed to.
+//! routing decision and never locked on the hot path. A swap (reload, promotion, changeover) never disturbs a
+//! transaction already running: it keeps the `Arc<Instance>` it was routed to.
 //!
-//! Each [`Instance`] owns its server-connection pool and the [`Health`] the monitor writes and the router reads.
+//! An [`Instance`] is one server, known by name and address; it owns its server-connection pool and the
+//! [`Health`] the monitor writes and the router reads. Its role is not its own: it is the leader when the topology
+//! says so, so a promoted follower keeps its pool, counters and health across the swap. Building a topology from
+//! a config reuses the previous topology's instances ([`Topology::rebuild`]); instances left out are retired.
 
 pub mod catalog;
+pub mod changeover;
+pub mod control;
 pub mod counters;
+pub mod gate;
 pub mod health;
 pub mod monitor;
+pub mod promotion;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -26,7 +34,8 @@ use crate::router::RouteReason;
 /// The shared, swappable current topology.
 pub type SharedTopology = Arc<ArcSwap<Topology>>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Leader,
     Follower,
@@ -36,33 +45,27 @@ pub struct Instance {
     pub name: Arc<str>,
     pub host: Arc<str>,
     pub port: u16,
-    pub role: Role,
-    /// Share of reads relative to the pool's other instances (followers only).
-    pub weight: u32,
+    /// Share of reads relative to the pool's other instances (followers only); a reload may change it.
+    weight: AtomicU32,
     pub pool: Arc<InstancePool>,
     pub health: Health,
-    /// Transactions routed here and not finished: the balancer's measure of load.
+    /// Left out of the topology: idle connections are closed, busy ones when their unit ends.
+    retired: AtomicBool,
+    /// Units routed here and not finished: the balancer's measure of load.
     outstanding: AtomicU32,
+    /// Of those, units that may write: what a changeover waits for before fencing.
+    writing: AtomicU32,
     /// Units routed here, by reason.
     routed: RouteCounters,
 }
 
 impl Instance {
-    pub fn new(
-        name: &str,
-        host: &str,
-        port: u16,
-        role: Role,
-        weight: u32,
-        max_connections: usize,
-        config: &Config,
-    ) -> Self {
+    pub fn new(name: &str, host: &str, port: u16, weight: u32, max_connections: usize, config: &Config) -> Self {
         Instance {
             name: name.into(),
             host: host.into(),
             port,
-            role,
-            weight,
+            weight: AtomicU32::new(weight),
             pool: Arc::new(InstancePool::new(
                 name,
                 host,
@@ -71,9 +74,20 @@ impl Instance {
                 config.server.connect_timeout,
             )),
             health: Health::default(),
+            retired: AtomicBool::new(false),
             outstanding: AtomicU32::new(0),
+            writing: AtomicU32::new(0),
             routed: RouteCounters::default(),
         }
+    }
+
+    /// Same server: same name and address.
+    pub fn is(&self, name: &str, host: &str, port: u16) -> bool {
+        &*self.name == name && &*self.host == host && self.port == port
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
     }
 
     pub fn count_route(&self, reason: RouteReason) {
@@ -89,25 +103,53 @@ impl Instance {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// Counts a transaction routed here until the returned guard drops.
-    pub fn begin_work(self: &Arc<Self>) -> WorkGuard {
+    /// Units that may write, running here now.
+    pub fn writing(&self) -> u32 {
+        self.writing.load(Ordering::SeqCst)
+    }
+
+    /// Counts a unit routed here until the returned guard drops. A unit that may write is counted before the
+    /// session looks at the write gate (both `SeqCst`): a pause either sees the unit or the unit sees the pause.
+    pub fn begin_work(self: &Arc<Self>, writes: bool) -> WorkGuard {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
-        WorkGuard(self.clone())
+        if writes {
+            self.writing.fetch_add(1, Ordering::SeqCst);
+        }
+        WorkGuard {
+            instance: self.clone(),
+            writes,
+        }
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Takes the instance out of service: its idle connections close now, lent-out ones as they come back.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.pool.retire();
     }
 }
 
-/// Held while a transaction runs on an instance.
-pub struct WorkGuard(Arc<Instance>);
+/// Held while a unit of work runs on an instance.
+pub struct WorkGuard {
+    instance: Arc<Instance>,
+    writes: bool,
+}
 
 impl WorkGuard {
     pub fn instance(&self) -> &Arc<Instance> {
-        &self.0
+        &self.instance
     }
 }
 
 impl Drop for WorkGuard {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.instance.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if self.writes {
+            self.instance.writing.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -122,6 +164,8 @@ pub struct FollowerPool {
 pub struct Topology {
     /// Bumped by every swap.
     pub generation: u64,
+    /// The config this topology was built from (with the roles as pgsplit now knows them).
+    pub config: Arc<Config>,
     pub leader: Arc<Instance>,
     pub pools: Vec<Arc<FollowerPool>>,
     /// Index into `pools` of the pool serving reads on the main endpoint.
@@ -131,7 +175,26 @@ pub struct Topology {
 impl Topology {
     /// The topology a config describes, with fresh pools and unknown health.
     pub fn from_config(config: &Config) -> Topology {
+        Self::rebuild(config, None)
+    }
+
+    /// The topology `config` describes. Instances of `previous` with the same name and address are kept — their
+    /// connections, health and counters — with the new weight and connection limit applied at once; the others
+    /// are new. What `previous` had and this one lacks is for the caller to [`retire`](Instance::retire).
+    pub fn rebuild(config: &Config, previous: Option<&Topology>) -> Topology {
+        let instance = |name: &str, host: &str, port: u16, weight: u32, max_connections: usize| {
+            let known = previous.and_then(|t| t.instances().find(|i| i.is(name, host, port)));
+            match known {
+                Some(known) => {
+                    known.weight.store(weight, Ordering::Relaxed);
+                    known.pool.set_limits(max_connections, config.server.connect_timeout);
+                    known.clone()
+                }
+                None => Arc::new(Instance::new(name, host, port, weight, max_connections, config)),
+            }
+        };
         let leader = &config.leader;
+        let leader = instance(&leader.name, &leader.host, leader.port, 1, leader.max_connections);
         let pools: Vec<Arc<FollowerPool>> = config
             .follower_pools
             .iter()
@@ -144,18 +207,7 @@ impl Topology {
                     instances: pool
                         .instances
                         .iter()
-                        .map(|f| {
-                            let max = pool.max_connections_per_instance;
-                            Arc::new(Instance::new(
-                                &f.name,
-                                &f.host,
-                                f.port,
-                                Role::Follower,
-                                f.weight,
-                                max,
-                                config,
-                            ))
-                        })
+                        .map(|f| instance(&f.name, &f.host, f.port, f.weight, pool.max_connections_per_instance))
                         .collect(),
                 })
             })
@@ -166,16 +218,9 @@ impl Topology {
             .as_ref()
             .and_then(|name| pools.iter().position(|p| &*p.name == name));
         Topology {
-            generation: 1,
-            leader: Arc::new(Instance::new(
-                &leader.name,
-                &leader.host,
-                leader.port,
-                Role::Leader,
-                1,
-                leader.max_connections,
-                config,
-            )),
+            generation: previous.map_or(1, |t| t.generation + 1),
+            config: Arc::new(config.clone()),
+            leader,
             pools,
             read_pool,
         }
@@ -184,5 +229,25 @@ impl Topology {
     /// Every instance: the leader first, then followers pool by pool.
     pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
         std::iter::once(&self.leader).chain(self.pools.iter().flat_map(|p| p.instances.iter()))
+    }
+
+    /// The role an instance has here, or None if it is not part of this topology.
+    pub fn role_of(&self, instance: &Instance) -> Option<Role> {
+        if std::ptr::eq(&*self.leader, instance) {
+            return Some(Role::Leader);
+        }
+        self.pools
+            .iter()
+            .flat_map(|p| p.instances.iter())
+            .any(|i| std::ptr::eq(&**i, instance))
+            .then_some(Role::Follower)
+    }
+
+    /// Instances of `self` that `next` no longer has.
+    pub fn left_out_of(&self, next: &Topology) -> Vec<Arc<Instance>> {
+        self.instances()
+            .filter(|i| !next.instances().any(|n| Arc::ptr_eq(i, n)))
+            .cloned()
+            .collect()
     }
 }

@@ -14,32 +14,41 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use super::health::Observation;
 use super::{Instance, Role, SharedTopology};
-use crate::config::HealthConfig;
 use lag::{LeaderHistory, Limits, Reading, follower_observation, usable_for_reads};
 
 pub use lag::{format_lsn, parse_lsn};
 
-/// The whole check, one round trip (simple protocol, no prepare). The CASE keeps `pg_current_wal_lsn()`, which a
-/// standby refuses, off standbys; xmax is one past the newest finished transaction that had an xid.
+/// The whole check, one round trip (simple protocol, no prepare). The CASEs keep `pg_current_wal_lsn()`, which a
+/// standby refuses, off standbys; xmax is one past the newest finished transaction that had an xid; a primary's
+/// timeline is the first 8 hex digits of its current WAL file's name (`pg_control_checkpoint()` would lag until
+/// the first checkpoint after a promotion).
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-     pg_snapshot_xmax(pg_current_snapshot())::text";
+     pg_snapshot_xmax(pg_current_snapshot())::text, \
+     CASE WHEN pg_is_in_recovery() THEN '' ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
 
 /// Ends the monitor task (and closes its connections) when dropped or [`stop`](MonitorHandle::stop)ped.
 #[must_use = "dropping the handle stops the monitor"]
 pub struct MonitorHandle {
     task: JoinHandle<()>,
+    rounds: watch::Receiver<u64>,
 }
 
 impl MonitorHandle {
     pub fn stop(self) {
         // Drop aborts the task.
+    }
+
+    /// Counts finished rounds: changes after every round, once every instance's health has been written.
+    pub fn rounds(&self) -> watch::Receiver<u64> {
+        self.rounds.clone()
     }
 }
 
@@ -59,6 +68,7 @@ fn key_of(instance: &Instance) -> Key {
 /// The monitor task's state.
 pub struct Monitor {
     topology: SharedTopology,
+    /// `health.timeout` of the topology's config, read every round.
     timeout: Duration,
     /// User, password, database `postgres`, connect timeout; host and port are added per instance.
     base: tokio_postgres::Config,
@@ -70,8 +80,10 @@ pub struct Monitor {
 
 impl Monitor {
     /// Starts the monitor on the current Tokio runtime (must be called from within one). It loads the topology
-    /// afresh every round, so swapped-in instances are watched from the next round and removed ones forgotten.
-    pub fn spawn(topology: SharedTopology, health: HealthConfig, user: String, password: String) -> MonitorHandle {
+    /// afresh every round, so swapped-in instances are watched from the next round and removed ones forgotten,
+    /// and a reloaded `[health]` applies from the next round.
+    pub fn spawn(topology: SharedTopology, user: String, password: String) -> MonitorHandle {
+        let health = topology.load().config.health.clone();
         let mut base = tokio_postgres::Config::new();
         base.user(&user)
             .password(password)
@@ -86,16 +98,29 @@ impl Monitor {
             leader: None,
             history: LeaderHistory::default(),
         };
-        let task = tokio::spawn(monitor.run(health.interval));
-        MonitorHandle { task }
+        let (done, rounds) = watch::channel(0);
+        let task = tokio::spawn(monitor.run(done));
+        MonitorHandle { task, rounds }
     }
 
-    async fn run(mut self, interval: Duration) {
-        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    async fn run(mut self, done: watch::Sender<u64>) {
+        let ticker = |interval: Duration| {
+            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            (tick, interval)
+        };
+        let (mut tick, mut interval) = ticker(self.topology.load().config.health.interval);
         loop {
             tick.tick().await;
             self.round().await;
+            done.send_modify(|n| *n += 1);
+            let health = self.topology.load().config.health.clone();
+            self.timeout = health.timeout;
+            self.base.connect_timeout(health.timeout);
+            if health.interval != interval {
+                (tick, interval) = ticker(health.interval);
+                tick.tick().await; // the first tick is immediate
+            }
         }
     }
 
@@ -174,20 +199,21 @@ impl Monitor {
     ) {
         let watched = self.watched.entry(key_of(instance)).or_default();
         let name = &*instance.name;
+        let role = if limits.is_none() { Role::Leader } else { Role::Follower };
         let (conn, reading) = match result {
             Ok(found) => found,
             Err(error) => {
                 instance.health.mark_down();
                 // Its pooled connections are as unreachable as it is: no client should borrow one.
                 instance.pool.close_idle();
-                watched.note_down(name, instance.role, &error);
+                watched.note_down(name, role, &error);
                 watched.usable = Some(false);
                 return;
             }
         };
         watched.conn = Some(conn);
-        watched.note_up(name, instance.role, &reading);
-        watched.note_role(name, instance.role, reading.in_recovery);
+        watched.note_up(name, role, &reading);
+        watched.note_role(name, role, reading.in_recovery);
         match limits {
             None => {
                 self.history.record(reading);
@@ -197,6 +223,7 @@ impl Monitor {
                     lag_bytes: 0,
                     lag: Duration::ZERO,
                     lag_commits: 0,
+                    timeline: reading.timeline,
                 });
             }
             Some(limits) => {
@@ -347,7 +374,7 @@ async fn probe(conn: Option<Conn>, config: &tokio_postgres::Config, name: &str) 
         })
         .ok_or_else(|| CheckError::Answer("no row".into()))?;
     let column = |i: usize| row.try_get(i).ok().flatten();
-    let reading = parse_reading(column(0), column(1), column(2), at)?;
+    let reading = parse_reading([column(0), column(1), column(2), column(3)], at)?;
     Ok((conn, reading))
 }
 
@@ -364,12 +391,8 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn parse_reading(
-    in_recovery: Option<&str>,
-    lsn: Option<&str>,
-    xmax: Option<&str>,
-    at: Instant,
-) -> Result<Reading, CheckError> {
+/// The check row: in recovery, WAL position, snapshot xmax, timeline (hex; empty on a standby).
+fn parse_reading([in_recovery, lsn, xmax, timeline]: [Option<&str>; 4], at: Instant) -> Result<Reading, CheckError> {
     let in_recovery = match in_recovery {
         Some("t") => true,
         Some("f") => false,
@@ -381,11 +404,17 @@ fn parse_reading(
     let xmax = xmax
         .and_then(|x| x.parse().ok())
         .ok_or_else(|| CheckError::Answer(format!("snapshot xmax {xmax:?}")))?;
+    let timeline = match timeline {
+        Some("") if in_recovery => 0,
+        Some(hex) => u32::from_str_radix(hex, 16).map_err(|_| CheckError::Answer(format!("timeline {timeline:?}")))?,
+        None => return Err(CheckError::Answer("no timeline column".into())),
+    };
     Ok(Reading {
         at,
         in_recovery,
         lsn,
         xmax,
+        timeline,
     })
 }
 
@@ -396,21 +425,23 @@ mod tests {
     #[test]
     fn check_row_parses_or_fails_as_a_value() {
         let at = Instant::now();
-        let ok = parse_reading(Some("t"), Some("0/3016048"), Some("725"), at).unwrap();
+        let ok = parse_reading([Some("t"), Some("0/3016048"), Some("725"), Some("")], at).unwrap();
         let want = Reading {
             at,
             in_recovery: true,
             lsn: 0x3016048,
             xmax: 725,
+            timeline: 0,
         };
         assert_eq!(ok, want);
+        let primary = parse_reading([Some("f"), Some("0/1"), Some("1"), Some("0000000A")], at).unwrap();
+        assert_eq!((primary.in_recovery, primary.timeline), (false, 10));
+        assert!(parse_reading([None, Some("0/1"), Some("1"), Some("")], at).is_err());
+        assert!(parse_reading([Some("t"), None, Some("1"), Some("")], at).is_err());
+        assert!(parse_reading([Some("t"), Some("0/1"), Some("x"), Some("")], at).is_err());
         assert!(
-            !parse_reading(Some("f"), Some("0/1"), Some("1"), at)
-                .unwrap()
-                .in_recovery
+            parse_reading([Some("f"), Some("0/1"), Some("1"), Some("")], at).is_err(),
+            "a primary has a timeline"
         );
-        assert!(parse_reading(None, Some("0/1"), Some("1"), at).is_err());
-        assert!(parse_reading(Some("t"), None, Some("1"), at).is_err());
-        assert!(parse_reading(Some("t"), Some("0/1"), Some("x"), at).is_err());
     }
 }

@@ -25,7 +25,6 @@ fn watch(cluster: &LocalCluster, config: &Config) -> (SharedTopology, MonitorHan
     let topology: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::from_config(config)));
     let monitor = Monitor::spawn(
         topology.clone(),
-        config.health.clone(),
         cluster.app_user().into(),
         cluster.app_password().into(),
     );

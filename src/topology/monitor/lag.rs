@@ -22,6 +22,8 @@ pub(super) struct Reading {
     pub(super) lsn: u64,
     /// `pg_snapshot_xmax(pg_current_snapshot())`.
     pub(super) xmax: u64,
+    /// The timeline a primary writes on; 0 in recovery (not read there).
+    pub(super) timeline: u32,
 }
 
 /// A follower pool's lag limits.
@@ -102,6 +104,7 @@ pub(super) fn follower_observation(reading: &Reading, leader: &LeaderHistory) ->
         lag_bytes,
         lag: leader.lag_behind(reading.lsn, reading.at),
         lag_commits,
+        timeline: reading.timeline,
     }
 }
 
@@ -123,6 +126,7 @@ mod tests {
             in_recovery,
             lsn,
             xmax,
+            timeline: 0,
         }
     }
 
@@ -253,6 +257,7 @@ mod tests {
             lag_bytes: 1000,
             lag: Duration::from_secs(5),
             lag_commits: 9,
+            timeline: 0,
         };
         assert!(usable_for_reads(Some(&ok), limits));
         assert!(!usable_for_reads(None, limits), "down");
