@@ -79,6 +79,15 @@ impl TestProxy {
         }
     }
 
+    /// Starts from a config file, which pgsplit then watches and reloads.
+    pub async fn start_from_file(path: &std::path::Path, cluster: &LocalCluster) -> TestProxy {
+        let proxy = Proxy::start_from_file(path).await.expect("proxy starts");
+        TestProxy {
+            proxy,
+            database: cluster.app_database().to_owned(),
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.proxy.local_addr().port()
     }

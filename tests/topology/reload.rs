@@ -1,0 +1,139 @@
+//! Reloading proxy.toml while clients run: nobody is dropped, kept instances keep their connections, new weights
+//! apply at once, an invalid file changes nothing, a removed follower drains.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use pgsplit::topology::{Instance, SharedTopology};
+
+use super::files::{ConfigDir, config_text};
+use crate::support::proxy::TestProxy;
+use crate::support::{cluster, eventually};
+
+const CLIENTS: usize = 20;
+/// Each client's bound on statements, whatever happens.
+const MAX_STATEMENTS: usize = 200_000;
+
+fn instance(topology: &SharedTopology, name: &str) -> Option<Arc<Instance>> {
+    topology.load().instances().find(|i| &*i.name == name).cloned()
+}
+
+fn reads(instance: &Instance) -> u64 {
+    instance.routed().iter().find(|(r, _)| *r == "read").map_or(0, |(_, n)| *n)
+}
+
+async fn all_usable(topology: &SharedTopology, names: &[&str]) {
+    eventually("followers usable", || {
+        let waiting: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| instance(topology, n).is_none_or(|i| i.health.usable_for().is_none()))
+            .collect();
+        waiting.is_empty().then_some(()).ok_or(format!("not usable: {waiting:?}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_drops_no_client_applies_weights_and_drains_removed_followers() {
+    let c = cluster();
+    let dir = ConfigDir::new(&config_text(c, &[1, 1], ""));
+    let p = TestProxy::start_from_file(&dir.path(), c).await;
+    let topology = p.proxy.context().topology.clone();
+    all_usable(&topology, &["f1", "f2"]).await;
+    let first = topology.load_full();
+    let (leader, f1, f2) = (
+        first.leader.clone(),
+        instance(&topology, "f1").unwrap(),
+        instance(&topology, "f2").unwrap(),
+    );
+
+    // 20 clients: reads over the followers and write-path transactions on the leader, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = p.connect().await;
+        let (stop, errors) = (stop.clone(), errors.clone());
+        clients.push(tokio::spawn(async move {
+            let mut done = 0;
+            while !stop.load(Ordering::Relaxed) && done < MAX_STATEMENTS {
+                let sql = if done % 4 == 3 {
+                    "BEGIN; SELECT 1; COMMIT"
+                } else {
+                    "SELECT count(*) FROM pg_class"
+                };
+                if let Err(e) = client.simple_query(sql).await {
+                    eprintln!("client error: {e}");
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                done += 1;
+            }
+            (client, done)
+        }));
+    }
+
+    // Weights 1:9, written the way editors write (rename over).
+    dir.write(&config_text(c, &[1, 9], ""));
+    eventually("the file change reloaded", || {
+        (topology.load().generation > first.generation)
+            .then_some(())
+            .ok_or("old generation".into())
+    })
+    .await;
+    let second = topology.load_full();
+    for (name, before) in [("leader", &leader), ("f1", &f1), ("f2", &f2)] {
+        let now = instance(&topology, name).unwrap();
+        assert!(Arc::ptr_eq(before, &now), "{name} kept (its pool and connections)");
+    }
+    assert_eq!((f1.weight(), f2.weight()), (1, 9));
+    let (f1_before, f2_before) = (reads(&f1), reads(&f2));
+    eventually("400 reads after the reload", || {
+        let total = reads(&f1) - f1_before + reads(&f2) - f2_before;
+        (total >= 400).then_some(()).ok_or(format!("{total} reads"))
+    })
+    .await;
+    let (to_f1, to_f2) = (reads(&f1) - f1_before, reads(&f2) - f2_before);
+    assert!(to_f2 > 3 * to_f1, "weight 9 vs 1: f2 got {to_f2} reads, f1 {to_f1}");
+
+    // An invalid file: rejected, the old config keeps serving.
+    dir.write("[proxy\nlisten = ");
+    let rejected = p.proxy.context().control.reload().await;
+    assert!(rejected.is_err(), "invalid file rejected");
+    assert_eq!(topology.load().generation, second.generation, "old config kept");
+    let bad_user = config_text(c, &[1, 9], "").replace("name = \"leader\"", "name = \"leader\"\nbogus = 1");
+    dir.write(&bad_user);
+    let error = p.proxy.context().control.reload().await.unwrap_err().to_string();
+    assert!(error.contains("proxy.toml:") && error.contains("bogus"), "says where: {error}");
+    assert_eq!(topology.load().generation, second.generation, "old config kept");
+
+    // f2 removed: it drains, and reads go to f1 only.
+    dir.write(&config_text(c, &[1], ""));
+    eventually("f2 removed", || {
+        instance(&topology, "f2").is_none().then_some(()).ok_or("still there".into())
+    })
+    .await;
+    assert!(f2.is_retired());
+    eventually("f2's connections closed", || {
+        let total = f2.pool.stats().total;
+        (total == 0).then_some(()).ok_or(format!("{total} open"))
+    })
+    .await;
+    let f1_reads = reads(&f1);
+    eventually("reads continue on f1", || {
+        (reads(&f1) > f1_reads + 100).then_some(()).ok_or("no reads".into())
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    for task in clients {
+        let (client, done) = task.await.expect("client task");
+        assert!(done > 0);
+        client
+            .simple_query("SELECT 1")
+            .await
+            .expect("every client is still connected");
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "no client saw an error");
+    p.stop().await;
+}
