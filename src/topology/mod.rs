@@ -3,11 +3,13 @@
 //! already running: it keeps the `Arc<Instance>` it was routed to.
 //!
 //! Each [`Instance`] owns its server-connection pool and the [`Health`] the monitor writes and the router reads.
+//! [`watch`] says when the config should be reloaded (SIGHUP, file changes).
 
 pub mod catalog;
 pub mod counters;
 pub mod health;
 pub mod monitor;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
