@@ -3,11 +3,13 @@
 //! Owns the schema (SPEC §2), its defaults, unit parsing ("250ms", "16MB" = 16 MiB as PostgreSQL counts), and
 //! semantic validation that reports every problem at once with `file:line:col`. The types here are plain values
 //! (no spans, no `Option`s where a default exists): by the time anyone else sees a `Config` it is known good.
-//! Never does I/O beyond reading the file and the environment (`password_env`).
+//! Never does I/O beyond reading the file and the environment (`password_env`), and `rewrite` writing a promotion
+//! back into the file.
 //!
 //! Inside: `raw` is the serde layer (the file as written, with spans; the enums below are their own serde
 //! values), `units` parses durations and sizes, `validate` applies defaults and builds each section, `values` holds
-//! the rules for single values and the file-wide uniqueness checks, `error` turns spans into `file:line:col` lines.
+//! the rules for single values and the file-wide uniqueness checks, `error` turns spans into `file:line:col` lines,
+//! `rewrite` edits the file after a promotion keeping its comments and layout.
 
 mod error;
 mod raw;

@@ -6,6 +6,7 @@
 //! [`Health`] the monitor writes and the router reads. Its role is not its own: it is the leader when the topology
 //! says so, so a promoted follower keeps its pool, counters and health across the swap. Building a topology from
 //! a config reuses the previous topology's instances ([`Topology::rebuild`]); instances left out are retired.
+//! [`control`] makes every change; [`watch`] says when the config file should be reloaded (SIGHUP, file changes).
 
 pub mod catalog;
 pub mod changeover;
