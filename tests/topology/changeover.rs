@@ -90,10 +90,16 @@ async fn changeover_under_pgbench_loses_no_commit_and_fails_no_transaction() {
     let out = pgbench.await.unwrap().expect("pgbench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     for step in &progress.steps {
-        println!("changeover {:?}: {:?} in {} ms — {}", step.step, step.state, step.millis, step.detail);
+        println!(
+            "changeover {:?}: {:?} in {} ms — {}",
+            step.step, step.state, step.millis, step.detail
+        );
     }
     assert_eq!(progress.outcome, Outcome::Done, "{progress:#?}");
-    assert!(progress.steps.iter().all(|s| s.state != StepState::Failed), "{progress:#?}");
+    assert!(
+        progress.steps.iter().all(|s| s.state != StepState::Failed),
+        "{progress:#?}"
+    );
     assert!(
         out.status.success(),
         "pgbench: {}\n{stdout}",
@@ -109,16 +115,27 @@ async fn changeover_under_pgbench_loses_no_commit_and_fails_no_transaction() {
     // Every acknowledged commit is on the new leader.
     let f1 = c.instance("f1").unwrap().clone();
     let history = c.psql(&f1, "SELECT count(*) FROM pgbench_history").unwrap();
-    assert_eq!(history.trim(), processed.to_string(), "pgbench_history on f1 = transactions reported");
+    assert_eq!(
+        history.trim(),
+        processed.to_string(),
+        "pgbench_history on f1 = transactions reported"
+    );
 
     // Writes now land on f1, and the file says so.
     let client = p.connect().await;
     let port = value(&client, "BEGIN; SELECT inet_server_port(); COMMIT").await;
     assert_eq!(port, f1.port.to_string());
-    value(&client, "INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 0) RETURNING 1").await;
+    value(
+        &client,
+        "INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 0) RETURNING 1",
+    )
+    .await;
     let written = Config::load(&dir.path()).expect("the rewritten file is valid");
     assert_eq!((written.leader.name.as_str(), written.leader.port), ("f1", f1.port));
     assert_eq!(written.follower_pools[0].instances.len(), 1, "only f2 follows");
-    assert!(dir.read().starts_with("# written by the topology tests"), "comments kept");
+    assert!(
+        dir.read().starts_with("# written by the topology tests"),
+        "comments kept"
+    );
     p.stop().await;
 }

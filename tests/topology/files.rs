@@ -10,7 +10,12 @@ pub fn config_text(cluster: &LocalCluster, weights: &[u32], extra: &str) -> Stri
         .followers()
         .iter()
         .zip(weights)
-        .map(|(f, w)| format!("  {{ name = \"{}\", host = \"127.0.0.1\", port = {}, weight = {w} }},", f.name, f.port))
+        .map(|(f, w)| {
+            format!(
+                "  {{ name = \"{}\", host = \"127.0.0.1\", port = {}, weight = {w} }},",
+                f.name, f.port
+            )
+        })
         .collect();
     format!(
         r#"# written by the topology tests
@@ -57,11 +62,7 @@ pub struct ConfigDir {
 
 impl ConfigDir {
     pub fn new(text: &str) -> ConfigDir {
-        let dir = std::env::temp_dir().join(format!(
-            "pgsplit-topology-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
+        let dir = std::env::temp_dir().join(format!("pgsplit-topology-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let config = ConfigDir { dir };
         config.write(text);
@@ -98,4 +99,3 @@ fn rand_suffix() -> u64 {
         .map_or(0, |d| d.subsec_nanos() as u64);
     nanos ^ (NEXT.fetch_add(1, Ordering::Relaxed) << 32)
 }
-

@@ -19,7 +19,11 @@ fn instance(topology: &SharedTopology, name: &str) -> Option<Arc<Instance>> {
 }
 
 fn reads(instance: &Instance) -> u64 {
-    instance.routed().iter().find(|(r, _)| *r == "read").map_or(0, |(_, n)| *n)
+    instance
+        .routed()
+        .iter()
+        .find(|(r, _)| *r == "read")
+        .map_or(0, |(_, n)| *n)
 }
 
 async fn all_usable(topology: &SharedTopology, names: &[&str]) {
@@ -29,7 +33,10 @@ async fn all_usable(topology: &SharedTopology, names: &[&str]) {
             .copied()
             .filter(|n| instance(topology, n).is_none_or(|i| i.health.usable_for().is_none()))
             .collect();
-        waiting.is_empty().then_some(()).ok_or(format!("not usable: {waiting:?}"))
+        waiting
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("not usable: {waiting:?}"))
     })
     .await;
 }
@@ -104,13 +111,19 @@ async fn reload_under_load_drops_no_client_applies_weights_and_drains_removed_fo
     let bad_user = config_text(c, &[1, 9], "").replace("name = \"leader\"", "name = \"leader\"\nbogus = 1");
     dir.write(&bad_user);
     let error = p.proxy.context().control.reload().await.unwrap_err().to_string();
-    assert!(error.contains("proxy.toml:") && error.contains("bogus"), "says where: {error}");
+    assert!(
+        error.contains("proxy.toml:") && error.contains("bogus"),
+        "says where: {error}"
+    );
     assert_eq!(topology.load().generation, second.generation, "old config kept");
 
     // f2 removed: it drains, and reads go to f1 only.
     dir.write(&config_text(c, &[1], ""));
     eventually("f2 removed", || {
-        instance(&topology, "f2").is_none().then_some(()).ok_or("still there".into())
+        instance(&topology, "f2")
+            .is_none()
+            .then_some(())
+            .ok_or("still there".into())
     })
     .await;
     assert!(f2.is_retired());
