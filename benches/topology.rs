@@ -108,12 +108,12 @@ async fn with_cluster(cluster: &LocalCluster, base_dir: &Path, secs: u64, reload
     let load = tokio::spawn(load);
     let mut direct = Vec::with_capacity(reloads);
     for i in 0..reloads {
-        std::fs::write(&path, config_text(cluster, 1 + (i as u32 % 2)))?;
+        std::fs::write(&path, config_text(cluster, 2 - (i as u32 % 2)))?;
         let started = Instant::now();
-        let outcome = ctx.control.reload().await?;
-        direct.push(started.elapsed());
-        if !outcome.changed {
-            bail!("reload {i} changed nothing");
+        // The file watcher reloads the same change ~200 ms later (and then finds nothing to do): only reloads
+        // that swapped count.
+        if ctx.control.reload().await?.changed {
+            direct.push(started.elapsed());
         }
     }
     let mut watched = Vec::new();
