@@ -20,8 +20,8 @@ use super::{Instance, Role};
 const POLL: Duration = Duration::from_millis(2);
 /// After cancelling the queries of write units that outran the drain timeout, how long they get to end.
 const AFTER_CANCEL: Duration = Duration::from_secs(2);
-/// `pg_promote(wait => true, wait_seconds => …)`.
-const PROMOTE_WAIT_SECONDS: u32 = 60;
+/// How long a promoted target may take to leave recovery.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What `pgsplit promote` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -387,15 +387,18 @@ async fn before_promotion(
     ));
 
     tracker.begin(Step::Promote);
-    let promote = format!("SELECT pg_promote(true, {PROMOTE_WAIT_SECONDS})");
-    let answer = one_value(target_conn, &promote).await;
-    // Whatever pg_promote said, what counts is whether the target left recovery.
-    let in_recovery = one_value(target_conn, "SELECT pg_is_in_recovery()").await?;
-    if in_recovery != "f" {
-        return Err(format!(
-            "{} is still in recovery after pg_promote ({answer:?})",
-            target.name
-        ));
+    // pg_promote(wait => true) looks only every 100 ms whether recovery ended; writes are held meanwhile, so
+    // pgsplit signals without waiting and looks itself, every few milliseconds.
+    let answer = one_value(target_conn, "SELECT pg_promote(false)").await;
+    let deadline = Instant::now() + PROMOTE_TIMEOUT;
+    while one_value(target_conn, "SELECT pg_is_in_recovery()").await? != "f" {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} is still in recovery {PROMOTE_TIMEOUT:?} after pg_promote ({answer:?})",
+                target.name
+            ));
+        }
+        tokio::time::sleep(POLL).await;
     }
     let timeline = one_value(
         target_conn,
