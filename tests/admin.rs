@@ -198,3 +198,74 @@ async fn bad_requests_get_errors_and_the_server_goes_on() {
 
     assert!(proxy.shutdown(Duration::from_secs(1)).await);
 }
+
+/// `pgsplit <args> --admin <addr>` with no config file and no token from the environment: (exit code, stdout,
+/// stderr).
+async fn pgsplit(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .args(args)
+        .args(["--admin", &admin.to_string(), "-c", "/nonexistent/proxy.toml"])
+        .env_remove("PGSPLIT_CONFIG")
+        .env_remove("PGSPLIT_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_prints_status_and_reports_refusals() {
+    let proxy = start().await;
+    let admin = proxy.admin_addr();
+
+    let (code, out, err) = pgsplit(admin, &["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("pgsplit: generation 1, 0 clients (0 pinned), not paused\n=== leader (leader)\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nStatus:          unavailable\n"), "{out}");
+
+    let (code, out, _) = pgsplit(admin, &["status", "--json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["leader"], "leader");
+
+    let (code, _, err) = pgsplit(admin, &["pause", "--writes"]).await;
+    assert_eq!(code, 2, "no token");
+    assert!(err.contains("401") && err.contains("Bearer"), "{err}");
+    let (code, out, err) = pgsplit(admin, &["pause", "--writes", "--admin-token", "t"]).await;
+    assert_eq!((code, out.as_str()), (0, "writes paused\n"), "{err}");
+    let (code, out, _) = pgsplit(admin, &["resume", "--admin-token", "t"]).await;
+    assert_eq!((code, out.as_str()), (0, "not paused\n"));
+
+    let (code, out, err) = pgsplit(admin, &["promote", "nobody", "--admin-token", "t"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.starts_with("check "), "{out}");
+    assert!(
+        err.contains("changeover rolled_back: no instance named \"nobody\""),
+        "{err}"
+    );
+
+    let (code, out, _) = pgsplit(admin, &["wait", "--timeout", "1s"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "0 follower(s) healthy and caught up\n"),
+        "no followers to wait for"
+    );
+
+    let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let (code, _, err) = pgsplit(nobody, &["status"]).await;
+    assert_eq!(code, 2, "nobody listens there");
+    assert!(err.contains("cannot reach the admin API at 127.0.0.1:1"), "{err}");
+
+    let (code, _, err) = pgsplit(admin, &["promote", "f1", "--drain-timeout", "5"]).await;
+    assert_eq!(code, 1, "a duration without a unit is a usage error");
+    assert!(err.contains("no unit"), "{err}");
+
+    assert!(proxy.shutdown(Duration::from_secs(1)).await);
+}
