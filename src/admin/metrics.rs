@@ -55,33 +55,24 @@ pub fn render(status: &Status) -> String {
     }
 
     let followers: Vec<&InstanceStatus> = status.instances.iter().filter(|i| i.pool.is_some()).collect();
-    let lag = "pgsplit_replication_lag_bytes";
-    out.family(
-        lag,
-        "gauge",
+    out.per_follower(
+        &followers,
+        "pgsplit_replication_lag_bytes",
         "Bytes of WAL a follower had yet to replay at the last check.",
+        |f| f.lag_bytes,
     );
-    for f in &followers {
-        out.sample(lag, &[("instance", &f.name)], f.lag_bytes);
-    }
-    let lag = "pgsplit_replication_lag_seconds";
-    out.family(
-        lag,
-        "gauge",
+    out.per_follower(
+        &followers,
+        "pgsplit_replication_lag_seconds",
         "How far a follower's replay was behind the leader in time at the last check.",
+        |f| f.lag_seconds,
     );
-    for f in &followers {
-        out.sample(lag, &[("instance", &f.name)], f.lag_seconds);
-    }
-    let lag = "pgsplit_replication_lag_commits";
-    out.family(
-        lag,
-        "gauge",
+    out.per_follower(
+        &followers,
+        "pgsplit_replication_lag_commits",
         "Leader commits a follower had yet to replay at the last check.",
+        |f| f.lag_commits,
     );
-    for f in &followers {
-        out.sample(lag, &[("instance", &f.name)], f.lag_commits);
-    }
 
     out.family(
         "pgsplit_instance_up",
@@ -107,6 +98,20 @@ impl Exposition {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         // Writing to a String cannot fail.
         let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A gauge family with one sample per follower.
+    fn per_follower<D: Display>(
+        &mut self,
+        followers: &[&InstanceStatus],
+        name: &str,
+        help: &str,
+        value: impl Fn(&InstanceStatus) -> D,
+    ) {
+        self.family(name, "gauge", help);
+        for follower in followers {
+            self.sample(name, &[("instance", &follower.name)], value(follower));
+        }
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
@@ -142,41 +147,15 @@ fn escape_into(out: &mut String, value: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::admin::status::{Connections, Paused};
-
-    fn instance(name: &str, pool: Option<&str>, healthy: bool) -> InstanceStatus {
-        InstanceStatus {
-            name: name.into(),
-            pool: pool.map(Into::into),
-            role: if pool.is_some() { "follower" } else { "leader" }.into(),
-            host: "127.0.0.1".into(),
-            port: 5432,
-            healthy,
-            in_recovery: pool.is_some(),
-            lsn: "0/3000060".into(),
-            timeline: 1,
-            lag_bytes: 2048,
-            lag_seconds: 0.25,
-            lag_commits: 2,
-            weight: 1,
-            server_connections: Connections {
-                active: 3,
-                idle: 1,
-                waiting: 0,
-                max: 20,
-            },
-            outstanding: 0,
-            routed: BTreeMap::new(),
-        }
-    }
+    use crate::admin::status::Paused;
 
     fn status() -> Status {
-        let mut leader = instance("leader", None, true);
+        let mut leader = InstanceStatus::example("leader", None);
         leader.routed.insert("write".into(), 5);
-        let mut f1 = instance("f1", Some("default"), false);
+        let mut f1 = InstanceStatus::example("f1", Some("default"));
+        f1.healthy = false;
+        (f1.lag_bytes, f1.lag_seconds, f1.lag_commits) = (2048, 0.25, 2);
         f1.routed.insert("read".into(), 7);
         Status {
             generation: 3,

@@ -201,6 +201,37 @@ fn instance_status(instance: &Instance, role: Role, pool: Option<&str>, max: usi
     }
 }
 
+#[cfg(test)]
+impl InstanceStatus {
+    /// A healthy, caught-up instance with 3 active and 1 idle connections of 20, for tests of what renders a status.
+    pub(crate) fn example(name: &str, pool: Option<&str>) -> InstanceStatus {
+        let follower = pool.is_some();
+        InstanceStatus {
+            name: name.into(),
+            pool: pool.map(Into::into),
+            role: if follower { "follower" } else { "leader" }.into(),
+            host: "127.0.0.1".into(),
+            port: 15432,
+            healthy: true,
+            in_recovery: follower,
+            lsn: "0/3000060".into(),
+            timeline: if follower { 0 } else { 1 },
+            lag_bytes: 0,
+            lag_seconds: 0.0,
+            lag_commits: 0,
+            weight: 1,
+            server_connections: Connections {
+                active: 3,
+                idle: 1,
+                waiting: 0,
+                max: 20,
+            },
+            outstanding: 0,
+            routed: BTreeMap::new(),
+        }
+    }
+}
+
 pub fn role_name(role: Role) -> &'static str {
     match role {
         Role::Leader => "leader",

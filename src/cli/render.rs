@@ -164,36 +164,10 @@ mod tests {
     use super::*;
     use crate::admin::Connections;
 
-    fn instance(name: &str, pool: Option<&str>) -> InstanceStatus {
-        InstanceStatus {
-            name: name.into(),
-            pool: pool.map(Into::into),
-            role: if pool.is_some() { "follower" } else { "leader" }.into(),
-            host: "127.0.0.1".into(),
-            port: 15432,
-            healthy: true,
-            in_recovery: pool.is_some(),
-            lsn: "0/3000060".into(),
-            timeline: if pool.is_some() { 0 } else { 1 },
-            lag_bytes: 0,
-            lag_seconds: 0.0,
-            lag_commits: 0,
-            weight: 1,
-            server_connections: Connections {
-                active: 3,
-                idle: 1,
-                waiting: 0,
-                max: 20,
-            },
-            outstanding: 0,
-            routed: BTreeMap::new(),
-        }
-    }
-
     fn fixed() -> Status {
-        let mut leader = instance("leader", None);
+        let mut leader = InstanceStatus::example("leader", None);
         leader.routed = BTreeMap::from([("write".into(), 5), ("transaction".into(), 2)]);
-        let mut f1 = instance("f1", Some("default"));
+        let mut f1 = InstanceStatus::example("f1", Some("default"));
         f1.port = 15433;
         f1.lag_bytes = 8192;
         f1.lag_seconds = 1.5;
@@ -204,7 +178,7 @@ mod tests {
             waiting: 0,
             max: 10,
         };
-        let mut f2 = instance("f2", Some("default"));
+        let mut f2 = InstanceStatus::example("f2", Some("default"));
         f2.healthy = false;
         f2.weight = 2;
         Status {
