@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::body::{self, BodyError, PauseBody, PromoteBody};
 use super::metrics;
-use super::status::{Changeover, Paused, Status};
+use super::status::{Changeover, Paused, PausedAnswer, Status};
 use crate::proxy::Context;
 use crate::topology::changeover::Refused;
 use crate::topology::control::ReloadError;
@@ -153,34 +153,30 @@ async fn answer(request: Request<Incoming>, ctx: &Arc<Context>) -> Result<Answer
             for &direction in PauseBody::parse(&body)?.direction.directions() {
                 control.gate.pause(direction);
             }
-            json(StatusCode::OK, &PausedAnswer::of(ctx))
+            json(
+                StatusCode::OK,
+                &PausedAnswer {
+                    paused: Paused::of(&control.gate),
+                },
+            )
         }
         Endpoint::Resume => {
             if control.changeover().is_some_and(|p| p.is_running()) {
                 return Err(ApiError::ChangeoverRunning);
             }
             control.gate.resume();
-            json(StatusCode::OK, &PausedAnswer::of(ctx))
+            json(
+                StatusCode::OK,
+                &PausedAnswer {
+                    paused: Paused::of(&control.gate),
+                },
+            )
         }
         Endpoint::Promote => {
             let body = body::read(request.into_body()).await?;
             control.start_promote(PromoteBody::parse(&body)?)?;
             let progress = control.changeover();
             json(StatusCode::ACCEPTED, &progress.as_ref().and_then(Changeover::of))
-        }
-    }
-}
-
-/// The answer to `/pause` and `/resume`: what the gate holds now.
-#[derive(Serialize)]
-struct PausedAnswer {
-    paused: Paused,
-}
-
-impl PausedAnswer {
-    fn of(ctx: &Context) -> PausedAnswer {
-        PausedAnswer {
-            paused: Paused::of(&ctx.control.gate),
         }
     }
 }

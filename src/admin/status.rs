@@ -49,6 +49,12 @@ impl Paused {
     }
 }
 
+/// The answer to `POST /pause` and `POST /resume`: what the gate holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PausedAnswer {
+    pub paused: Paused,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     pub name: String,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::admin_client::{AdminClient, AdminError};
 use super::render;
-use crate::admin::{Changeover, ChangeoverStep, PauseBody, PauseDirection, Paused, PromoteBody, Status};
+use crate::admin::{Changeover, ChangeoverStep, PauseBody, PauseDirection, PausedAnswer, PromoteBody, Status};
 
 /// How often `promote` looks at the changeover's progress.
 const PROMOTE_POLL: Duration = Duration::from_millis(200);
@@ -79,11 +79,6 @@ pub fn resume(client: &AdminClient) -> ExitCode {
         println!("{}", render::paused(answer.paused));
         Ok(ExitCode::SUCCESS)
     })
-}
-
-#[derive(serde::Deserialize)]
-struct PausedAnswer {
-    paused: Paused,
 }
 
 /// `pgsplit promote <instance>`: starts the changeover, then prints each step as it changes until it is over.
