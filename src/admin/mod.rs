@@ -1,11 +1,84 @@
-//! TEMP: the admin API lands from the admin branch.
-use std::sync::Arc;
+//! The HTTP admin API on `proxy.admin_listen` (SPEC §5, docs/admin.md): `/healthz`, `/status` JSON, `/metrics`
+//! for Prometheus, and the mutating calls `/reload`, `/pause`, `/resume`, `/promote` that hand over to the
+//! control plane.
+//!
+//! This file owns the listener: every connection is its own task speaking HTTP/1.1 with a header-read timeout, so a
+//! slow or hostile client holds up nobody else; on shutdown each connection finishes the request in hand and
+//! closes. `routes` answers requests, `status` builds the snapshot, `metrics` renders it, `body` reads and parses
+//! request bodies. The admin API never touches client traffic or server connections itself: it reads the topology
+//! snapshot and asks [`Control`](crate::topology::control::Control) for every change.
 
-use tokio::net::TcpListener;
+mod body;
+mod metrics;
+mod routes;
+mod status;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub use body::{MAX_BODY, PauseBody, PauseDirection, PromoteBody};
+pub use status::{Changeover, ChangeoverStep, Connections, InstanceStatus, Paused, PausedAnswer, Status};
 
 use crate::proxy::Context;
 
+/// A client that has not sent a whole request head by then is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the admin API until the proxy shuts down.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
-    let _ = (listener, ctx);
-    std::future::pending::<()>().await
+    let shutdown = stopping(ctx.shutdown.clone());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    tokio::spawn(connection(stream, ctx.clone()));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly instead of spinning.
+                    tracing::warn!(%error, "admin API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+/// One client's connection: requests answered in turn until it closes, errs, or the proxy shuts down.
+async fn connection(stream: TcpStream, ctx: Arc<Context>) {
+    let shutdown = stopping(ctx.shutdown.clone());
+    let service = service_fn(move |request| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(routes::handle(request, &ctx).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        // Malformed requests and clients that vanish mid-request end up here; hyper has already answered what
+        // could be answered (400, 431, …).
+        tracing::debug!(%error, "admin API connection ended with an error");
+    }
+}
+
+/// Resolves once the proxy shuts down — or is gone: a dropped sender counts as a shutdown.
+async fn stopping(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

@@ -27,6 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use units::parse_duration;
 
 /// A loaded, validated proxy.toml.
 #[derive(Debug, Clone, PartialEq)]

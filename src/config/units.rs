@@ -8,8 +8,9 @@ pub(super) const DURATION_UNITS: &str = "us, ms, s, min, h, d";
 /// The size units we accept, for error messages.
 pub(super) const SIZE_UNITS: &str = "B, kB (or KB), MB, GB, TB";
 
-/// Parses "250ms", "5 s", "1min": a whole number, an optional space, and one of [`DURATION_UNITS`].
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Parses "250ms", "5 s", "1min": a whole number, an optional space, and one of [`DURATION_UNITS`]. Public so the
+/// command line reads durations the way proxy.toml does.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = split(text).ok_or_else(|| {
         format!("\"{text}\" is not a duration; write a whole number and a unit ({DURATION_UNITS}), e.g. \"5s\"")
     })?;

@@ -1,5 +1,12 @@
 //! What each subcommand does, at the edge of the program: load config, start things, map failures to exit codes
 //! (0 ok, 1 usage/config error, 2 runtime failure).
+//!
+//! This file runs the proxy, checks configs and starts the demo; `admin` holds the subcommands that talk to a
+//! running proxy through `admin_client`, and `render` prints their answers.
+
+mod admin;
+mod admin_client;
+mod render;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,6 +15,9 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::proxy::Proxy;
+
+pub use admin::{pause, promote, reload, resume, status, wait};
+pub use admin_client::AdminClient;
 
 /// How long a stopping proxy lets clients finish their transactions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -1,0 +1,362 @@
+//! The `/status` value: one consistent picture of the cluster as pgsplit sees it, taken from a single topology
+//! snapshot plus the proxy's counters, the pause gate and the changeover record. `/metrics` renders the same value,
+//! and the CLI reads it back (hence `Deserialize`), so the three never disagree.
+//!
+//! Building it only reads: it never locks the topology, never waits on a pool beyond the moment `stats` takes, and
+//! never changes anything.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::Context;
+use crate::topology::changeover::Progress;
+use crate::topology::gate::{Direction, Gate};
+use crate::topology::monitor::format_lsn;
+use crate::topology::{Instance, Role, Topology};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Bumped by every topology swap.
+    pub generation: u64,
+    /// The leader's name.
+    pub leader: String,
+    pub paused: Paused,
+    /// Logged-in clients.
+    pub clients: usize,
+    /// Of those, clients pinned to one server connection.
+    pub pinned_clients: usize,
+    /// The leader first, then the followers pool by pool.
+    pub instances: Vec<InstanceStatus>,
+    /// The running or last orchestrated changeover.
+    pub changeover: Option<Changeover>,
+}
+
+/// Which directions the pause gate holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paused {
+    pub writes: bool,
+    pub reads: bool,
+}
+
+impl Paused {
+    pub fn of(gate: &Gate) -> Paused {
+        Paused {
+            writes: gate.is_paused(Direction::Writes),
+            reads: gate.is_paused(Direction::Reads),
+        }
+    }
+}
+
+/// The answer to `POST /pause` and `POST /resume`: what the gate holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PausedAnswer {
+    pub paused: Paused,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    /// The follower pool it belongs to; `None` for the leader.
+    pub pool: Option<String>,
+    /// "leader" or "follower".
+    pub role: String,
+    pub host: String,
+    pub port: u16,
+    /// The monitor's last check succeeded.
+    pub healthy: bool,
+    pub in_recovery: bool,
+    /// Replay LSN (followers) or current WAL LSN (leader), as PostgreSQL prints a `pg_lsn`.
+    pub lsn: String,
+    /// The timeline a primary writes on; 0 for a standby.
+    pub timeline: u32,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    pub lag_commits: u64,
+    pub weight: u32,
+    pub server_connections: Connections,
+    /// Units of work routed here and not finished.
+    pub outstanding: u32,
+    /// Units routed here so far, by reason.
+    pub routed: BTreeMap<String, u64>,
+}
+
+/// Server connections to one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connections {
+    /// Lent out to a client now.
+    pub active: usize,
+    pub idle: usize,
+    /// Clients waiting for a connection.
+    pub waiting: usize,
+    /// The instance's connection limit.
+    pub max: usize,
+}
+
+/// A changeover's record as [`Progress`] serializes it, with its enums as their names, so the CLI can read it back
+/// (`Progress` itself is only `Serialize`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changeover {
+    pub target: String,
+    pub from: Option<String>,
+    /// "running", "done", "rolled_back" or "failed".
+    pub outcome: String,
+    pub steps: Vec<ChangeoverStep>,
+    pub error: Option<String>,
+    pub write_pause_ms: Option<u64>,
+    pub started_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeoverStep {
+    pub step: String,
+    /// "running", "done", "failed" or "skipped".
+    pub state: String,
+    pub detail: String,
+    pub millis: u64,
+}
+
+impl Changeover {
+    pub const RUNNING: &'static str = "running";
+    pub const DONE: &'static str = "done";
+
+    /// Through `Progress`'s own serialization, so the names are exactly the ones it gives; `None` only if that
+    /// shape and this one ever drift apart (a unit test guards against it).
+    pub fn of(progress: &Progress) -> Option<Changeover> {
+        serde_json::to_value(progress).and_then(serde_json::from_value).ok()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.outcome == Self::RUNNING
+    }
+}
+
+impl Status {
+    /// The proxy as it is now.
+    pub fn capture(ctx: &Context) -> Status {
+        Status::of(
+            &ctx.topology.load(),
+            &ctx.control.gate,
+            ctx.clients.load(Ordering::Relaxed),
+            ctx.pinned.load(Ordering::Relaxed),
+            ctx.control.changeover().as_ref(),
+        )
+    }
+
+    fn of(
+        topology: &Topology,
+        gate: &Gate,
+        clients: usize,
+        pinned_clients: usize,
+        changeover: Option<&Progress>,
+    ) -> Status {
+        let config = &topology.config;
+        let leader = instance_status(&topology.leader, Role::Leader, None, config.leader.max_connections);
+        let followers = topology.pools.iter().flat_map(|pool| {
+            let max = config
+                .follower_pools
+                .iter()
+                .find(|p| p.name == *pool.name)
+                .map_or(0, |p| p.max_connections_per_instance);
+            pool.instances
+                .iter()
+                .map(move |instance| instance_status(instance, Role::Follower, Some(&pool.name), max))
+        });
+        Status {
+            generation: topology.generation,
+            leader: topology.leader.name.to_string(),
+            paused: Paused::of(gate),
+            clients,
+            pinned_clients,
+            instances: std::iter::once(leader).chain(followers).collect(),
+            changeover: changeover.and_then(Changeover::of),
+        }
+    }
+}
+
+fn instance_status(instance: &Instance, role: Role, pool: Option<&str>, max: usize) -> InstanceStatus {
+    let health = instance.health.snapshot();
+    let stats = instance.pool.stats();
+    InstanceStatus {
+        name: instance.name.to_string(),
+        pool: pool.map(str::to_owned),
+        role: role_name(role).to_owned(),
+        host: instance.host.to_string(),
+        port: instance.port,
+        healthy: health.up,
+        in_recovery: health.in_recovery,
+        lsn: format_lsn(health.lsn),
+        timeline: health.timeline,
+        lag_bytes: health.lag_bytes,
+        lag_seconds: health.lag.as_secs_f64(),
+        lag_commits: health.lag_commits,
+        weight: instance.weight(),
+        server_connections: Connections {
+            active: stats.total.saturating_sub(stats.idle),
+            idle: stats.idle,
+            waiting: stats.waiting,
+            max,
+        },
+        outstanding: instance.outstanding(),
+        routed: instance
+            .routed()
+            .into_iter()
+            .map(|(reason, count)| (reason.to_owned(), count))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+impl InstanceStatus {
+    /// A healthy, caught-up instance with 3 active and 1 idle connections of 20, for tests of what renders a status.
+    pub(crate) fn example(name: &str, pool: Option<&str>) -> InstanceStatus {
+        let follower = pool.is_some();
+        InstanceStatus {
+            name: name.into(),
+            pool: pool.map(Into::into),
+            role: if follower { "follower" } else { "leader" }.into(),
+            host: "127.0.0.1".into(),
+            port: 15432,
+            healthy: true,
+            in_recovery: follower,
+            lsn: "0/3000060".into(),
+            timeline: if follower { 0 } else { 1 },
+            lag_bytes: 0,
+            lag_seconds: 0.0,
+            lag_commits: 0,
+            weight: 1,
+            server_connections: Connections {
+                active: 3,
+                idle: 1,
+                waiting: 0,
+                max: 20,
+            },
+            outstanding: 0,
+            routed: BTreeMap::new(),
+        }
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::router::RouteReason;
+    use crate::topology::changeover::{Outcome, Step, StepReport, StepState};
+    use crate::topology::health::Observation;
+
+    const CONFIG: &str = r#"
+[leader]
+name = "main"
+host = "127.0.0.1"
+port = 15432
+max_connections = 7
+
+[[users]]
+name = "app"
+password = "app"
+
+[[follower_pools]]
+name = "default"
+max_connections_per_instance = 3
+instances = [{ name = "f1", host = "10.0.0.2", port = 5433, weight = 2 }]
+"#;
+
+    fn topology() -> Topology {
+        Topology::from_config(&Config::parse(CONFIG, "t.toml").expect("valid test config"))
+    }
+
+    #[test]
+    fn status_lists_the_leader_first_with_roles_pools_and_limits() {
+        let topology = topology();
+        let status = Status::of(&topology, &Gate::default(), 4, 1, None);
+        assert_eq!(status.generation, 1);
+        assert_eq!(status.leader, "main");
+        assert_eq!((status.clients, status.pinned_clients), (4, 1));
+        let names: Vec<_> = status
+            .instances
+            .iter()
+            .map(|i| (i.name.as_str(), i.role.as_str()))
+            .collect();
+        assert_eq!(names, [("main", "leader"), ("f1", "follower")]);
+        let (leader, f1) = (&status.instances[0], &status.instances[1]);
+        assert_eq!(leader.pool, None);
+        assert_eq!(f1.pool.as_deref(), Some("default"));
+        assert_eq!((f1.host.as_str(), f1.port, f1.weight), ("10.0.0.2", 5433, 2));
+        assert_eq!(leader.server_connections.max, 7);
+        assert_eq!(f1.server_connections.max, 3);
+        assert!(!leader.healthy, "unknown until the monitor's first check");
+        assert_eq!(status.changeover, None);
+    }
+
+    #[test]
+    fn status_shows_health_lag_routes_and_pauses() {
+        let topology = topology();
+        let f1 = &topology.pools[0].instances[0];
+        f1.health.observe(Observation {
+            in_recovery: true,
+            lsn: 0x3000060,
+            lag_bytes: 4096,
+            lag: std::time::Duration::from_millis(1500),
+            lag_commits: 3,
+            timeline: 0,
+        });
+        f1.count_route(RouteReason::Read);
+        f1.count_route(RouteReason::Read);
+        let gate = Gate::default();
+        gate.pause(Direction::Writes);
+        let status = Status::of(&topology, &gate, 0, 0, None);
+        let f1 = &status.instances[1];
+        assert!(f1.healthy && f1.in_recovery);
+        assert_eq!(f1.lsn, "0/3000060");
+        assert_eq!((f1.lag_bytes, f1.lag_seconds, f1.lag_commits), (4096, 1.5, 3));
+        assert_eq!(f1.routed.get("read"), Some(&2));
+        assert_eq!(
+            status.paused,
+            Paused {
+                writes: true,
+                reads: false
+            }
+        );
+    }
+
+    #[test]
+    fn changeover_shows_exactly_what_progress_serializes() {
+        let mut progress = Progress::new("f1");
+        progress.from = Some("main".into());
+        progress.outcome = Outcome::RolledBack;
+        progress.error = Some("no luck".into());
+        progress.write_pause_ms = Some(12);
+        progress.steps.push(StepReport {
+            step: Step::CatchUp,
+            state: StepState::Failed,
+            detail: "behind".into(),
+            millis: 30_000,
+        });
+        let changeover = Changeover::of(&progress).expect("same shape");
+        assert_eq!(
+            serde_json::to_value(&changeover).unwrap(),
+            serde_json::to_value(&progress).unwrap()
+        );
+        assert_eq!(changeover.outcome, "rolled_back");
+        assert_eq!(changeover.steps[0].step, "catch_up");
+        assert!(!changeover.is_running());
+    }
+
+    #[test]
+    fn status_reads_back_from_its_json() {
+        let status = Status::of(&topology(), &Gate::default(), 2, 0, Some(&Progress::new("f1")));
+        let json = serde_json::to_string(&status).unwrap();
+        let back: Status = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, status);
+        assert!(back.changeover.is_some_and(|c| c.is_running()));
+    }
+}
