@@ -228,7 +228,7 @@ pub(super) async fn run(control: &Control, request: &PromoteRequest) {
         } else {
             Ok(())
         };
-        control.gate.resume();
+        control.gate.open(Direction::Writes);
         match lifted {
             Ok(()) => tracker.done(format!("writes resumed on {old_name}")),
             Err(lift) => tracker.end(
@@ -247,7 +247,7 @@ pub(super) async fn run(control: &Control, request: &PromoteRequest) {
     }
     // The old leader takes no more writes either way; holding them longer helps nobody.
     tracker.begin(Step::Release);
-    control.gate.resume();
+    control.gate.open(Direction::Writes);
     let pause = paused_at.elapsed();
     tracker.update(|p| p.write_pause_ms = Some(pause.as_millis() as u64));
     tracker.done(format!("held writes released after {} ms", pause.as_millis()));

@@ -45,6 +45,12 @@ impl Gate {
         self.resumed.notify_waiters();
     }
 
+    /// Opens one direction (the changeover releases writes, leaving an operator's read pause alone).
+    pub fn open(&self, direction: Direction) {
+        self.flag(direction).store(false, Ordering::SeqCst);
+        self.resumed.notify_waiters();
+    }
+
     pub fn is_paused(&self, direction: Direction) -> bool {
         self.flag(direction).load(Ordering::SeqCst)
     }
