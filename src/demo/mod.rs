@@ -72,7 +72,12 @@ pub async fn run(stop: impl Future<Output = ()>) -> Result<(), DemoError> {
     for instance in local.instances() {
         println!("  {:<8} 127.0.0.1:{}", instance.name, instance.port);
     }
-    println!("\nDATABASE_URL={url}\n\ntry:  psql '{url}'\n\nCtrl-C stops pgsplit and removes the cluster.");
+    println!("\nDATABASE_URL={url}\n\ntry:  psql '{url}'");
+    println!(
+        "      pgsplit status --admin {}    (also: pgsplit promote f1)",
+        proxy.admin_addr()
+    );
+    println!("\nCtrl-C stops pgsplit and removes the cluster.");
     stop.await;
     eprintln!("stopping ...");
     proxy.shutdown(std::time::Duration::from_secs(5)).await;
