@@ -55,12 +55,13 @@ impl Gate {
         self.flag(direction).load(Ordering::SeqCst)
     }
 
-    /// Returns at once when `direction` is open, else when it is resumed.
+    /// Returns at once when `direction` is open (one atomic load: this is on every unit's path), else when it is
+    /// resumed.
     pub async fn wait_open(&self, direction: Direction) {
-        loop {
+        while self.is_paused(direction) {
             let resumed = self.resumed.notified();
             tokio::pin!(resumed);
-            // Registered before the check, so a resume between the check and the await is not missed.
+            // Registered before the second look, so a resume in between is not missed.
             resumed.as_mut().enable();
             if !self.is_paused(direction) {
                 return;
