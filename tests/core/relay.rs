@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls, SimpleQueryMessage};
 
-use crate::support::{WAIT, cluster, pgbench_init, proxy, psql};
+use crate::support::{WAIT, cluster, pgbench_counts, pgbench_init, proxy, psql};
 
 fn first_value(messages: &[SimpleQueryMessage]) -> String {
     messages
@@ -62,26 +62,6 @@ async fn psql_runs_statements_and_copy_through_the_proxy() {
         "{stdout}"
     );
     p.stop().await;
-}
-
-/// pgbench's own verdict: transactions processed and failed.
-fn pgbench_counts(output: &str) -> (u64, u64) {
-    let number_after = |label: &str| -> u64 {
-        let line = output
-            .lines()
-            .find(|l| l.starts_with(label))
-            .unwrap_or_else(|| panic!("no '{label}' in:\n{output}"));
-        let digits: String = line[label.len()..]
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        digits.parse().expect("a count")
-    };
-    (
-        number_after("number of transactions actually processed:"),
-        number_after("number of failed transactions:"),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,3 +184,23 @@ pub async fn value(client: &Client, sql: &str) -> String {
         })
         .unwrap_or_else(|| panic!("{sql}: no row"))
 }
+
+/// pgbench's own verdict from its output: transactions processed and failed.
+pub fn pgbench_counts(output: &str) -> (u64, u64) {
+    let number_after = |label: &str| -> u64 {
+        let line = output
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no '{label}' in:\n{output}"));
+        let digits: String = line[label.len()..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().expect("a count")
+    };
+    (
+        number_after("number of transactions actually processed:"),
+        number_after("number of failed transactions:"),
+    )
+}

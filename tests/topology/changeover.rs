@@ -8,7 +8,7 @@ use pgsplit::topology::gate::Direction;
 
 use super::files::{ConfigDir, config_text};
 use crate::support::proxy::{TestProxy, routed};
-use crate::support::{cluster, eventually, private_cluster, value};
+use crate::support::{cluster, eventually, pgbench_counts, private_cluster, value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_pause_holds_writes_lets_reads_run_and_resume_releases_them() {
@@ -33,20 +33,6 @@ async fn a_write_pause_holds_writes_lets_reads_run_and_resume_releases_them() {
     assert_eq!(port, c.leader().port.to_string(), "then runs on the leader");
     assert!(waited >= paused_for.elapsed(), "it waited for the resume");
     p.stop().await;
-}
-
-/// `pgbench` output's count after `label`.
-fn count(output: &str, label: &str) -> u64 {
-    let line = output
-        .lines()
-        .find(|l| l.starts_with(label))
-        .unwrap_or_else(|| panic!("no '{label}' in:\n{output}"));
-    let digits: String = line[label.len()..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().expect("a count")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,8 +91,7 @@ async fn changeover_under_pgbench_loses_no_commit_and_fails_no_transaction() {
         "pgbench: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let processed = count(&stdout, "number of transactions actually processed:");
-    let failed = count(&stdout, "number of failed transactions:");
+    let (processed, failed) = pgbench_counts(&stdout);
     let pause = progress.write_pause_ms.expect("the pause was measured");
     println!("changeover drill: {processed} transactions, {failed} failed, longest write pause {pause} ms");
     assert_eq!(failed, 0, "no failed transaction");
