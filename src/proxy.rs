@@ -98,7 +98,7 @@ pub enum StartError {
     #[error("{0}")]
     Config(ConfigErrors),
     #[error("cannot watch the config file: {0}")]
-    Watch(String),
+    Watch(#[from] crate::topology::watch::WatchError),
 }
 
 impl Proxy {
@@ -111,8 +111,7 @@ impl Proxy {
     pub async fn start_from_file(path: &Path) -> Result<Proxy, StartError> {
         let config = Config::load(path).map_err(StartError::Config)?;
         let mut proxy = Self::start_with(config, Some(path.to_path_buf())).await?;
-        let mut triggers =
-            crate::topology::watch::reload_triggers(path).map_err(|e| StartError::Watch(e.to_string()))?;
+        let mut triggers = crate::topology::watch::reload_triggers(path)?;
         let control = proxy.ctx.control.clone();
         proxy.tasks.push(tokio::spawn(async move {
             while let Some(cause) = triggers.next().await {

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::body::{self, BodyError, PauseBody, PromoteBody};
 use super::metrics;
-use super::status::{Changeover, Paused, PausedAnswer, Status};
+use super::status::{Paused, PausedAnswer, Status};
 use crate::proxy::Context;
 use crate::topology::changeover::Refused;
 use crate::topology::control::ReloadError;
@@ -176,7 +176,7 @@ async fn answer(request: Request<Incoming>, ctx: &Arc<Context>) -> Result<Answer
             let body = body::read(request.into_body()).await?;
             control.start_promote(PromoteBody::parse(&body)?)?;
             let progress = control.changeover();
-            json(StatusCode::ACCEPTED, &progress.as_ref().and_then(Changeover::of))
+            json(StatusCode::ACCEPTED, &progress)
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct Status {
     /// The leader first, then the followers pool by pool.
     pub instances: Vec<InstanceStatus>,
     /// The running or last orchestrated changeover.
-    pub changeover: Option<Changeover>,
+    pub changeover: Option<Progress>,
 }
 
 /// Which directions the pause gate holds.
@@ -94,44 +94,6 @@ pub struct Connections {
     pub max: usize,
 }
 
-/// A changeover's record as [`Progress`] serializes it, with its enums as their names, so the CLI can read it back
-/// (`Progress` itself is only `Serialize`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Changeover {
-    pub target: String,
-    pub from: Option<String>,
-    /// "running", "done", "rolled_back" or "failed".
-    pub outcome: String,
-    pub steps: Vec<ChangeoverStep>,
-    pub error: Option<String>,
-    pub write_pause_ms: Option<u64>,
-    pub started_unix_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChangeoverStep {
-    pub step: String,
-    /// "running", "done", "failed" or "skipped".
-    pub state: String,
-    pub detail: String,
-    pub millis: u64,
-}
-
-impl Changeover {
-    pub const RUNNING: &'static str = "running";
-    pub const DONE: &'static str = "done";
-
-    /// Through `Progress`'s own serialization, so the names are exactly the ones it gives; `None` only if that
-    /// shape and this one ever drift apart (a unit test guards against it).
-    pub fn of(progress: &Progress) -> Option<Changeover> {
-        serde_json::to_value(progress).and_then(serde_json::from_value).ok()
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.outcome == Self::RUNNING
-    }
-}
-
 impl Status {
     /// The proxy as it is now.
     pub fn capture(ctx: &Context) -> Status {
@@ -170,7 +132,7 @@ impl Status {
             clients,
             pinned_clients,
             instances: std::iter::once(leader).chain(followers).collect(),
-            changeover: changeover.and_then(Changeover::of),
+            changeover: changeover.cloned(),
         }
     }
 }
@@ -329,26 +291,21 @@ instances = [{ name = "f1", host = "10.0.0.2", port = 5433, weight = 2 }]
     }
 
     #[test]
-    fn changeover_shows_exactly_what_progress_serializes() {
+    fn changeover_steps_and_outcomes_have_their_json_names() {
         let mut progress = Progress::new("f1");
-        progress.from = Some("main".into());
         progress.outcome = Outcome::RolledBack;
-        progress.error = Some("no luck".into());
-        progress.write_pause_ms = Some(12);
         progress.steps.push(StepReport {
             step: Step::CatchUp,
             state: StepState::Failed,
             detail: "behind".into(),
             millis: 30_000,
         });
-        let changeover = Changeover::of(&progress).expect("same shape");
-        assert_eq!(
-            serde_json::to_value(&changeover).unwrap(),
-            serde_json::to_value(&progress).unwrap()
-        );
-        assert_eq!(changeover.outcome, "rolled_back");
-        assert_eq!(changeover.steps[0].step, "catch_up");
-        assert!(!changeover.is_running());
+        let json = serde_json::to_value(&progress).unwrap();
+        assert_eq!(json["outcome"], "rolled_back");
+        assert_eq!(json["steps"][0]["step"], "catch_up");
+        assert_eq!(progress.outcome.to_string(), "rolled_back");
+        assert_eq!(format!("{:<10}|", Step::CatchUp), "catch_up  |");
+        assert!(!progress.is_running());
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::admin_client::{AdminClient, AdminError};
 use super::render;
-use crate::admin::{Changeover, ChangeoverStep, PauseBody, PauseDirection, PausedAnswer, PromoteBody, Status};
+use crate::admin::{PauseBody, PauseDirection, PausedAnswer, PromoteBody, Status};
+use crate::topology::changeover::{Outcome, Progress, StepReport};
+use crate::topology::control::SwapOutcome;
 
 /// How often `promote` looks at the changeover's progress.
 const PROMOTE_POLL: Duration = Duration::from_millis(200);
@@ -30,7 +32,7 @@ pub fn status(client: &AdminClient, json: bool) -> ExitCode {
 /// `pgsplit reload`.
 pub fn reload(client: &AdminClient) -> ExitCode {
     block_on(async {
-        let outcome: Reloaded = client.post("/reload", None::<&()>).await?;
+        let outcome: SwapOutcome = client.post("/reload", None::<&()>).await?;
         if outcome.changed {
             println!("reloaded: generation {}", outcome.generation);
             for (label, names) in [("added", &outcome.added), ("removed", &outcome.removed)] {
@@ -46,16 +48,6 @@ pub fn reload(client: &AdminClient) -> ExitCode {
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// The parts of the server's `SwapOutcome` that `reload` prints.
-#[derive(serde::Deserialize)]
-struct Reloaded {
-    generation: u64,
-    changed: bool,
-    added: Vec<String>,
-    removed: Vec<String>,
-    needs_restart: Vec<String>,
 }
 
 /// `pgsplit pause [--writes | --reads]`: neither flag pauses both directions.
@@ -98,8 +90,8 @@ pub fn promote(
         catchup_timeout_ms: catchup_timeout.map(millis),
     };
     block_on(async {
-        let mut progress: Option<Changeover> = client.post("/promote", Some(&body)).await?;
-        let mut printed: Vec<ChangeoverStep> = Vec::new();
+        let mut progress: Option<Progress> = client.post("/promote", Some(&body)).await?;
+        let mut printed: Vec<StepReport> = Vec::new();
         let over = loop {
             if let Some(current) = &progress {
                 print_new_steps(&current.steps, &mut printed);
@@ -113,7 +105,7 @@ pub fn promote(
         if let Some(ms) = over.write_pause_ms {
             println!("writes were held for {ms} ms");
         }
-        if over.outcome == Changeover::DONE {
+        if over.outcome == Outcome::Done {
             println!("{} is the leader", over.target);
             if let Some(warning) = &over.error {
                 println!("warning: {warning}");
@@ -128,7 +120,7 @@ pub fn promote(
 }
 
 /// Prints the steps that are new or changed since the last look (a step is seen running, then ended).
-fn print_new_steps(steps: &[ChangeoverStep], printed: &mut Vec<ChangeoverStep>) {
+fn print_new_steps(steps: &[StepReport], printed: &mut Vec<StepReport>) {
     for (i, step) in steps.iter().enumerate() {
         if printed.get(i) != Some(step) {
             println!("{}", render::step_line(step));

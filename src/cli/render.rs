@@ -4,7 +4,8 @@
 
 use std::fmt::Write;
 
-use crate::admin::{Changeover, ChangeoverStep, InstanceStatus, Paused, Status};
+use crate::admin::{InstanceStatus, Paused, Status};
+use crate::topology::changeover::{Progress, StepReport};
 
 /// `pgsplit status`.
 pub fn status(status: &Status) -> String {
@@ -104,7 +105,7 @@ fn availability(instance: &InstanceStatus) -> &'static str {
 }
 
 /// The changeover block of `pgsplit status`.
-pub fn changeover(changeover: &Changeover) -> String {
+pub fn changeover(changeover: &Progress) -> String {
     let from = changeover
         .from
         .as_deref()
@@ -127,7 +128,7 @@ pub fn changeover(changeover: &Changeover) -> String {
 }
 
 /// One changeover step: name, state, how long it took, what it found.
-pub fn step_line(step: &ChangeoverStep) -> String {
+pub fn step_line(step: &StepReport) -> String {
     let line = format!(
         "{:<13}{:<9}{:>7} ms  {}",
         step.step, step.state, step.millis, step.detail
@@ -163,6 +164,7 @@ mod tests {
 
     use super::*;
     use crate::admin::Connections;
+    use crate::topology::changeover::{Outcome, Step, StepState};
 
     fn fixed() -> Status {
         let mut leader = InstanceStatus::example("leader", None);
@@ -231,20 +233,20 @@ Routed:          nothing yet
     #[test]
     fn status_ends_with_the_changeover_steps() {
         let mut with_changeover = fixed();
-        with_changeover.changeover = Some(Changeover {
+        with_changeover.changeover = Some(Progress {
             target: "f1".into(),
             from: Some("leader".into()),
-            outcome: "done".into(),
+            outcome: Outcome::Done,
             steps: vec![
-                ChangeoverStep {
-                    step: "check".into(),
-                    state: "done".into(),
+                StepReport {
+                    step: Step::Check,
+                    state: StepState::Done,
                     detail: "f1 is a healthy follower".into(),
                     millis: 12,
                 },
-                ChangeoverStep {
-                    step: "write_config".into(),
-                    state: "skipped".into(),
+                StepReport {
+                    step: Step::WriteConfig,
+                    state: StepState::Skipped,
                     detail: "no config file".into(),
                     millis: 0,
                 },
@@ -265,9 +267,9 @@ Writes held:     120 ms
 
     #[test]
     fn a_running_step_has_no_trailing_blanks() {
-        let step = ChangeoverStep {
-            step: "catch_up".into(),
-            state: "running".into(),
+        let step = StepReport {
+            step: Step::CatchUp,
+            state: StepState::Running,
             detail: String::new(),
             millis: 0,
         };

@@ -47,7 +47,7 @@ impl PromoteRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     Check,
@@ -63,7 +63,7 @@ pub enum Step {
     Rollback,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
     Running,
@@ -72,7 +72,7 @@ pub enum StepState {
     Skipped,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Running,
@@ -84,7 +84,21 @@ pub enum Outcome {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// Steps, states and outcomes print as their JSON names (`catch_up`, `rolled_back`), padded as asked.
+macro_rules! display_as_serde_name {
+    ($($kind:ty),*) => {$(
+        impl std::fmt::Display for $kind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let name = serde_json::to_value(self).ok();
+                f.pad(name.as_ref().and_then(|n| n.as_str()).unwrap_or("?"))
+            }
+        }
+    )*};
+}
+
+display_as_serde_name!(Step, StepState, Outcome);
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StepReport {
     pub step: Step,
     pub state: StepState,
@@ -93,7 +107,7 @@ pub struct StepReport {
 }
 
 /// A changeover as it goes, and its record once over.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     pub target: String,
     /// The leader when it started.

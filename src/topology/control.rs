@@ -14,11 +14,11 @@ use tokio::sync::watch;
 use super::changeover::{self, Progress, PromoteRequest};
 use super::gate::Gate;
 use super::monitor::{Conn, error_chain};
-use super::{Role, SharedTopology, Topology};
+use super::{Instance, SharedTopology, Topology};
 use crate::config::{Config, ConfigErrors};
 
 /// What a swap changed, for the log and the admin API's answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SwapOutcome {
     /// The generation now in use (unchanged when nothing changed).
     pub generation: u64,
@@ -26,7 +26,7 @@ pub struct SwapOutcome {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     /// Keys that differ in the new config but only take effect on a restart; their old values stay.
-    pub needs_restart: Vec<&'static str>,
+    pub needs_restart: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,17 +110,13 @@ impl Control {
             };
         }
         let next = Arc::new(Topology::rebuild(&config, Some(&previous)));
-        let names = |t: &Topology, of: &Topology| -> Vec<String> {
-            t.instances()
-                .filter(|i| !of.instances().any(|o| Arc::ptr_eq(i, o)))
-                .map(|i| i.name.to_string())
-                .collect()
-        };
+        let gone = previous.left_out_of(&next);
+        let names = |instances: &[Arc<Instance>]| instances.iter().map(|i| i.name.to_string()).collect();
         let outcome = SwapOutcome {
             generation: next.generation,
             changed: true,
-            added: names(&next, &previous),
-            removed: names(&previous, &next),
+            added: names(&next.left_out_of(&previous)),
+            removed: names(&gone),
             needs_restart,
         };
         for instance in next.instances() {
@@ -133,8 +129,8 @@ impl Control {
             }
         }
         self.topology.store(next.clone());
-        for gone in previous.left_out_of(&next) {
-            gone.retire();
+        for instance in gone {
+            instance.retire();
         }
         tracing::info!(
             generation = outcome.generation,
@@ -240,17 +236,10 @@ impl Control {
             Err(_) => Err(format!("cannot connect to {name}: no answer within {timeout:?}")),
         }
     }
-
-    /// The role the current topology gives the instance named `name`.
-    pub fn role_of(&self, name: &str) -> Option<Role> {
-        let topology = self.topology.load();
-        let instance = topology.instances().find(|i| &*i.name == name)?;
-        topology.role_of(instance)
-    }
 }
 
 /// Copies the keys that need a restart from `old` into `new`, returning those that differed.
-fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
+fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     let mut differ = Vec::new();
     if old.proxy.listen != new.proxy.listen {
         differ.push("proxy.listen");
@@ -268,5 +257,5 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         differ.push("proxy.tls");
         new.proxy.tls = old.proxy.tls.clone();
     }
-    differ
+    differ.into_iter().map(String::from).collect()
 }
