@@ -75,6 +75,27 @@ pub fn render(status: &Status) -> String {
     );
 
     out.family(
+        "pgsplit_read_your_writes_reads_total",
+        "counter",
+        "Reads that had to see the client's own last write, by where they ran: a follower known to have replayed \
+         it (caught_up), a follower asked first (confirmed), or the leader because none had replayed it in time.",
+    );
+    for pool in &status.pools {
+        let counts = pool.read_your_writes;
+        for (served, count) in [
+            ("caught_up", counts.caught_up),
+            ("confirmed", counts.confirmed),
+            ("leader", counts.on_leader),
+        ] {
+            out.sample(
+                "pgsplit_read_your_writes_reads_total",
+                &[("pool", &pool.name), ("served", served)],
+                count,
+            );
+        }
+    }
+
+    out.family(
         "pgsplit_instance_up",
         "gauge",
         "1 if the instance answered the last health check, else 0.",
@@ -167,6 +188,14 @@ mod tests {
             clients: 12,
             pinned_clients: 0,
             instances: vec![leader, f1],
+            pools: vec![crate::admin::PoolStatus {
+                name: "default".into(),
+                read_your_writes: crate::topology::FreshnessCounts {
+                    caught_up: 4,
+                    confirmed: 2,
+                    on_leader: 1,
+                },
+            }],
             changeover: None,
         }
     }
@@ -183,6 +212,7 @@ mod tests {
             "pgsplit_replication_lag_seconds",
             "pgsplit_replication_lag_commits",
             "pgsplit_instance_up",
+            "pgsplit_read_your_writes_reads_total",
         ] {
             let help = text.find(&format!("# HELP {family} ")).expect(family);
             let kind = text.find(&format!("# TYPE {family} ")).expect(family);
@@ -208,6 +238,8 @@ mod tests {
             "pgsplit_replication_lag_commits{instance=\"f1\"} 2",
             "pgsplit_instance_up{instance=\"leader\",role=\"leader\"} 1",
             "pgsplit_instance_up{instance=\"f1\",role=\"follower\"} 0",
+            "pgsplit_read_your_writes_reads_total{pool=\"default\",served=\"confirmed\"} 2",
+            "pgsplit_read_your_writes_reads_total{pool=\"default\",served=\"leader\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -14,7 +14,7 @@ use crate::proxy::Context;
 use crate::topology::changeover::Progress;
 use crate::topology::gate::{Direction, Gate};
 use crate::topology::monitor::format_lsn;
-use crate::topology::{Instance, Role, Topology};
+use crate::topology::{FreshnessCounts, Instance, Role, Topology};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -29,6 +29,9 @@ pub struct Status {
     pub pinned_clients: usize,
     /// The leader first, then the followers pool by pool.
     pub instances: Vec<InstanceStatus>,
+    /// Each follower pool's own figures.
+    #[serde(default)]
+    pub pools: Vec<PoolStatus>,
     /// The running or last orchestrated changeover.
     pub changeover: Option<Progress>,
 }
@@ -82,6 +85,13 @@ pub struct InstanceStatus {
     pub routed: BTreeMap<String, u64>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    /// Reads that had to see the client's own last write, by where they were served.
+    pub read_your_writes: FreshnessCounts,
+}
+
 /// Server connections to one instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connections {
@@ -132,6 +142,14 @@ impl Status {
             clients,
             pinned_clients,
             instances: std::iter::once(leader).chain(followers).collect(),
+            pools: topology
+                .pools
+                .iter()
+                .map(|pool| PoolStatus {
+                    name: pool.name.to_string(),
+                    read_your_writes: pool.freshness(),
+                })
+                .collect(),
             changeover: changeover.cloned(),
         }
     }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::admin::{InstanceStatus, Paused, Status};
+use crate::admin::{InstanceStatus, Paused, PoolStatus, Status};
 use crate::topology::changeover::{Progress, StepReport};
 
 /// `pgsplit status`.
@@ -20,10 +20,25 @@ pub fn status(status: &Status) -> String {
     for instance in &status.instances {
         block(&mut out, instance, &status.leader);
     }
+    for pool in &status.pools {
+        read_your_writes(&mut out, pool);
+    }
     if let Some(changeover) = &status.changeover {
         out.push_str(&self::changeover(changeover));
     }
     out
+}
+
+/// A pool's read-your-writes line, once it has served such a read.
+fn read_your_writes(out: &mut String, pool: &PoolStatus) {
+    let counts = pool.read_your_writes;
+    if counts.caught_up + counts.confirmed + counts.on_leader > 0 {
+        let _ = writeln!(
+            out,
+            "=== pool {}: reads after own writes: {} on caught-up followers, {} confirmed first, {} on the leader",
+            pool.name, counts.caught_up, counts.confirmed, counts.on_leader
+        );
+    }
 }
 
 /// What the pause gate holds, in a few words.
@@ -193,6 +208,7 @@ mod tests {
             clients: 12,
             pinned_clients: 1,
             instances: vec![leader, f1, f2],
+            pools: Vec::new(),
             changeover: None,
         }
     }

@@ -235,6 +235,8 @@ pub struct RoutingConfig {
     /// Resolved: the named pool, else "default" if such a pool exists, else the first pool, else `None`.
     pub read_pool: Option<String>,
     pub read_your_writes: bool,
+    /// How long a read after a write may wait for a follower to replay that write before it runs on the leader.
+    pub read_your_writes_wait: Duration,
     pub fallback: Fallback,
     pub follow_promotions: bool,
     pub write_functions: Vec<String>,

@@ -106,6 +106,7 @@ pub(super) struct RawFollower {
 pub(super) struct RawRouting {
     pub read_pool: Option<Spanned<String>>,
     pub read_your_writes: Option<bool>,
+    pub read_your_writes_wait: Option<Spanned<Scalar>>,
     pub fallback: Option<Fallback>,
     pub follow_promotions: Option<bool>,
     #[serde(default)]

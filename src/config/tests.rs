@@ -111,6 +111,7 @@ fn minimal_config_gets_every_default() {
         RoutingConfig {
             read_pool: None,
             read_your_writes: true,
+            read_your_writes_wait: Duration::from_millis(50),
             fallback: Fallback::Leader,
             follow_promotions: true,
             write_functions: vec![],

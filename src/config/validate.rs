@@ -38,6 +38,7 @@ const DEFAULT_MAX_CONNECTIONS: usize = 20;
 const DEFAULT_MAX_LAG_BYTES: u64 = 16 << 20;
 const DEFAULT_MAX_LAG_SECONDS: Duration = Duration::from_secs(5);
 const DEFAULT_POOL_NAME: &str = "default";
+const DEFAULT_READ_YOUR_WRITES_WAIT: Duration = Duration::from_millis(50);
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_FOLLOWER_POOLS: usize = 5;
@@ -382,6 +383,11 @@ impl Checker {
         RoutingConfig {
             read_pool,
             read_your_writes: raw.read_your_writes.unwrap_or(true),
+            read_your_writes_wait: self.duration(
+                raw.read_your_writes_wait.as_ref(),
+                "routing.read_your_writes_wait",
+                DEFAULT_READ_YOUR_WRITES_WAIT,
+            ),
             fallback: raw.fallback.unwrap_or(Fallback::Leader),
             follow_promotions: raw.follow_promotions.unwrap_or(true),
             write_functions,

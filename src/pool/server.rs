@@ -149,6 +149,13 @@ impl ServerConn {
     /// Runs `sql` (pgsplit's own statement, e.g. `DISCARD ALL`) and reads to ReadyForQuery. Ok only if it
     /// succeeded and left the connection idle; a server error comes back as `LoginError::Refused`.
     pub async fn run_own(&mut self, sql: &str) -> Result<(), ConnectError> {
+        self.query_own(sql).await.map(drop)
+    }
+
+    /// Like [`run_own`](Self::run_own), for a query of pgsplit's own returning one value: the first column of
+    /// its first row, as text (None for NULL or no row).
+    pub async fn query_own(&mut self, sql: &str) -> Result<Option<String>, ConnectError> {
+        let mut value = None;
         let mut out = BytesMut::new();
         messages::query(&mut out, sql.as_bytes());
         self.stream.write_all(&out).await?;
@@ -164,12 +171,13 @@ impl ServerConn {
                         message: messages::error_field(&body, b'M').unwrap_or("unknown error").to_owned(),
                     });
                 }
+                b'D' if value.is_none() => value = messages::first_column(&body).map(str::to_owned),
                 b'Z' => {
                     let idle = body.first().copied().and_then(TxStatus::from_byte) == Some(TxStatus::Idle);
                     return match failed {
                         Some(error) => Err(error.into()),
                         None if !idle => Err(LoginError::Protocol(format!("\"{sql}\" left a transaction open")).into()),
-                        None => Ok(()),
+                        None => Ok(value),
                     };
                 }
                 _ => {}

@@ -35,6 +35,7 @@ pub mod code {
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

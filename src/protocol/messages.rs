@@ -136,6 +136,14 @@ pub fn query(out: &mut BytesMut, sql: &[u8]) {
     message(out, b'Q', |o| put_cstr(o, sql));
 }
 
+/// The first column of a DataRow body, as text; None for NULL, no columns, or a malformed row.
+pub fn first_column(body: &[u8]) -> Option<&str> {
+    let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok().filter(|_| count > 0)?;
+    std::str::from_utf8(body.get(6..6 + len)?).ok()
+}
+
 /// Reads a ParameterStatus body into (name, value).
 pub fn parse_parameter_status(body: &[u8]) -> Option<(&str, &str)> {
     let (name, rest) = read_cstr(body)?;

@@ -18,6 +18,6 @@ mod statement;
 pub use classify::{Statements, classify, statements};
 pub use functions::{FunctionSet, parse_function_name};
 pub use lexer::{LexError, Lexer, Span, Token, TokenKind};
-pub use route::{Decision, RouteReason, Wants, route};
+pub use route::{Decision, Floor, RouteReason, Wants, route};
 pub use shapes::{KnownWrites, fingerprint};
 pub use statement::{Access, Classification, Isolation, Name, Reason, SavepointOp, Statement, StatementKind};

@@ -6,9 +6,15 @@
 //! choices"). A follower that just became usable ramps from a tenth of its weight to all of it over
 //! [`SLOW_START`], so a returning replica is not flooded. No usable follower: the leader, or 57P03 with
 //! `fallback = "error"`.
+//!
+//! A read with a read-your-writes floor (the WAL position of the client's last write) goes only to a follower that
+//! has replayed it: one known to have (its last known replay position is past the floor), or else one expected to
+//! by the read's deadline (the floor's age plus the follower's measured time lag), which the session must confirm
+//! by asking it. With neither, the read goes to the leader — whatever `fallback` says, since the followers are
+//! usable, only behind this client.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::RngExt;
 
@@ -39,6 +45,8 @@ pub enum RouteReason {
     Retry25006,
     /// This statement's shape once drew 25006 from a follower: a write the classifier could not see.
     KnownWrite,
+    /// A read, but no follower had replayed the client's last write in time.
+    ReadYourWrites,
 }
 
 impl RouteReason {
@@ -56,6 +64,7 @@ impl RouteReason {
             RouteReason::Fallback => 20,
             RouteReason::Retry25006 => 21,
             RouteReason::KnownWrite => 22,
+            RouteReason::ReadYourWrites => 23,
         }
     }
 
@@ -86,6 +95,7 @@ impl RouteReason {
             RouteReason::Fallback,
             RouteReason::Retry25006,
             RouteReason::KnownWrite,
+            RouteReason::ReadYourWrites,
         ])
     }
 
@@ -99,6 +109,7 @@ impl RouteReason {
             RouteReason::Fallback => "fallback",
             RouteReason::Retry25006 => "retry_25006",
             RouteReason::KnownWrite => "known_write",
+            RouteReason::ReadYourWrites => "read_your_writes",
         }
     }
 }
@@ -111,41 +122,64 @@ pub enum Wants {
     Follower(RouteReason),
 }
 
+/// What a read must see: the client's read-your-writes floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floor {
+    /// The WAL position: a follower must have replayed at least this far.
+    pub lsn: u64,
+    /// When the client's floor was set: a follower lagging `L` behind the leader should replay it by `since + L`.
+    pub since: Instant,
+    /// The read may wait until then for a follower to replay it.
+    pub deadline: Instant,
+}
+
 pub struct Decision {
     pub instance: Arc<Instance>,
     pub reason: RouteReason,
+    /// A read with a floor, on a follower not yet seen past it but expected to be at this instant: the session
+    /// must confirm (ask the follower, by the floor's deadline) before the read runs there, else read on the leader.
+    pub confirm: Option<Instant>,
 }
 
-/// Picks the instance. `pool` is the follower pool reads may use (the read pool on the main endpoint).
+impl Decision {
+    fn on(instance: &Arc<Instance>, reason: RouteReason) -> Decision {
+        Decision {
+            instance: instance.clone(),
+            reason,
+            confirm: None,
+        }
+    }
+}
+
+/// Picks the instance. `pool` is the follower pool reads may use (the read pool on the main endpoint); `floor`
+/// is the read's read-your-writes floor, if it has one.
 pub fn route(
     topology: &Topology,
     pool: Option<&FollowerPool>,
     wants: Wants,
     fallback: Fallback,
+    floor: Option<&Floor>,
 ) -> Result<Decision, SqlError> {
     let reason = match wants {
-        Wants::Leader(reason) => {
-            return Ok(Decision {
-                instance: topology.leader.clone(),
-                reason,
-            });
-        }
+        Wants::Leader(reason) => return Ok(Decision::on(&topology.leader, reason)),
         Wants::Follower(reason) => reason,
     };
     let Some(pool) = pool else {
-        return Ok(Decision {
-            instance: topology.leader.clone(),
-            reason: RouteReason::NoReadPool,
-        });
+        return Ok(Decision::on(&topology.leader, RouteReason::NoReadPool));
     };
-    if let Some(instance) = pick_follower(pool) {
-        return Ok(Decision { instance, reason });
+    match pick_follower(pool, floor) {
+        Pick::Follower(instance, confirm) => {
+            return Ok(Decision {
+                instance,
+                reason,
+                confirm,
+            });
+        }
+        Pick::Behind => return Ok(Decision::on(&topology.leader, RouteReason::ReadYourWrites)),
+        Pick::Nothing => {}
     }
     match fallback {
-        Fallback::Leader => Ok(Decision {
-            instance: topology.leader.clone(),
-            reason: RouteReason::Fallback,
-        }),
+        Fallback::Leader => Ok(Decision::on(&topology.leader, RouteReason::Fallback)),
         Fallback::Error => Err(SqlError::new(
             Severity::Error,
             code::CANNOT_CONNECT_NOW,
@@ -169,19 +203,74 @@ fn effective_weight(instance: &Instance) -> Option<f64> {
     Some(f64::from(instance.weight().max(1)) * ramp)
 }
 
-/// Power of two choices over weighted random picks; the less loaded per unit of weight wins.
-fn pick_follower(pool: &FollowerPool) -> Option<Arc<Instance>> {
-    let mut candidates: [(usize, f64); 13] = [(0, 0.0); 13];
-    let mut count = 0;
-    let mut total = 0.0;
-    for (i, instance) in pool.instances.iter().enumerate().take(candidates.len()) {
-        if let Some(weight) = effective_weight(instance) {
-            candidates[count] = (i, weight);
-            count += 1;
-            total += weight;
+/// What the pool offers a read.
+enum Pick {
+    /// This follower, confirmed by the session first if an instant is given (see [`Decision::confirm`]).
+    Follower(Arc<Instance>, Option<Instant>),
+    /// Usable followers, but none has replayed the floor, nor is expected to by its deadline.
+    Behind,
+    /// No usable follower.
+    Nothing,
+}
+
+/// Most followers a pool can have (SPEC §2: 13 follower instances in all).
+const MAX_FOLLOWERS: usize = 13;
+
+/// Balances over the usable followers — with a floor, over those past it, else over those expected past it by its
+/// deadline (each with the instant it is expected there).
+fn pick_follower(pool: &FollowerPool, floor: Option<&Floor>) -> Pick {
+    let mut caught = Candidates::default();
+    let mut expected = Candidates::default();
+    let mut expected_at = [None; MAX_FOLLOWERS];
+    let mut any_usable = false;
+    for (i, instance) in pool.instances.iter().enumerate().take(MAX_FOLLOWERS) {
+        let Some(weight) = effective_weight(instance) else {
+            continue;
+        };
+        any_usable = true;
+        let Some(floor) = floor else {
+            caught.push(i, weight);
+            continue;
+        };
+        let health = instance.health.snapshot();
+        if health.lsn >= floor.lsn {
+            caught.push(i, weight);
+        } else if floor.since + health.lag <= floor.deadline {
+            expected_at[i] = Some(floor.since + health.lag);
+            expected.push(i, weight);
         }
     }
-    let candidates = &candidates[..count];
+    if let Some(i) = balance(pool, caught.as_slice()) {
+        return Pick::Follower(pool.instances[i].clone(), None);
+    }
+    if let Some(i) = balance(pool, expected.as_slice()) {
+        return Pick::Follower(pool.instances[i].clone(), expected_at[i]);
+    }
+    if any_usable { Pick::Behind } else { Pick::Nothing }
+}
+
+/// Followers (index into the pool, effective weight) a read may go to.
+#[derive(Default)]
+struct Candidates {
+    list: [(usize, f64); MAX_FOLLOWERS],
+    count: usize,
+    total: f64,
+}
+
+impl Candidates {
+    fn push(&mut self, i: usize, weight: f64) {
+        self.list[self.count] = (i, weight);
+        self.count += 1;
+        self.total += weight;
+    }
+
+    fn as_slice(&self) -> (&[(usize, f64)], f64) {
+        (&self.list[..self.count], self.total)
+    }
+}
+
+/// Power of two choices over weighted random picks; the less loaded per unit of weight wins.
+fn balance(pool: &FollowerPool, (candidates, total): (&[(usize, f64)], f64)) -> Option<usize> {
     let mut rng = rand::rng();
     let mut draw = || {
         let mut point = rng.random::<f64>() * total;
@@ -198,8 +287,7 @@ fn pick_follower(pool: &FollowerPool) -> Option<Arc<Instance>> {
     // Outstanding work per unit of weight; on a tie the first (weighted) draw wins, so idle instances share reads
     // exactly by weight and busy ones by spare capacity.
     let load = |i: usize, w: f64| f64::from(pool.instances[i].outstanding()) / w;
-    let winner = if load(b, wb) < load(a, wa) { b } else { a };
-    Some(pool.instances[winner].clone())
+    Some(if load(b, wb) < load(a, wa) { b } else { a })
 }
 
 #[cfg(test)]
@@ -230,16 +318,22 @@ mod tests {
             Some(&t.pools[0]),
             Wants::Follower(RouteReason::Read),
             Fallback::Leader,
+            None,
         )
         .unwrap()
     }
 
     fn make_usable(instance: &Instance) {
+        replaying(instance, 0, Duration::ZERO);
+    }
+
+    /// A usable follower at replay position `lsn`, lagging `lag` behind the leader.
+    fn replaying(instance: &Instance, lsn: u64, lag: Duration) {
         let seen = Observation {
             in_recovery: true,
-            lsn: 0,
+            lsn,
             lag_bytes: 0,
-            lag: Duration::ZERO,
+            lag,
             lag_commits: 0,
             timeline: 0,
         };
@@ -267,12 +361,13 @@ mod tests {
             pool,
             Wants::Leader(RouteReason::Write(Reason::Write)),
             Fallback::Leader,
+            None,
         )
         .unwrap();
         assert_eq!(&*write.instance.name, "leader");
-        let read = route(&t, pool, Wants::Follower(RouteReason::Read), Fallback::Leader).unwrap();
+        let read = route(&t, pool, Wants::Follower(RouteReason::Read), Fallback::Leader, None).unwrap();
         assert_eq!((&*read.instance.name, read.reason), ("leader", RouteReason::Fallback));
-        let err = route(&t, pool, Wants::Follower(RouteReason::Read), Fallback::Error)
+        let err = route(&t, pool, Wants::Follower(RouteReason::Read), Fallback::Error, None)
             .err()
             .unwrap();
         assert_eq!(err.code, "57P03");
@@ -321,5 +416,86 @@ mod tests {
             .count();
         // f0 wins only when both draws pick it: about a quarter of the time.
         assert!(to_idle > 650, "{to_idle}");
+    }
+
+    /// Routes a read with a floor at `lsn`, set `age` ago, that may wait `wait`.
+    fn read_after_write(t: &Topology, lsn: u64, age: Duration, wait: Duration) -> Decision {
+        let now = Instant::now();
+        let floor = Floor {
+            lsn,
+            since: now - age,
+            deadline: now + wait,
+        };
+        let pool = Some(&*t.pools[0]);
+        route(
+            t,
+            pool,
+            Wants::Follower(RouteReason::Read),
+            Fallback::Error,
+            Some(&floor),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_read_after_a_write_goes_only_to_followers_known_past_it() {
+        let t = topology(&[1, 1]);
+        replaying(&t.pools[0].instances[0], 100, Duration::ZERO);
+        replaying(&t.pools[0].instances[1], 200, Duration::ZERO);
+        for _ in 0..100 {
+            let d = read_after_write(&t, 150, Duration::ZERO, Duration::from_millis(50));
+            assert_eq!(
+                (&*d.instance.name, d.reason, d.confirm),
+                ("f1", RouteReason::Read, None)
+            );
+        }
+    }
+
+    #[test]
+    fn a_follower_expected_past_the_floor_in_time_is_chosen_to_be_confirmed() {
+        let t = topology(&[1, 1]);
+        replaying(&t.pools[0].instances[0], 100, Duration::from_millis(10));
+        replaying(&t.pools[0].instances[1], 100, Duration::from_millis(500));
+        let d = read_after_write(&t, 150, Duration::ZERO, Duration::from_millis(50));
+        assert_eq!(&*d.instance.name, "f0");
+        assert!(d.confirm.is_some(), "f0 has not been seen past the floor");
+    }
+
+    #[test]
+    fn a_floor_no_follower_reaches_in_time_reads_on_the_leader_even_with_fallback_error() {
+        let t = topology(&[1, 1]);
+        replaying(&t.pools[0].instances[0], 100, Duration::from_millis(500));
+        replaying(&t.pools[0].instances[1], 100, Duration::from_millis(500));
+        let d = read_after_write(&t, 150, Duration::ZERO, Duration::from_millis(50));
+        assert_eq!((&*d.instance.name, d.reason), ("leader", RouteReason::ReadYourWrites));
+        // Written long enough ago that even the lagging followers should have it: they are asked.
+        let d = read_after_write(&t, 150, Duration::from_secs(1), Duration::from_millis(50));
+        assert!(
+            d.instance.name.starts_with('f') && d.confirm.is_some(),
+            "{}",
+            d.instance.name
+        );
+    }
+
+    #[test]
+    fn with_no_usable_follower_a_floor_changes_nothing() {
+        let t = topology(&[1]);
+        let now = Instant::now();
+        let floor = Floor {
+            lsn: 1,
+            since: now,
+            deadline: now,
+        };
+        let pool = Some(&*t.pools[0]);
+        let err = route(
+            &t,
+            pool,
+            Wants::Follower(RouteReason::Read),
+            Fallback::Error,
+            Some(&floor),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, "57P03");
     }
 }

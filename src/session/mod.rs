@@ -4,9 +4,12 @@
 //! itself (that is the router's job) and never holds a server connection longer than the pool mode allows.
 
 pub mod cancel;
+pub mod floor;
 mod intent;
+mod local;
 pub mod outflow;
 pub mod plan;
+mod read_your_writes;
 pub mod relay;
 pub mod replies;
 mod retry;
@@ -65,10 +68,21 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>, endpoint: Endpoint)
         .filter(|d| !d.is_empty())
         .unwrap_or(&user)
         .to_owned();
-    let wanted = match Settings::from_startup(&params.params) {
+    let mut wanted = match Settings::from_startup(&params.params) {
         Ok(wanted) => wanted,
         Err(message) => return reject(stream, SqlError::protocol_violation(message)).await,
     };
+    // pgsplit's own setting never reaches a server.
+    let min_lsn = wanted.get(plan::MIN_LSN).map(str::to_owned);
+    wanted.reset(plan::MIN_LSN);
+    if let Some(value) = min_lsn.as_deref().filter(|v| floor::parse_setting(v).is_none()) {
+        let message = format!("invalid value for parameter \"{}\": \"{value}\"", plan::MIN_LSN);
+        return reject(
+            stream,
+            SqlError::new(Severity::Fatal, code::INVALID_PARAMETER_VALUE, message),
+        )
+        .await;
+    }
     let login = LoginInfo {
         key: ConnKey {
             user: user.as_str().into(),
@@ -106,7 +120,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>, endpoint: Endpoint)
     }
     tracing::debug!(user, database, "client logged in");
     let functions = ctx.functions.for_database(&database).await;
-    let relay = Relay::new(
+    let mut relay = Relay::new(
         ctx.clone(),
         endpoint,
         login,
@@ -115,6 +129,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>, endpoint: Endpoint)
         registration.slot.clone(),
         stream,
     );
+    relay.floor.set_min(min_lsn.as_deref());
     match relay.run().await {
         SessionEnd::ClientGone => tracing::debug!(user, "client left"),
         end => tracing::info!(user, reason = %end, "client session ended"),

@@ -58,6 +58,12 @@ impl Outflow {
         &mut self.outbox
     }
 
+    /// Everything due, as bytes of its own: the source buffer is about to go away.
+    pub fn take(&mut self, source: &mut BytesMut) -> BytesMut {
+        self.move_due_to_outbox(source);
+        std::mem::take(&mut self.outbox)
+    }
+
     /// Forgets everything due (the peer must never see it).
     pub fn discard(&mut self, source: &mut BytesMut) {
         self.outbox.clear();

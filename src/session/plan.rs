@@ -45,10 +45,22 @@ pub struct Analysis {
     /// Every writing statement is a plain BEGIN (which a read-only session may run on a follower).
     writes_are_plain_begins: bool,
     effects: Vec<Effect>,
-    /// The text is exactly `SHOW pgsplit.route`: pgsplit answers it itself.
-    pub show_route: bool,
+    /// The text is one statement about pgsplit's own settings, which pgsplit answers itself.
+    pub local: Option<Local>,
     /// The text is one SQL `PREPARE`, `EXECUTE` or `DEALLOCATE`: the session renames the statement it names.
     pub prepared: Option<SqlPrepared>,
+}
+
+/// A statement pgsplit answers itself (SPEC §3.8), recognised only alone in its query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    /// `SHOW pgsplit.route`: where the last unit ran and why.
+    ShowRoute,
+    /// `SHOW pgsplit.last_write_lsn`: the session's read-your-writes floor.
+    ShowLastWriteLsn,
+    /// `SET [SESSION | LOCAL] pgsplit.min_lsn {TO | =} value` with the value's text; `None` for `RESET
+    /// pgsplit.min_lsn` and `SET … TO DEFAULT`.
+    SetMinLsn(Option<String>),
 }
 
 /// What a statement does to the session, in the order of the query string.
@@ -78,6 +90,9 @@ pub enum SqlPrepared {
     Deallocate { name: Option<(String, (usize, usize))> },
 }
 
+/// The setting a client raises its read-your-writes floor with.
+pub const MIN_LSN: &str = "pgsplit.min_lsn";
+
 /// Where a unit should run and the setting changes it makes.
 #[derive(Debug)]
 pub struct Plan {
@@ -92,10 +107,10 @@ pub fn analyze(sql: &str, functions: &FunctionSet) -> Analysis {
         first_is_begin: false,
         writes_are_plain_begins: true,
         effects: Vec::new(),
-        show_route: false,
+        local: None,
         prepared: None,
     };
-    let mut show_route = false;
+    let mut local = None;
     for statement in statements(sql, functions) {
         let kind = statement.kind;
         if analysis.summary.statements == 0 {
@@ -105,6 +120,17 @@ pub fn analyze(sql: &str, functions: &FunctionSet) -> Analysis {
             analysis.prepared = None;
         }
         let effects = &mut analysis.effects;
+        local = match kind {
+            StatementKind::Show { name: Some(name) } if name.is(sql, "pgsplit.route") => Some(Local::ShowRoute),
+            StatementKind::Show { name: Some(name) } if name.is(sql, "pgsplit.last_write_lsn") => {
+                Some(Local::ShowLastWriteLsn)
+            }
+            StatementKind::Set { name, value, .. } if name.is(sql, MIN_LSN) => {
+                Some(Local::SetMinLsn(value.map(|v| v.text(sql).to_owned())))
+            }
+            StatementKind::Reset { name } if name.is(sql, MIN_LSN) => Some(Local::SetMinLsn(None)),
+            _ => None,
+        };
         match kind {
             StatementKind::Begin { .. } => effects.push(Effect::Begin),
             StatementKind::Commit { chain } | StatementKind::Rollback { chain } => effects.push(Effect::End { chain }),
@@ -128,7 +154,6 @@ pub fn analyze(sql: &str, functions: &FunctionSet) -> Analysis {
             StatementKind::ResetAll => effects.push(Effect::Change(Change::ResetAll)),
             StatementKind::Discard { all: true } => effects.push(Effect::DiscardAll),
             StatementKind::Deallocate { name: None } => effects.push(Effect::DeallocateAll),
-            StatementKind::Show { name: Some(name) } => show_route = name.is(sql, "pgsplit.route"),
             _ => {}
         }
         if statement.session_advisory_lock {
@@ -147,7 +172,7 @@ pub fn analyze(sql: &str, functions: &FunctionSet) -> Analysis {
     if analysis.prepared.is_none() && analysis.mentions_prepare(sql, functions) {
         analysis.effects.push(Effect::Pin);
     }
-    analysis.show_route = show_route && analysis.summary.statements == 1;
+    analysis.local = local.filter(|_| analysis.summary.statements == 1);
     analysis
 }
 
@@ -351,11 +376,25 @@ mod tests {
     }
 
     #[test]
-    fn show_route_is_recognised_only_alone() {
+    fn pgsplit_settings_are_recognised_only_alone() {
         let f = functions();
-        assert!(analyze("SHOW pgsplit.route", &f).show_route);
-        assert!(analyze("show \"pgsplit.route\";", &f).show_route);
-        assert!(!analyze("SHOW pgsplit.route; SELECT 1", &f).show_route);
+        let local = |sql| analyze(sql, &f).local;
+        assert_eq!(local("SHOW pgsplit.route"), Some(Local::ShowRoute));
+        assert_eq!(local("show \"pgsplit.route\";"), Some(Local::ShowRoute));
+        assert_eq!(local("SHOW pgsplit.route; SELECT 1"), None);
+        assert_eq!(local("SHOW pgsplit.last_write_lsn"), Some(Local::ShowLastWriteLsn));
+        assert_eq!(
+            local("SET pgsplit.min_lsn = '0/16B3748'"),
+            Some(Local::SetMinLsn(Some("'0/16B3748'".into())))
+        );
+        assert_eq!(
+            local("set session pgsplit.min_lsn to '1/0'"),
+            Some(Local::SetMinLsn(Some("'1/0'".into())))
+        );
+        assert_eq!(local("RESET pgsplit.min_lsn"), Some(Local::SetMinLsn(None)));
+        assert_eq!(local("SET pgsplit.min_lsn TO DEFAULT"), Some(Local::SetMinLsn(None)));
+        assert_eq!(local("SET pgsplit.min_lsn = '1/0'; SELECT 1"), None);
+        assert_eq!(local("SHOW search_path"), None);
     }
 
     #[test]

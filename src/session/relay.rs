@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::cancel::CancelSlot;
+use super::floor::ReadFloor;
 use super::intent::Intent;
 use super::outflow::Outflow;
 use super::plan::{Change, StreamState};
@@ -41,6 +42,7 @@ use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
 use crate::proxy::{Context, Endpoint};
 use crate::router::{FunctionSet, RouteReason, Wants};
+use crate::topology::monitor::parse_lsn;
 use crate::topology::{Instance, Role, WorkGuard};
 
 /// Stop reading a side while this much of its data waits to be written to the other.
@@ -111,8 +113,8 @@ pub struct Relay {
     pub(super) tx_status: TxStatus,
     /// Transaction and pin state as of the last message forwarded.
     pub(super) stream: StreamState,
-    /// A unit for the leader waits until the follower serving the previous one is released.
-    pub(super) held: bool,
+    /// Client messages wait (see [`Hold`]).
+    pub(super) held: Option<Hold>,
     /// Changes of the Binds in the current extended-protocol batch, until its Sync.
     pub(super) batch_changes: Vec<Change>,
     /// A Bind in the current batch drops every prepared statement (DISCARD ALL) if the batch succeeds.
@@ -130,6 +132,22 @@ pub struct Relay {
     /// Requests a failed request took with it, to be undone (reused buffer).
     pub(super) undone: Vec<Undo>,
     pub(super) out: BytesMut,
+    /// The WAL position this client's reads must see (read-your-writes).
+    pub(super) floor: ReadFloor,
+    /// A unit that may write ran on the leader connection since the last probe: once the connection is idle,
+    /// pgsplit reads the commit's WAL position there.
+    pub(super) probe_owed: bool,
+    /// What the probe in flight has read so far.
+    pub(super) probe_reading: Option<u64>,
+}
+
+/// Why client messages wait before being scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hold {
+    /// A unit for the leader waits until the follower serving the previous one is released.
+    UntilReleased,
+    /// A statement pgsplit answers itself waits until nothing is in flight.
+    UntilQuiet,
 }
 
 enum Event {
@@ -174,7 +192,7 @@ impl Relay {
             batch_open: false,
             tx_status: TxStatus::Idle,
             stream: StreamState::default(),
-            held: false,
+            held: None,
             batch_changes: Vec::new(),
             batch_discards: false,
             skip_until_sync: false,
@@ -184,6 +202,9 @@ impl Relay {
             retry_query: BytesMut::new(),
             undone: Vec::new(),
             out: BytesMut::new(),
+            floor: ReadFloor::default(),
+            probe_owed: false,
+            probe_reading: None,
         }
     }
 
@@ -202,7 +223,8 @@ impl Relay {
 
     async fn relay(&mut self) -> SessionEnd {
         loop {
-            if self.terminating && self.to_server.is_empty() {
+            // A probe in flight is answered first, so the connection goes back to the pool clean.
+            if self.terminating && self.to_server.is_empty() && !self.replies.probing() {
                 return SessionEnd::ClientGone;
             }
             let result = match self.next_event().await {
@@ -215,13 +237,13 @@ impl Relay {
                 Event::ServerReadable(Ok(())) => {
                     let server = self.server.as_mut().expect("server events imply a server");
                     match read_now(&server.conn.stream, &mut server.conn.buf) {
-                        Ok(0) => return self.lose_server(),
+                        Ok(0) => self.server_lost().await,
                         Ok(_) => self.on_server_data(),
                         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
-                        Err(_) => return self.lose_server(),
+                        Err(_) => self.server_lost().await,
                     }
                 }
-                Event::ServerReadable(Err(_)) | Event::ServerWritable(Err(_)) => return self.lose_server(),
+                Event::ServerReadable(Err(_)) | Event::ServerWritable(Err(_)) => self.server_lost().await,
                 Event::ClientReadable(Err(e)) | Event::ClientWritable(Err(e)) => Err(SessionEnd::ClientIo(e)),
                 Event::ClientWritable(Ok(())) | Event::ServerWritable(Ok(())) => Ok(()),
                 Event::Shutdown => return SessionEnd::Fatal(SqlError::shutting_down()),
@@ -236,8 +258,13 @@ impl Relay {
                 }
             }
             self.release_if_done();
-            if self.held && self.server.as_ref().is_none_or(|s| s.work.is_none()) {
-                self.held = false;
+            let released = match self.held {
+                Some(Hold::UntilReleased) => self.server.as_ref().is_none_or(|s| s.work.is_none()),
+                Some(Hold::UntilQuiet) => self.can_answer_locally(),
+                None => false,
+            };
+            if released {
+                self.held = None;
             }
             if !self.scan_paused()
                 && self.client_buf.len() > self.to_server.scanned()
@@ -251,7 +278,7 @@ impl Relay {
     async fn next_event(&mut self) -> Event {
         let read_client = !self.terminating
             && self.to_server.pending() < BACKPRESSURE
-            && !(self.held && self.client_buf.len() >= BACKPRESSURE);
+            && !(self.held.is_some() && self.client_buf.len() >= BACKPRESSURE);
         if read_client {
             self.client_buf.reserve(READ_CHUNK);
         }
@@ -328,9 +355,18 @@ impl Relay {
             self.functions_checked = Instant::now();
         }
         let mut intent = self.intent(header);
-        if header.tag == b'Q' && intent.analysis.as_ref().is_some_and(|a| a.show_route) && self.can_answer_locally() {
-            self.client_buf.advance(len);
-            return self.answer_show_route().await;
+        if header.tag == b'Q'
+            && let Some(local) = intent.analysis.as_ref().and_then(|a| a.local.clone())
+        {
+            if self.can_answer_locally() {
+                self.client_buf.advance(len);
+                return self.answer_locally(local).await;
+            }
+            // Inside an unfinished extended-protocol batch the client may wait for nothing: the server answers.
+            if !self.batch_open {
+                self.held = Some(Hold::UntilQuiet);
+                return Ok(());
+            }
         }
         if self.server.as_ref().is_some_and(|s| s.work.is_none()) {
             self.resume_unit(intent.wants).await?;
@@ -351,8 +387,14 @@ impl Relay {
         } else if self.at_unit_boundary()
             && ((self.on_follower() && matches!(self.wants_here(intent.wants), Wants::Leader(_))) || self.paused_here())
         {
-            self.held = true;
+            self.held = Some(Hold::UntilReleased);
             return Ok(());
+        }
+        if matches!(header.tag, b'Q' | b'B' | b'F')
+            && !self.on_follower()
+            && matches!(self.wants_here(intent.wants), Wants::Leader(_))
+        {
+            self.probe_owed = true;
         }
         if let Some((plan, stream)) = intent.plan.take() {
             self.set_stream(stream);
@@ -462,7 +504,7 @@ impl Relay {
     /// Client messages wait: for the follower running the previous unit to be released, or for an armed read's
     /// outcome.
     fn scan_paused(&self) -> bool {
-        self.held || self.retry.is_some()
+        self.held.is_some() || self.retry.is_some()
     }
 
     /// Between units: no extended batch open and no transaction open at this point of the stream.
@@ -514,43 +556,25 @@ impl Relay {
         .await
     }
 
-    /// Nothing in flight: pgsplit may answer a statement itself without disturbing the server's replies.
-    fn can_answer_locally(&self) -> bool {
-        self.server.is_none()
-            || (self.replies.is_empty() && !self.batch_open && self.to_server.is_empty() && self.to_client.is_empty())
-    }
-
-    async fn answer_show_route(&mut self) -> Result<(), SessionEnd> {
-        let route = match &self.last_route {
-            Some((instance, reason)) => format!("instance={instance} reason={}", reason.as_str()),
-            None => "none".to_owned(),
-        };
-        let status = if self.server.is_some() {
-            self.tx_status
-        } else {
-            TxStatus::Idle
-        };
-        self.send_to_client(|out| {
-            messages::row_description(out, &["pgsplit.route"]);
-            messages::data_row(out, &[&route]);
-            messages::command_complete(out, "SHOW");
-            messages::ready_for_query(out, status);
-        })
-        .await
-    }
-
     fn on_server_data(&mut self) -> Result<(), SessionEnd> {
+        self.relay_server_messages()?;
+        self.probe_if_due();
+        Ok(())
+    }
+
+    fn relay_server_messages(&mut self) -> Result<(), SessionEnd> {
         let attached = self.server.as_mut().expect("server data implies a server");
         let (server, instance) = (&mut attached.conn, &attached.instance);
         loop {
             // Every reply but rows and COPY data is matched to its request; while a read may still be re-run,
             // every reply is looked at until its first result.
             let armed = self.retry.is_some();
+            let probing = self.replies.probing();
             let step = self
                 .server_framer
                 .step(
                     &server.buf[self.to_client.scanned()..],
-                    |tag| armed || !matches!(tag, b'D' | b'd'),
+                    |tag| armed || probing || !matches!(tag, b'D' | b'd'),
                     usize::MAX,
                 )
                 .map_err(|e| SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, e)))?;
@@ -569,6 +593,9 @@ impl Relay {
             {
                 self.retry = None;
             }
+            if probing && header.tag == b'D' {
+                self.probe_reading = messages::first_column(body).and_then(parse_lsn);
+            }
             let mut ended = None;
             let verdict = self.replies.on_reply(header.tag, &mut self.undone, &mut ended);
             match header.tag {
@@ -584,6 +611,12 @@ impl Relay {
                         if ended.discards_statements {
                             self.statements.clear();
                             server.prepared.clear();
+                        }
+                    }
+                    if probing {
+                        match self.probe_reading.take() {
+                            Some(lsn) if self.tx_status == TxStatus::Idle => self.floor.committed(lsn),
+                            _ => self.floor.commit_unknown(),
                         }
                     }
                 }

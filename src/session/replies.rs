@@ -53,6 +53,8 @@ pub enum Answer {
     Hidden,
     /// pgsplit, when the request's turn comes (the server never sees it).
     Made,
+    /// The server, to pgsplit alone, errors included: pgsplit's own query after a commit (`floor::PROBE_SQL`).
+    Probe,
 }
 
 /// What to take back when a request fails or is dropped unanswered (an earlier message in its batch failed).
@@ -110,6 +112,11 @@ impl Expected {
         }
     }
 
+    /// pgsplit's own Query, sent after the client's unit ended: nothing of its answer reaches the client.
+    pub fn probe() -> Expected {
+        Expected::new(Request::Sync, Answer::Probe)
+    }
+
     /// On success the unit leaves the connection without prepared statements.
     pub fn discarding_statements(mut self) -> Expected {
         self.discards_statements = true;
@@ -153,6 +160,16 @@ impl Replies {
         self.queue.is_empty()
     }
 
+    /// The next reply answers pgsplit's probe.
+    pub fn probing(&self) -> bool {
+        self.queue.front().is_some_and(|head| head.answer == Answer::Probe)
+    }
+
+    /// All that is owed is pgsplit's probe: the client has every answer it asked for.
+    pub fn only_probe(&self) -> bool {
+        self.queue.len() == 1 && self.probing()
+    }
+
     /// The tag of a reply pgsplit makes up now, if the head of the queue is one (call until `None`).
     pub fn next_made(&mut self) -> Option<u8> {
         // A COPY end that reaches the head was sent with no COPY running: the server ignores it.
@@ -180,7 +197,7 @@ impl Replies {
         let Some(head) = self.queue.front_mut() else {
             return Verdict::Forward;
         };
-        let verdict = if head.answer == Answer::Hidden && tag != b'E' {
+        let verdict = if (head.answer == Answer::Hidden && tag != b'E') || head.answer == Answer::Probe {
             Verdict::Drop
         } else {
             Verdict::Forward
@@ -212,7 +229,7 @@ impl Replies {
             let done = self.queue.pop_front().expect("head exists");
             if done.failed {
                 undone.extend(done.undo);
-            } else if done.request == Request::Sync {
+            } else if done.request == Request::Sync && done.answer != Answer::Probe {
                 *ended = Some(Ended {
                     changes: done.changes,
                     discards_statements: done.discards_statements,
@@ -304,6 +321,22 @@ mod tests {
         assert_eq!(replies.next_made(), None, "no ParseComplete for a skipped Parse");
         replies.on_reply(b'Z', &mut undone, &mut ended);
         assert!(ended.is_none(), "a failed unit changes nothing");
+    }
+
+    #[test]
+    fn a_probe_after_the_clients_unit_is_answered_to_pgsplit_alone_errors_included() {
+        let mut replies = Replies::default();
+        replies.push(Expected::ready(Vec::new()));
+        replies.push(Expected::probe());
+        assert!(!replies.probing() && !replies.only_probe());
+        let (seen, _) = replay(&mut replies, b"CZ");
+        assert_eq!(seen, b"CZ");
+        assert!(replies.only_probe());
+        let (seen, _) = replay(&mut replies, b"TDCZ");
+        assert!(seen.is_empty() && replies.is_empty(), "{seen:?}");
+        replies.push(Expected::probe());
+        let (seen, _) = replay(&mut replies, b"EZ");
+        assert!(seen.is_empty() && replies.is_empty(), "{seen:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::floor::Needs;
 use super::relay::{Attached, Relay, SessionEnd};
 use crate::config::{Fallback, PoolMode};
 use crate::pool::{ConnectError, InstancePool, LoginInfo, ServerConn, Settings};
@@ -20,7 +21,7 @@ use crate::protocol::messages::TxStatus;
 use crate::proxy::Endpoint;
 use crate::router::{RouteReason, Wants};
 use crate::topology::gate::Direction;
-use crate::topology::{Instance, Role};
+use crate::topology::{FollowerPool, Instance, Role, Served};
 
 impl Relay {
     /// A pool's own endpoint sends everything to its followers. In session mode the main endpoint keeps each
@@ -43,16 +44,23 @@ impl Relay {
         let deadline = Instant::now() + config.server.checkout_timeout;
         loop {
             self.ctx.control.gate.wait_open(direction).await;
-            let decision = {
+            let needs = self.read_needs(wants, &config);
+            let floor = match needs {
+                Needs::Floor(floor) => Some(floor),
+                Needs::Nothing | Needs::Leader => None,
+            };
+            let (decision, pool) = {
                 let topology = self.ctx.topology.load();
                 let (pool, fallback) = match &self.endpoint {
-                    Endpoint::Main => (topology.read_pool.map(|i| &*topology.pools[i]), config.routing.fallback),
-                    Endpoint::Pool(name) => (
-                        topology.pools.iter().find(|p| p.name == *name).map(|p| &**p),
-                        Fallback::Error,
-                    ),
+                    Endpoint::Main => (topology.read_pool.map(|i| &topology.pools[i]), config.routing.fallback),
+                    Endpoint::Pool(name) => (topology.pools.iter().find(|p| p.name == *name), Fallback::Error),
                 };
-                crate::router::route(&topology, pool, wants, fallback)?
+                let wants = match needs {
+                    Needs::Leader => Wants::Leader(RouteReason::ReadYourWrites),
+                    Needs::Nothing | Needs::Floor(_) => wants,
+                };
+                let decision = crate::router::route(&topology, pool.map(|p| &**p), wants, fallback, floor.as_ref())?;
+                (decision, pool.cloned())
             };
             let role = match wants {
                 Wants::Leader(_) => Role::Leader,
@@ -61,7 +69,16 @@ impl Relay {
             };
             let writes = direction == Direction::Writes;
             let (instance, reason) = match self.attach(&decision.instance, role, writes).await {
-                Ok(()) => (decision.instance, decision.reason),
+                Ok(()) => match (decision.confirm, &floor) {
+                    (Some(expected), Some(floor)) if !self.confirm_replayed(floor, expected).await => {
+                        // Not caught up in time: the read runs on the leader.
+                        self.detach();
+                        let leader = self.ctx.topology.load().leader.clone();
+                        self.attach(&leader, Role::Leader, false).await?;
+                        (leader, RouteReason::ReadYourWrites)
+                    }
+                    _ => (decision.instance, decision.reason),
+                },
                 // A follower that cannot take the read: the leader can, unless this endpoint serves followers only.
                 Err(error) if role == Role::Follower && self.may_fall_back(&config) => {
                     tracing::debug!(instance = %decision.instance.name, %error, "follower unavailable; reading on the leader");
@@ -87,6 +104,9 @@ impl Relay {
                 continue;
             }
             instance.count_route(reason);
+            if needs != Needs::Nothing {
+                count_fresh_read(pool.as_deref(), reason, decision.confirm.is_some(), self.on_follower());
+            }
             tracing::debug!(instance = %instance.name, reason = reason.as_str(), "routed");
             self.last_route = Some((instance.name.clone(), reason));
             return Ok(());
@@ -166,6 +186,8 @@ impl Relay {
         if self.server.as_ref().is_none_or(|s| s.work.is_none()) || !self.is_quiet() {
             return;
         }
+        // Probes are sent only in transaction mode with read-your-writes on: whatever is owed otherwise lapses.
+        self.probe_owed = false;
         if self.pool_mode == PoolMode::Transaction && !self.stream.pinned {
             let Attached { conn, instance, .. } = self.server.take().expect("checked above");
             self.cancel.set(None);
@@ -227,6 +249,20 @@ impl Relay {
             code::CONNECTION_FAILURE,
             format!("lost the connection to instance \"{instance}\" during the transaction"),
         ))
+    }
+}
+
+/// Counts where a read with a floor was served, on the pool it was meant for.
+fn count_fresh_read(pool: Option<&FollowerPool>, reason: RouteReason, confirmed: bool, on_follower: bool) {
+    let served = match (reason, on_follower) {
+        (RouteReason::ReadYourWrites, _) => Served::OnLeader,
+        (_, true) if confirmed => Served::Confirmed,
+        (_, true) => Served::CaughtUp,
+        // On the leader for another reason (no usable follower at all).
+        (_, false) => return,
+    };
+    if let Some(pool) = pool {
+        pool.freshness.count(served);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Per-instance counts of routed units by reason: one atomic add per unit, read by status and metrics.
+//! Counters read by status and metrics, one atomic add each: per instance, routed units by reason; per follower
+//! pool, where reads with a read-your-writes floor were served.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,5 +28,51 @@ impl RouteCounters {
             .map(|reason| (reason.as_str(), self.counts[reason.index()].load(Ordering::Relaxed)))
             .filter(|(_, n)| *n > 0)
             .collect()
+    }
+}
+
+/// Where a follower pool's reads that had a read-your-writes floor were served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FreshnessCounts {
+    /// On a follower already known (from the monitor, or a session that asked) to have replayed the floor.
+    pub caught_up: u64,
+    /// On a follower that pgsplit asked, possibly waiting for it, before the read ran there.
+    pub confirmed: u64,
+    /// On the leader: no follower replayed the floor within `routing.read_your_writes_wait`.
+    pub on_leader: u64,
+}
+
+/// Where a read with a floor was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    CaughtUp,
+    Confirmed,
+    OnLeader,
+}
+
+/// A pool's [`FreshnessCounts`], one atomic add per read with a floor.
+#[derive(Default)]
+pub struct FreshnessCounters {
+    caught_up: AtomicU64,
+    confirmed: AtomicU64,
+    on_leader: AtomicU64,
+}
+
+impl FreshnessCounters {
+    pub fn count(&self, served: Served) {
+        let counter = match served {
+            Served::CaughtUp => &self.caught_up,
+            Served::Confirmed => &self.confirmed,
+            Served::OnLeader => &self.on_leader,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> FreshnessCounts {
+        FreshnessCounts {
+            caught_up: self.caught_up.load(Ordering::Relaxed),
+            confirmed: self.confirmed.load(Ordering::Relaxed),
+            on_leader: self.on_leader.load(Ordering::Relaxed),
+        }
     }
 }

@@ -19,6 +19,8 @@ pub struct Health {
     timeline: AtomicU32,
     /// Millis since `EPOCH` when the instance last became usable for reads (for slow start); 0 = not usable.
     usable_since_millis: AtomicU64,
+    /// Millis since `EPOCH` when the last successful check was recorded; 0 = never.
+    observed_at_millis: AtomicU64,
 }
 
 /// A copy of [`Health`] for status output and decisions that read several fields.
@@ -71,6 +73,22 @@ impl Health {
         self.lag_commits.store(seen.lag_commits, Ordering::Release);
         self.timeline.store(seen.timeline, Ordering::Release);
         self.up.store(true, Ordering::Release);
+        self.observed_at_millis.store(now_millis(), Ordering::Release);
+    }
+
+    /// A replay position learned outside the monitor (a session asked the follower): the known position only
+    /// moves forward, so every reader keeps a lower bound of what the follower has replayed.
+    pub fn replayed_at_least(&self, lsn: u64) {
+        self.lsn.fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    /// The WAL position of a check whose query was sent after `since`, if the last recorded check is one: a check
+    /// recorded more than `timeout` (the longest a check may take) after `since` was sent after it.
+    pub fn lsn_checked_after(&self, since: Instant, timeout: Duration) -> Option<u64> {
+        let observed = self.observed_at_millis.load(Ordering::Acquire);
+        let since = since.saturating_duration_since(epoch()).as_millis() as u64 + 1;
+        // Millisecond rounding on both sides: one more millisecond of margin.
+        (observed > since + timeout.as_millis() as u64 + 1).then(|| self.lsn.load(Ordering::Acquire))
     }
 
     /// Records a failed or timed-out check.
@@ -81,7 +99,7 @@ impl Health {
 
     /// Called by the monitor with its verdict on read-usability, so the balancer can ramp a returning follower.
     pub fn set_usable(&self, usable: bool) {
-        let now = epoch().elapsed().as_millis() as u64 + 1;
+        let now = now_millis();
         if usable {
             let _ = self
                 .usable_since_millis
@@ -95,9 +113,12 @@ impl Health {
     pub fn usable_for(&self) -> Option<Duration> {
         match self.usable_since_millis.load(Ordering::Acquire) {
             0 => None,
-            since => Some(Duration::from_millis(
-                (epoch().elapsed().as_millis() as u64 + 1).saturating_sub(since),
-            )),
+            since => Some(Duration::from_millis(now_millis().saturating_sub(since))),
         }
     }
+}
+
+/// Millis since `EPOCH`, plus one so that 0 can mean "never".
+fn now_millis() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-pub use counters::RouteCounters;
+pub use counters::{FreshnessCounts, RouteCounters, Served};
 pub use health::Health;
 
 use crate::config::Config;
@@ -160,6 +160,14 @@ pub struct FollowerPool {
     pub max_lag_bytes: u64,
     pub max_lag_seconds: Duration,
     pub instances: Vec<Arc<Instance>>,
+    /// Reads with a read-your-writes floor, by where they were served; carried across swaps by pool name.
+    pub freshness: Arc<counters::FreshnessCounters>,
+}
+
+impl FollowerPool {
+    pub fn freshness(&self) -> FreshnessCounts {
+        self.freshness.snapshot()
+    }
 }
 
 pub struct Topology {
@@ -200,7 +208,12 @@ impl Topology {
             .follower_pools
             .iter()
             .map(|pool| {
+                let freshness = previous
+                    .and_then(|t| t.pools.iter().find(|p| *p.name == *pool.name))
+                    .map(|p| p.freshness.clone())
+                    .unwrap_or_default();
                 Arc::new(FollowerPool {
+                    freshness,
                     name: pool.name.as_str().into(),
                     listen: pool.listen,
                     max_lag_bytes: pool.max_lag_bytes,

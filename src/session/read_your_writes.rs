@@ -1,0 +1,128 @@
+//! Read-your-writes for one session (SPEC §3.4): learning the WAL position of each write the client commits, and
+//! holding its later reads to followers that have replayed it.
+//!
+//! After a unit that may write ran on the leader, once the connection is idle — the client already has its
+//! ReadyForQuery, so it waits for nothing — pgsplit sends its own query there ([`PROBE_SQL`]) and raises the
+//! client's floor with the answer before the connection goes back to the pool. A read then goes where the router
+//! says; a follower the router could only expect to have caught up is asked ([`REPLAY_SQL`]), with short pauses,
+//! until it has or the wait runs out, and the read then runs on the leader. What is learned from a follower is
+//! kept in its health, so the next read need not ask.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::floor::{Needs, PROBE_SQL, REPLAY_SQL};
+use super::relay::{Attached, Relay, SessionEnd};
+use super::replies::{Expected, Replies};
+use crate::config::{Config, PoolMode};
+use crate::protocol::frame::Framer;
+use crate::protocol::messages::{self, TxStatus};
+use crate::proxy::Endpoint;
+use crate::router::{Floor, Wants};
+use crate::topology::monitor::parse_lsn;
+
+/// The first pause between two questions to a follower that has not caught up yet; it doubles up to the cap.
+const FIRST_PAUSE: Duration = Duration::from_micros(500);
+const MAX_PAUSE: Duration = Duration::from_millis(8);
+
+impl Relay {
+    /// Sends the probe if a unit that may write has ended on the leader connection and nothing of the client's
+    /// is in flight (a probe among the client's messages could land inside a COPY).
+    pub(super) fn probe_if_due(&mut self) {
+        let due = self.probe_owed
+            && !self.terminating
+            && self.pool_mode == PoolMode::Transaction
+            && matches!(self.endpoint, Endpoint::Main)
+            && !self.on_follower()
+            && self.tx_status == TxStatus::Idle
+            && self.replies.is_empty()
+            && !self.batch_open
+            && self.to_server.is_empty()
+            && self.client_framer.at_boundary()
+            && self.ctx.topology.load().config.routing.read_your_writes;
+        if !due || self.server.is_none() {
+            return;
+        }
+        self.probe_owed = false;
+        self.probe_reading = None;
+        messages::query(self.to_server.insert(&mut self.client_buf), PROBE_SQL.as_bytes());
+        self.replies.push(Expected::probe());
+    }
+
+    /// The server connection failed. The session ends — unless all the server still owed was the probe: the
+    /// client has every answer it asked for, so the connection is dropped, the commit's position is marked
+    /// unknown (reads go to the leader until it is known), and the session goes on.
+    pub(super) async fn server_lost(&mut self) -> Result<(), SessionEnd> {
+        if !self.replies.only_probe() || !self.to_server.is_empty() || !self.client_framer.at_boundary() {
+            return Err(self.lose_server());
+        }
+        let Some(Attached { mut conn, instance, .. }) = self.server.take() else {
+            return Err(self.lose_server());
+        };
+        self.cancel.set(None);
+        let owed: BytesMut = self.to_client.take(&mut conn.buf);
+        instance.pool.discard(conn);
+        self.replies = Replies::default();
+        self.server_framer = Framer::default();
+        self.floor.commit_unknown();
+        tracing::info!(
+            instance = %instance.name,
+            "server connection lost after the client's commit was answered; the session goes on"
+        );
+        self.client.write_all(&owed).await.map_err(SessionEnd::ClientIo)
+    }
+
+    /// What a unit wanting `wants` must respect: only reads from the main endpoint have a floor.
+    pub(super) fn read_needs(&mut self, wants: Wants, config: &Config) -> Needs {
+        if !matches!(wants, Wants::Follower(_)) || !matches!(self.endpoint, Endpoint::Main) {
+            return Needs::Nothing;
+        }
+        let routing = &config.routing;
+        if !routing.read_your_writes {
+            return Needs::Nothing;
+        }
+        let leader = self.ctx.topology.load().leader.clone();
+        self.floor
+            .needs(routing.read_your_writes_wait, &leader.health, config.health.timeout)
+    }
+
+    /// Asks the attached follower how far it has replayed — first when it is `expected` to be past `floor`, then
+    /// after growing pauses — until it is past the floor (true) or the floor's deadline passes (false). A follower
+    /// answering NULL has left recovery: false. A connection that fails the question is closed.
+    pub(super) async fn confirm_replayed(&mut self, floor: &Floor, expected: Instant) -> bool {
+        tokio::time::sleep_until(expected.min(floor.deadline).into()).await;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let Some(attached) = self.server.as_mut() else {
+                return false;
+            };
+            match attached.conn.query_own(REPLAY_SQL).await {
+                Ok(value) => {
+                    let Some(lsn) = value.as_deref().and_then(parse_lsn) else {
+                        return false;
+                    };
+                    attached.instance.health.replayed_at_least(lsn);
+                    if lsn >= floor.lsn {
+                        return true;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(instance = %attached.instance.name, %error, "asking a follower its replay position");
+                    if let Some(Attached { conn, instance, .. }) = self.server.take() {
+                        self.cancel.set(None);
+                        instance.pool.discard(conn);
+                    }
+                    return false;
+                }
+            }
+            let now = Instant::now();
+            if now >= floor.deadline {
+                return false;
+            }
+            tokio::time::sleep(pause.min(floor.deadline - now)).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+}
