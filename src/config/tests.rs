@@ -240,6 +240,14 @@ fn bare_integer_duration_names_the_allowed_units() {
 }
 
 #[test]
+fn read_your_writes_wait_is_a_duration_that_may_be_zero() {
+    let config = parse(&minimal_plus("[routing]\nread_your_writes_wait = \"0s\"\n")).unwrap();
+    assert_eq!(config.routing.read_your_writes_wait, Duration::ZERO);
+    let text = minimal_plus("[routing]\nread_your_writes_wait = 50\n");
+    expect(&text, "read_your_writes_wait = 50", "us, ms, s, min, h, d");
+}
+
+#[test]
 fn durations_and_sizes_accept_postgres_units() {
     let config = parse(&minimal_plus(
         "[server]\nconnect_timeout = \"1min\"\ncheckout_timeout = \"0s\"\n\n[health]\ninterval = \"100 ms\"\n\
