@@ -7,5 +7,7 @@ mod support;
 mod corpus;
 #[path = "routing/monitor.rs"]
 mod monitor;
+#[path = "routing/read_your_writes.rs"]
+mod read_your_writes;
 #[path = "routing/split.rs"]
 mod split;
