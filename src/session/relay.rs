@@ -144,7 +144,7 @@ pub struct Relay {
 /// Why client messages wait before being scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Hold {
-    /// A unit for the leader waits until the follower serving the previous one is released.
+    /// A unit waits until the connection serving the previous one is released (see `switches_side`).
     UntilReleased,
     /// A statement pgsplit answers itself waits until nothing is in flight.
     UntilQuiet,
@@ -384,9 +384,7 @@ impl Relay {
             {
                 self.arm_retry(header, plan.wants, stream.in_transaction, &plan.changes);
             }
-        } else if self.at_unit_boundary()
-            && ((self.on_follower() && matches!(self.wants_here(intent.wants), Wants::Leader(_))) || self.paused_here())
-        {
+        } else if self.at_unit_boundary() && (self.switches_side(intent.wants) || self.paused_here()) {
             self.held = Some(Hold::UntilReleased);
             return Ok(());
         }
@@ -514,6 +512,16 @@ impl Relay {
 
     pub(super) fn on_follower(&self) -> bool {
         self.server.as_ref().is_some_and(|s| s.role == Role::Follower)
+    }
+
+    /// A unit pipelined behind the last one that must not run on the attached connection: one for the leader
+    /// behind a follower's unit, or a read behind the leader's last write whose position is being read (it would
+    /// run on the leader only because it came early; once the position is known it may go to a follower).
+    fn switches_side(&self, wants: Wants) -> bool {
+        match self.wants_here(wants) {
+            Wants::Leader(_) => self.on_follower(),
+            Wants::Follower(_) => self.replies.only_probe(),
+        }
     }
 
     /// The attached connection's direction is paused: a unit pipelined behind the last one must not start on it.

@@ -225,7 +225,8 @@ async fn sixteen_pgbench_writers_each_see_their_own_rows(c: &LocalCluster, on: &
         (after.0.caught_up + after.0.confirmed) - (before.0.caught_up + before.0.confirmed),
         after.0.on_leader - before.0.on_leader,
     );
-    let share = on_followers as f64 / (on_followers + on_leader).max(1) as f64;
+    // Every transaction reads once, after its own write: the share of all reads, wherever they ran.
+    let share = on_followers as f64 / processed.max(1) as f64;
     eprintln!(
         "step d: {processed} transactions ({failed} failed) in {:.1?}; {missed} misses; reads on followers \
          {:.1}% ({} caught up, {} confirmed, {on_leader} on the leader); units the followers ran +{}",
