@@ -41,7 +41,7 @@ impl Relay {
             && !self.batch_open
             && self.to_server.is_empty()
             && self.client_framer.at_boundary()
-            && self.ctx.topology.load().config.routing.read_your_writes;
+            && self.probe_useful();
         if !due || self.server.is_none() {
             return;
         }
@@ -49,6 +49,13 @@ impl Relay {
         self.probe_reading = None;
         messages::query(self.to_server.insert(&mut self.client_buf), PROBE_SQL.as_bytes());
         self.replies.push(Expected::probe());
+    }
+
+    /// Read-your-writes is on and reads may go to followers at all: without a read pool there is nothing to hold
+    /// reads back from, so no position is read.
+    fn probe_useful(&self) -> bool {
+        let topology = self.ctx.topology.load();
+        topology.config.routing.read_your_writes && topology.read_pool.is_some()
     }
 
     /// The server connection failed. The session ends — unless all the server still owed was the probe: the
