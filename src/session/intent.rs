@@ -54,6 +54,8 @@ impl Relay {
                 let mut stream = self.stream;
                 let mut plan = runs.unwrap_or(&analysis).plan(&self.wanted, &mut stream);
                 if matches!(plan.wants, Wants::Follower(_)) && self.ctx.known_writes.contains(sql) {
+                    // Kept with the statement, so its later Binds go to the leader too.
+                    analysis.mark_known_write();
                     plan.wants = Wants::Leader(RouteReason::KnownWrite);
                 }
                 intent.wants = plan.wants;

@@ -49,6 +49,8 @@ pub struct Analysis {
     pub local: Option<Local>,
     /// The text is one SQL `PREPARE`, `EXECUTE` or `DEALLOCATE`: the session renames the statement it names.
     pub prepared: Option<SqlPrepared>,
+    /// A follower refused the text as a write (25006), or its shape once was: it runs on the leader.
+    known_write: bool,
 }
 
 /// A statement pgsplit answers itself (SPEC §3.8), recognised only alone in its query string.
@@ -109,6 +111,7 @@ pub fn analyze(sql: &str, functions: &FunctionSet) -> Analysis {
         effects: Vec::new(),
         local: None,
         prepared: None,
+        known_write: false,
     };
     let mut local = None;
     for statement in statements(sql, functions) {
@@ -182,6 +185,8 @@ impl Analysis {
     pub fn plan(&self, settings: &Settings, state: &mut StreamState) -> Plan {
         let wants = if state.pinned {
             Wants::Leader(RouteReason::Pinned)
+        } else if self.known_write {
+            Wants::Leader(RouteReason::KnownWrite)
         } else if serializable_session(settings) {
             Wants::Leader(RouteReason::Write(Reason::Serializable))
         } else if self.summary.access == Access::Read {
@@ -213,6 +218,11 @@ impl Analysis {
             }
         }
         Plan { wants, changes }
+    }
+
+    /// A follower refused this text, or one of its shape, as a write: it runs on the leader from now on.
+    pub fn mark_known_write(&mut self) {
+        self.known_write = true;
     }
 
     /// Whether the text drops every prepared statement of the session (`DISCARD ALL`, `DEALLOCATE ALL`).

@@ -127,8 +127,11 @@ pub struct Relay {
     /// An autocommit read on a follower whose replies are held back until its first result, so that a 25006
     /// refusal can be re-run on the leader unseen.
     pub(super) retry: Option<Retry>,
-    /// The armed read's Query message, as the client sent it; one buffer reused for the session's life.
-    pub(super) retry_query: BytesMut,
+    /// The armed read's messages (a Query, or a batch through Sync), as the client sent them; one buffer reused
+    /// for the session's life.
+    pub(super) retry_unit: BytesMut,
+    /// The unit at the scan position is a refused read put back to run again: it goes to the leader.
+    pub(super) rerun: bool,
     /// Requests a failed request took with it, to be undone (reused buffer).
     pub(super) undone: Vec<Undo>,
     pub(super) out: BytesMut,
@@ -199,7 +202,8 @@ impl Relay {
             terminating: false,
             last_route: None,
             retry: None,
-            retry_query: BytesMut::new(),
+            retry_unit: BytesMut::new(),
+            rerun: false,
             undone: Vec::new(),
             out: BytesMut::new(),
             floor: ReadFloor::default(),
@@ -253,7 +257,7 @@ impl Relay {
             }
             if self.retry.as_ref().is_some_and(|r| r.due) {
                 let retry = self.retry.take().expect("checked above");
-                if let Err(end) = self.rerun_on_leader(retry).await.and_then(|()| self.flush()) {
+                if let Err(end) = self.rerun_on_leader(retry).and_then(|()| self.flush()) {
                     return end;
                 }
             }
@@ -355,6 +359,9 @@ impl Relay {
             self.functions_checked = Instant::now();
         }
         let mut intent = self.intent(header);
+        if self.rerun && self.server.is_none() {
+            intent.wants = Wants::Leader(RouteReason::Retry25006);
+        }
         if header.tag == b'Q'
             && let Some(local) = intent.analysis.as_ref().and_then(|a| a.local.clone())
         {
@@ -376,14 +383,12 @@ impl Relay {
                 self.client_buf.advance(len);
                 return Ok(());
             }
-            if let Err(error) = self.route_and_attach(intent.wants).await {
+            let routed = self.route_and_attach(intent.wants).await;
+            self.rerun = false;
+            if let Err(error) = routed {
                 return self.refuse(header, error).await;
             }
-            if let (Some((plan, stream)), Some(analysis)) = (&intent.plan, &intent.analysis)
-                && analysis.prepared.is_none()
-            {
-                self.arm_retry(header, plan.wants, stream.in_transaction, &plan.changes);
-            }
+            self.arm_retry(header, &intent);
         } else if self.at_unit_boundary() && (self.switches_side(intent.wants) || self.paused_here()) {
             self.held = Some(Hold::UntilReleased);
             return Ok(());
@@ -403,6 +408,9 @@ impl Relay {
         }
         self.forward(header, intent);
         self.answer_made();
+        if let Some(retry) = self.retry.as_mut().filter(|_| header.tag == b'S') {
+            retry.complete = true;
+        }
         Ok(())
     }
 
@@ -502,7 +510,7 @@ impl Relay {
     /// Client messages wait: for the follower running the previous unit to be released, or for an armed read's
     /// outcome.
     fn scan_paused(&self) -> bool {
-        self.held.is_some() || self.retry.is_some()
+        self.held.is_some() || self.retry.as_ref().is_some_and(|r| r.complete)
     }
 
     /// Between units: no extended batch open and no transaction open at this point of the stream.

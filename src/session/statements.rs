@@ -173,6 +173,28 @@ impl Statements {
         }
     }
 
+    /// Whether the client has a statement of this name.
+    pub fn has(&self, name: &[u8]) -> bool {
+        self.named.contains_key(name)
+    }
+
+    /// Takes back a statement the client created in a unit that will run again (and create it again).
+    pub fn forget(&mut self, name: &[u8]) {
+        self.named.remove(name);
+    }
+
+    /// A follower refused the statement as a write: its later runs go to the leader (`""`: the unnamed one).
+    pub fn mark_known_write(&mut self, name: &[u8]) {
+        let analysis = if name.is_empty() {
+            self.unnamed.as_mut()
+        } else {
+            self.named.get_mut(name).map(|s| Arc::make_mut(&mut s.analysis))
+        };
+        if let Some(analysis) = analysis {
+            analysis.mark_known_write();
+        }
+    }
+
     /// The client has no statements (`DISCARD ALL`, `DEALLOCATE ALL` succeeded).
     pub fn clear(&mut self) {
         self.named.clear();

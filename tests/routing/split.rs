@@ -7,6 +7,7 @@ use std::time::Duration;
 use pgsplit::config::FollowerPoolConfig;
 use pgsplit::router::route::SLOW_START;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 use crate::support::proxy::routed;
 use crate::support::{LocalCluster, StopMode, cluster, eventually, private_cluster, psql, value, wait_replayed};
@@ -319,6 +320,27 @@ async fn a_read_a_follower_refuses_runs_again_on_the_leader_unseen_and_is_rememb
         value(&client, "SHOW pgsplit.route").await,
         "instance=leader reason=known_write"
     );
+
+    // The extended protocol: an unnamed statement parsed, bound and run in one batch (as most drivers send it).
+    let typed = "SELECT sneaky_write($1) AS typed";
+    for (v, reason) in [(9, "retry_25006"), (10, "known_write")] {
+        let row = client.query_typed_one(typed, &[(&v, Type::INT4)]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), v, "the client never sees the refusal");
+        assert_eq!(
+            value(&client, "SHOW pgsplit.route").await,
+            format!("instance=leader reason={reason}")
+        );
+    }
+    // A named statement prepared in one batch, then bound and run in later ones.
+    let named = client.prepare("SELECT sneaky_write($1) AS named").await.unwrap();
+    for (v, reason) in [(11, "retry_25006"), (12, "known_write")] {
+        let row = client.query_one(&named, &[&v]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), v, "the client never sees the refusal");
+        assert_eq!(
+            value(&client, "SHOW pgsplit.route").await,
+            format!("instance=leader reason={reason}")
+        );
+    }
     let (leader, _) = ports(c);
     assert_eq!(
         psql(
