@@ -322,7 +322,9 @@ impl<'a> Pair<'a> {
     }
 }
 
-/// Sets (`Some`) or resets the followers' `recovery_min_apply_delay` and waits until each reports it.
+/// Sets (`Some`) or resets the followers' `recovery_min_apply_delay` and waits until each reports it — and, for a
+/// delay, until a row written on the leader just now is missing on every follower: the startup process takes the new
+/// setting a moment after the reload.
 fn set_apply_delay(c: &LocalCluster, delay: Option<&str>) {
     let (statement, shown) = match delay {
         Some(delay) => (format!("ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'"), delay),
@@ -332,19 +334,38 @@ fn set_apply_delay(c: &LocalCluster, delay: Option<&str>) {
         // ALTER SYSTEM cannot run in a transaction block: its own psql call.
         psql(c, follower, &statement);
         psql(c, follower, "SELECT pg_reload_conf()");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let now = psql(c, follower, "SHOW recovery_min_apply_delay");
-            if now == shown {
-                break;
+        poll(
+            &format!("{}: recovery_min_apply_delay = {shown}", follower.name),
+            || {
+                let now = psql(c, follower, "SHOW recovery_min_apply_delay");
+                (now == shown).then_some(()).ok_or(now)
+            },
+        );
+    }
+    if delay.is_some() {
+        poll("the followers hold back a fresh commit", || {
+            let id = psql(c, c.leader(), "INSERT INTO ryw(payload) VALUES (-2) RETURNING id");
+            let probe = format!("SELECT count(*) FROM ryw WHERE id = {id}");
+            match c.followers().iter().find(|f| psql(c, f, &probe) != "0") {
+                Some(f) => Err(format!("{} applied it at once", f.name)),
+                None => Ok(()),
             }
-            assert!(
+        });
+    }
+}
+
+/// [`eventually`] for blocking checks (psql), between steps.
+fn poll(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(last) => assert!(
                 Instant::now() < deadline,
-                "{}: recovery_min_apply_delay is {now}, not {shown}",
-                follower.name
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+                "{what}: not within {WAIT:?}; last seen: {last}"
+            ),
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
