@@ -60,14 +60,18 @@ impl Relay {
             return;
         }
         let at = self.to_server.scanned();
-        let (len, created, bound) = match header.tag {
+        let Batch { len, created, bound } = match header.tag {
             b'Q' => {
                 let simple = intent.analysis.as_ref().is_some_and(|a| a.prepared.is_none());
                 let stays_out = intent.plan.as_ref().is_some_and(|(_, stream)| !stream.in_transaction);
                 if !simple || !stays_out {
                     return;
                 }
-                (header.frame_len(), Vec::new(), None)
+                Batch {
+                    len: header.frame_len(),
+                    created: Vec::new(),
+                    bound: None,
+                }
             }
             b'P' | b'B' if !self.stream.in_transaction => match self.batch_to_sync(at) {
                 Some(batch) => batch,
@@ -89,10 +93,9 @@ impl Relay {
         });
     }
 
-    /// The buffered batch starting at `at`: its length through Sync, the statement names its Parses create, and
-    /// the named statement it binds without parsing. None if it closes anything (a Close run twice is not the
-    /// same) or is not all buffered.
-    fn batch_to_sync(&self, at: usize) -> Option<(usize, Vec<Box<[u8]>>, Option<Box<[u8]>>)> {
+    /// The buffered batch starting at `at`, through its Sync. None if it closes anything (a Close run twice is not
+    /// the same) or is not all buffered.
+    fn batch_to_sync(&self, at: usize) -> Option<Batch> {
         let (mut created, mut parsed, mut bound) = (Vec::new(), Vec::new(), None);
         let mut end = at;
         loop {
@@ -100,7 +103,13 @@ impl Relay {
             let body = self.client_buf.get(end + HEADER_LEN..end + header.frame_len())?;
             end += header.frame_len();
             match header.tag {
-                b'S' => return Some((end - at, created, bound)),
+                b'S' => {
+                    return Some(Batch {
+                        len: end - at,
+                        created,
+                        bound,
+                    });
+                }
                 b'C' => return None,
                 b'P' => {
                     let (name, _) = extended::parse_fields(body)?;
@@ -151,6 +160,13 @@ impl Relay {
         self.rerun = true;
         Ok(())
     }
+}
+
+/// A unit to keep: its length, the statements its Parses create, the statement it binds without parsing.
+struct Batch {
+    len: usize,
+    created: Vec<Box<[u8]>>,
+    bound: Option<Box<[u8]>>,
 }
 
 /// The SQL of a kept unit: a Query's text, or the first Parse's statement.
