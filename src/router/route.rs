@@ -9,8 +9,8 @@
 //!
 //! A read with a read-your-writes floor (the WAL position of the client's last write) goes only to a follower that
 //! has replayed it: one known to have (its last known replay position is past the floor), or else one expected to
-//! by the read's deadline (the floor's age plus the follower's measured time lag), which the session must confirm
-//! by asking it. With neither, the read goes to the leader — whatever `fallback` says, since the followers are
+//! by the read's deadline (the floor's age plus the follower's time lag — measured by the monitor, or learned from
+//! recent reads that waited for it), which the session must confirm by asking it. With neither, the read goes to the leader — whatever `fallback` says, since the followers are
 //! usable, only behind this client.
 
 use std::sync::Arc;
@@ -233,10 +233,12 @@ fn pick_follower(pool: &FollowerPool, floor: Option<&Floor>) -> Pick {
             continue;
         };
         let health = instance.health.snapshot();
+        // Replay lags the leader by the monitor's measure, or by how long recent writes took to show there.
+        let lag = health.lag.max(instance.health.catch_up().unwrap_or_default());
         if health.lsn >= floor.lsn {
             caught.push(i, weight);
-        } else if floor.since + health.lag <= floor.deadline {
-            expected_at[i] = Some(floor.since + health.lag);
+        } else if floor.since + lag <= floor.deadline {
+            expected_at[i] = Some(floor.since + lag);
             expected.push(i, weight);
         }
     }
@@ -475,6 +477,17 @@ mod tests {
             "{}",
             d.instance.name
         );
+    }
+
+    #[test]
+    fn a_follower_recently_slow_to_show_writes_is_not_waited_for() {
+        let t = topology(&[1]);
+        replaying(&t.pools[0].instances[0], 100, Duration::ZERO);
+        t.pools[0].instances[0]
+            .health
+            .caught_up_after(Duration::from_millis(400));
+        let d = read_after_write(&t, 150, Duration::ZERO, Duration::from_millis(50));
+        assert_eq!(d.reason, RouteReason::ReadYourWrites);
     }
 
     #[test]

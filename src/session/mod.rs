@@ -5,6 +5,7 @@
 
 pub mod cancel;
 pub mod floor;
+mod from_server;
 mod intent;
 mod local;
 pub mod outflow;

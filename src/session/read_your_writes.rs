@@ -99,8 +99,12 @@ impl Relay {
     /// after growing pauses — until it is past the floor (true) or the floor's deadline passes (false). A follower
     /// answering NULL has left recovery: false. A connection that fails the question is closed.
     pub(super) async fn confirm_replayed(&mut self, floor: &Floor, expected: Instant) -> bool {
-        tokio::time::sleep_until(expected.min(floor.deadline).into()).await;
+        let forecast = expected.min(floor.deadline);
+        if forecast > Instant::now() {
+            tokio::time::sleep_until(forecast.into()).await;
+        }
         let mut pause = FIRST_PAUSE;
+        let mut first_ask = true;
         loop {
             let Some(attached) = self.server.as_mut() else {
                 return false;
@@ -110,8 +114,14 @@ impl Relay {
                     let Some(lsn) = value.as_deref().and_then(parse_lsn) else {
                         return false;
                     };
-                    attached.instance.health.replayed_at_least(lsn);
+                    let health = &attached.instance.health;
+                    health.replayed_at_least(lsn);
                     if lsn >= floor.lsn {
+                        if first_ask {
+                            health.caught_up_by_forecast();
+                        } else {
+                            health.caught_up_after(floor.since.elapsed());
+                        }
                         return true;
                     }
                 }
@@ -126,10 +136,12 @@ impl Relay {
             }
             let now = Instant::now();
             if now >= floor.deadline {
+                attached.instance.health.caught_up_after(now - floor.since);
                 return false;
             }
             tokio::time::sleep(pause.min(floor.deadline - now)).await;
             pause = (pause * 2).min(MAX_PAUSE);
+            first_ask = false;
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Frames are forwarded unparsed; only tags that change state are looked at (Query, Parse and Bind are planned and
 //! routed, messages naming prepared statements renamed (`statements`), Terminate handled; from the server, every
-//! message but DataRow and CopyData is matched to the request it answers (`replies`)). Both directions are
+//! message but DataRow and CopyData is matched to the request it answers (`from_server`)). Both directions are
 //! non-blocking: a write that cannot finish at once waits for readiness while reads go on, so a client pipelining a
 //! large batch never deadlocks against a server streaming results. Everything read in one go is forwarded in one
 //! write (`outflow`).
@@ -11,7 +11,8 @@
 //! when it starts: provable reads to a follower, the rest to the leader. A unit that must go to the leader while
 //! the client's previous read still runs on a follower waits for it, so the client's order is kept. In
 //! transaction mode the server connection goes back to its pool at ReadyForQuery `I` once nothing is outstanding
-//! (unless the session is pinned); in session mode it stays until the client leaves.
+//! (unless the session is pinned; after a unit that may write, once the commit's WAL position has been read:
+//! `read_your_writes`); in session mode it stays until the client leaves.
 
 use std::io::ErrorKind;
 use std::sync::Arc;
@@ -29,20 +30,18 @@ use super::floor::ReadFloor;
 use super::intent::Intent;
 use super::outflow::Outflow;
 use super::plan::{Change, StreamState};
-use super::replies::{Answer, Expected, Replies, Request, Undo, Verdict};
+use super::replies::{Answer, Expected, Replies, Request, Undo};
 use super::retry::Retry;
 use super::statements::{Statements, ToServer};
 use crate::config::PoolMode;
 use crate::pool::server::READ_CHUNK;
 use crate::pool::{LoginInfo, ServerConn, Settings};
 use crate::protocol::error::SqlError;
-use crate::protocol::extended;
-use crate::protocol::frame::{FrameError, Framer, HEADER_LEN, Header, Step};
+use crate::protocol::frame::{FrameError, Framer, Header, Step};
 use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
 use crate::proxy::{Context, Endpoint};
 use crate::router::{FunctionSet, RouteReason, Wants};
-use crate::topology::monitor::parse_lsn;
 use crate::topology::{Instance, Role, WorkGuard};
 
 /// Stop reading a side while this much of its data waits to be written to the other.
@@ -499,14 +498,6 @@ impl Relay {
         self.stream = stream;
     }
 
-    /// Writes the answers pgsplit makes up (ParseComplete, CloseComplete) whose turn has come.
-    fn answer_made(&mut self) {
-        let Some(server) = self.server.as_mut() else {
-            return;
-        };
-        write_made(&mut self.replies, &mut self.to_client, &mut server.conn.buf);
-    }
-
     /// Client messages wait: for the follower running the previous unit to be released, or for an armed read's
     /// outcome.
     fn scan_paused(&self) -> bool {
@@ -572,100 +563,6 @@ impl Relay {
         .await
     }
 
-    fn on_server_data(&mut self) -> Result<(), SessionEnd> {
-        self.relay_server_messages()?;
-        self.probe_if_due();
-        Ok(())
-    }
-
-    fn relay_server_messages(&mut self) -> Result<(), SessionEnd> {
-        let attached = self.server.as_mut().expect("server data implies a server");
-        let (server, instance) = (&mut attached.conn, &attached.instance);
-        loop {
-            // Every reply but rows and COPY data is matched to its request; while a read may still be re-run,
-            // every reply is looked at until its first result.
-            let armed = self.retry.is_some();
-            let probing = self.replies.probing();
-            let step = self
-                .server_framer
-                .step(
-                    &server.buf[self.to_client.scanned()..],
-                    |tag| armed || probing || !matches!(tag, b'D' | b'd'),
-                    usize::MAX,
-                )
-                .map_err(|e| SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, e)))?;
-            let header = match step {
-                Step::NeedMore(_) => return Ok(()),
-                Step::Pass(n) => {
-                    self.to_client.pass(&mut server.buf, n);
-                    continue;
-                }
-                Step::Whole(header) => header,
-            };
-            let at = self.to_client.scanned();
-            let body = &server.buf[at + HEADER_LEN..at + header.frame_len()];
-            if let Some(retry) = self.retry.as_mut()
-                && !retry.observe(header.tag, body)
-            {
-                self.retry = None;
-            }
-            if probing && header.tag == b'D' {
-                self.probe_reading = messages::first_column(body).and_then(parse_lsn);
-            }
-            let mut ended = None;
-            let verdict = self.replies.on_reply(header.tag, &mut self.undone, &mut ended);
-            match header.tag {
-                b'Z' => {
-                    self.tx_status = body.first().copied().and_then(TxStatus::from_byte).ok_or_else(|| {
-                        SessionEnd::Fatal(SqlError::protocol_violation("server sent a bad ReadyForQuery"))
-                    })?;
-                    if let Some(ended) = ended {
-                        for change in &ended.changes {
-                            change.apply(&mut self.wanted);
-                            change.apply(&mut server.settings);
-                        }
-                        if ended.discards_statements {
-                            self.statements.clear();
-                            server.prepared.clear();
-                        }
-                    }
-                    if probing {
-                        match self.probe_reading.take() {
-                            Some(lsn) if self.tx_status == TxStatus::Idle => self.floor.committed(lsn),
-                            _ => self.floor.commit_unknown(),
-                        }
-                    }
-                }
-                b'S' => {
-                    if let Some((name, value)) = messages::parse_parameter_status(body) {
-                        // The client changed a setting (SET, RESET, SET LOCAL ending): it is now part of its
-                        // session, to be carried to the next server connection it borrows.
-                        self.wanted.set(name, value);
-                        server.settings.set(name, value);
-                    }
-                }
-                _ => {}
-            }
-            for undo in self.undone.drain(..) {
-                self.statements.undo(undo, Some(&mut server.prepared));
-            }
-            match verdict {
-                Verdict::Forward => self.to_client.pass(&mut server.buf, header.frame_len()),
-                Verdict::Drop => self.to_client.skip(&mut server.buf, header.frame_len()),
-            }
-            write_made(&mut self.replies, &mut self.to_client, &mut server.buf);
-            if self.retry.as_ref().is_some_and(|r| r.due) {
-                // The refused attempt's replies never reach the client.
-                self.to_client.discard(&mut server.buf);
-                return Ok(());
-            }
-            if header.tag == b'Z' && self.retry.is_some() {
-                // The unit ended without a result (an empty query): nothing to re-run.
-                self.retry = None;
-            }
-        }
-    }
-
     /// Writes whatever each side can take now without waiting.
     fn flush(&mut self) -> Result<(), SessionEnd> {
         let Some(server) = self.server.as_mut() else {
@@ -687,12 +584,5 @@ impl Relay {
         self.out.clear();
         build(&mut self.out);
         self.client.write_all(&self.out).await.map_err(SessionEnd::ClientIo)
-    }
-}
-
-/// Puts the answers pgsplit makes up whose turn has come (ParseComplete, CloseComplete) into the client's stream.
-fn write_made(replies: &mut Replies, to_client: &mut Outflow, server_buf: &mut BytesMut) {
-    while let Some(tag) = replies.next_made() {
-        extended::put_empty(to_client.insert(server_buf), tag);
     }
 }

@@ -21,7 +21,14 @@ pub struct Health {
     usable_since_millis: AtomicU64,
     /// Millis since `EPOCH` when the last successful check was recorded; 0 = never.
     observed_at_millis: AtomicU64,
+    /// How long the follower recently took to replay a client's write, counted from when pgsplit learned the
+    /// write's position (microseconds, a moving average), and when that was last learned (millis since `EPOCH`).
+    catch_up_micros: AtomicU64,
+    catch_up_at_millis: AtomicU64,
 }
+
+/// How long a learned catch-up time is trusted: after that, reads try the follower again and learn afresh.
+const CATCH_UP_MEMORY: Duration = Duration::from_secs(1);
 
 /// A copy of [`Health`] for status output and decisions that read several fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,6 +87,33 @@ impl Health {
     /// moves forward, so every reader keeps a lower bound of what the follower has replayed.
     pub fn replayed_at_least(&self, lsn: u64) {
         self.lsn.fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    /// A session asking when the follower was forecast to have replayed a client's write found it had not, and
+    /// saw it there only `took` after the write's position was learned — or never, when it gave up waiting (`took`
+    /// is then a lower bound, as good a forecast).
+    pub fn caught_up_after(&self, took: Duration) {
+        self.learn_catch_up(took.as_micros() as u64);
+    }
+
+    /// A session asking at the forecast found the write replayed: the forecast may be too late, so the next one
+    /// comes a quarter earlier (forecasts only learn from asks that come too early otherwise).
+    pub fn caught_up_by_forecast(&self) {
+        if let Some(recent) = self.catch_up() {
+            self.learn_catch_up(recent.as_micros() as u64 * 3 / 4);
+        }
+    }
+
+    fn learn_catch_up(&self, micros: u64) {
+        self.catch_up_micros.store(micros.max(1), Ordering::Relaxed);
+        self.catch_up_at_millis.store(now_millis(), Ordering::Relaxed);
+    }
+
+    /// How long the follower recently took to replay a client's write, if learned within [`CATCH_UP_MEMORY`].
+    pub fn catch_up(&self) -> Option<Duration> {
+        let at = self.catch_up_at_millis.load(Ordering::Relaxed);
+        let fresh = at != 0 && now_millis().saturating_sub(at) <= CATCH_UP_MEMORY.as_millis() as u64;
+        fresh.then(|| Duration::from_micros(self.catch_up_micros.load(Ordering::Relaxed)))
     }
 
     /// The WAL position of a check whose query was sent after `since`, if the last recorded check is one: a check

@@ -64,6 +64,16 @@ async fn changeover_under_pgbench_loses_no_commit_and_fails_no_transaction() {
     })
     .await;
 
+    // A client that wrote before the changeover keeps its read-your-writes floor across it.
+    let writer = p.connect().await;
+    let marker = "SELECT count(*) FROM pgbench_history WHERE delta = 424242";
+    value(
+        &writer,
+        "INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 424242) RETURNING 1",
+    )
+    .await;
+    let floor_before = value(&writer, "SHOW pgsplit.last_write_lsn").await;
+
     let pgbench = tokio::process::Command::new("pgbench")
         .args(["-h", "127.0.0.1", "-p", &p.port().to_string(), "-U", c.app_user()])
         .args(["-c", "8", "-j", "8", "-T", "20", "-n", c.app_database()])
@@ -99,12 +109,36 @@ async fn changeover_under_pgbench_loses_no_commit_and_fails_no_transaction() {
 
     // Every acknowledged commit is on the new leader.
     let f1 = c.instance("f1").unwrap().clone();
-    let history = c.psql(&f1, "SELECT count(*) FROM pgbench_history").unwrap();
+    let history = c
+        .psql(&f1, "SELECT count(*) FROM pgbench_history WHERE delta <> 424242")
+        .unwrap();
     assert_eq!(
         history.trim(),
         processed.to_string(),
         "pgbench_history on f1 = transactions reported"
     );
+
+    // The old timeline's floor still compares: the writer sees its row, wherever its read runs.
+    assert_eq!(value(&writer, "SHOW pgsplit.last_write_lsn").await, floor_before);
+    assert_eq!(
+        value(&writer, marker).await,
+        "1",
+        "the write from before the changeover is read back"
+    );
+    // A write on the new timeline: f2 still follows the fenced old leader and never gets it, so the writer's
+    // read of it runs on the new leader (because of the floor, or because f2 fell too far behind to be usable).
+    value(
+        &writer,
+        "INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 424242) RETURNING 1",
+    )
+    .await;
+    assert_eq!(
+        value(&writer, marker).await,
+        "2",
+        "the write after the changeover is read back"
+    );
+    let route = value(&writer, "SHOW pgsplit.route").await;
+    assert!(route.starts_with("instance=f1 "), "{route}");
 
     // Writes now land on f1, and the file says so.
     let client = p.connect().await;
