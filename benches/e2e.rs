@@ -15,13 +15,16 @@ mod procs;
 #[path = "e2e/report.rs"]
 mod report;
 
+#[path = "common.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use common::env_number;
 use pgsplit::demo::cluster::{ClusterOptions, LocalCluster, Toolbox, Watchdog, free_ports, unique_base_dir};
 use procs::{ProxyProcess, WorkDir};
 use report::{Measured, Memory, Row};
@@ -54,17 +57,6 @@ impl Settings {
             idle_clients: env_number("PGSPLIT_BENCH_IDLE_CLIENTS", 500)?,
             scale: env_number("PGSPLIT_BENCH_SCALE", 10)?,
         })
-    }
-}
-
-fn env_number<T: FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .ok()
-            .with_context(|| format!("{name}={text:?} is not a number")),
-        Err(_) => Ok(default),
     }
 }
 
@@ -128,18 +120,7 @@ const WORKLOADS: [Workload; 5] = [
 ];
 
 fn main() -> ExitCode {
-    // `cargo test --all-targets` runs harness-less benches without `--bench`: stay quick there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("e2e: skipped (not run as a benchmark); use `cargo bench --bench e2e`");
-        return ExitCode::SUCCESS;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("e2e bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("e2e", run)
 }
 
 fn run() -> Result<()> {

@@ -18,11 +18,14 @@
 #[allow(dead_code)] // the pgbench runner, scratch dir and /proc readings; the proxy processes are e2e's alone
 mod procs;
 
+#[path = "common.rs"]
+mod common;
+
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use common::env_number;
 use pgsplit::config::Config;
 use pgsplit::demo::cluster::{ClusterOptions, LocalCluster, Toolbox, Watchdog, unique_base_dir};
 use pgsplit::proxy::Proxy;
@@ -42,33 +45,7 @@ INSERT INTO ryw_miss(id, client) VALUES (:id, :client_id);
 ";
 
 fn main() -> ExitCode {
-    // `cargo test --all-targets` runs harness-less benches without `--bench`: stay quick there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("read_your_writes: skipped (not run as a benchmark); use `cargo bench --bench read_your_writes`");
-        return ExitCode::SUCCESS;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("read_your_writes bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn env_number<T: FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .ok()
-            .with_context(|| format!("{name}={text:?} is not a number")),
-        Err(_) => Ok(default),
-    }
+    common::bench_main_async("read_your_writes", run)
 }
 
 struct Bench {
@@ -112,7 +89,7 @@ async fn run() -> Result<()> {
 }
 
 async fn with_cluster(cluster: &LocalCluster, bench: &Bench) -> Result<()> {
-    setup(cluster, &bench.tools)?;
+    setup(cluster)?;
     let on = Proxy::start(config(cluster, bench.clients, true)?).await?;
     let off = Proxy::start(config(cluster, bench.clients, false)?).await?;
     let proxies = [(true, &on), (false, &off)];
@@ -253,17 +230,9 @@ fn on_off(flag: bool) -> &'static str {
 }
 
 /// pgbench's tables (scale 1) for `-N`, and the mixed workload's `ryw` and `ryw_miss`; returns once replayed.
-fn setup(cluster: &LocalCluster, tools: &Toolbox) -> Result<()> {
+fn setup(cluster: &LocalCluster) -> Result<()> {
+    common::pgbench_init(cluster)?;
     let leader = cluster.leader();
-    let init = tools
-        .command("pgbench")
-        .args(["-i", "-q", "-s", "1", "-h"])
-        .arg(&leader.socket_dir)
-        .args(["-p", &leader.port.to_string(), "-U", "app", "app"])
-        .output()?;
-    if !init.status.success() {
-        bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
-    }
     cluster.psql(
         leader,
         "CREATE TABLE ryw (id bigserial PRIMARY KEY, payload int NOT NULL); \

@@ -6,43 +6,21 @@
 //!
 //! Environment: PGSPLIT_BENCH_SECS (15, pgbench run per changeover), PGSPLIT_BENCH_RELOADS (200).
 
+#[path = "common.rs"]
+mod common;
+
 use std::path::Path;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use common::env_number;
 use pgsplit::demo::cluster::{ClusterOptions, LocalCluster, Toolbox, Watchdog, unique_base_dir};
 use pgsplit::proxy::Proxy;
 use pgsplit::topology::changeover::{Outcome, PromoteRequest};
 
 fn main() -> ExitCode {
-    // `cargo test --all-targets` runs harness-less benches without `--bench`: stay quick there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("topology: skipped (not run as a benchmark); use `cargo bench --bench topology`");
-        return ExitCode::SUCCESS;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("topology bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn env_number<T: FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .ok()
-            .with_context(|| format!("{name}={text:?} is not a number")),
-        Err(_) => Ok(default),
-    }
+    common::bench_main_async("topology", run)
 }
 
 async fn run() -> Result<()> {
@@ -82,17 +60,7 @@ fn config_text(cluster: &LocalCluster, f2_weight: u32) -> String {
 }
 
 async fn with_cluster(cluster: &LocalCluster, base_dir: &Path, secs: u64, reloads: usize) -> Result<()> {
-    let leader = cluster.leader();
-    let init = cluster
-        .tools()
-        .command("pgbench")
-        .args(["-i", "-q", "-s", "1", "-h"])
-        .arg(&leader.socket_dir)
-        .args(["-p", &leader.port.to_string(), "-U", "app", "app"])
-        .output()?;
-    if !init.status.success() {
-        bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
-    }
+    common::pgbench_init(cluster)?;
     cluster.wait_replayed(Duration::from_secs(60))?;
     let dir = base_dir.join("bench-config");
     std::fs::create_dir_all(&dir)?;

@@ -420,8 +420,8 @@ mod tests {
         assert!(to_idle > 650, "{to_idle}");
     }
 
-    /// Routes a read with a floor at `lsn`, set `age` ago, that may wait `wait`.
-    fn read_after_write(t: &Topology, lsn: u64, age: Duration, wait: Duration) -> Decision {
+    /// Routes a read with a floor at `lsn`, set `age` ago, that may wait `wait` (fallback: error).
+    fn try_read_after_write(t: &Topology, lsn: u64, age: Duration, wait: Duration) -> Result<Decision, SqlError> {
         let now = Instant::now();
         let floor = Floor {
             lsn,
@@ -436,7 +436,10 @@ mod tests {
             Fallback::Error,
             Some(&floor),
         )
-        .unwrap()
+    }
+
+    fn read_after_write(t: &Topology, lsn: u64, age: Duration, wait: Duration) -> Decision {
+        try_read_after_write(t, lsn, age, wait).unwrap_or_else(|e| panic!("not routed: {}", e.code))
     }
 
     #[test]
@@ -493,22 +496,9 @@ mod tests {
     #[test]
     fn with_no_usable_follower_a_floor_changes_nothing() {
         let t = topology(&[1]);
-        let now = Instant::now();
-        let floor = Floor {
-            lsn: 1,
-            since: now,
-            deadline: now,
-        };
-        let pool = Some(&*t.pools[0]);
-        let err = route(
-            &t,
-            pool,
-            Wants::Follower(RouteReason::Read),
-            Fallback::Error,
-            Some(&floor),
-        )
-        .err()
-        .unwrap();
+        let err = try_read_after_write(&t, 1, Duration::ZERO, Duration::ZERO)
+            .err()
+            .unwrap();
         assert_eq!(err.code, "57P03");
     }
 }
