@@ -23,7 +23,7 @@ pub const REPLAY_SQL: &str = "SELECT pg_last_wal_replay_lsn()";
 const WAL_PAGE: u64 = 8192;
 const SHORT_PAGE_HEADER: u64 = 24;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ReadFloor {
     /// At or past the commit of the client's last write unit; 0 before its first.
     written: u64,

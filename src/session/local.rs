@@ -1,12 +1,57 @@
 //! Statements pgsplit answers itself (SPEC §3.8): `SHOW pgsplit.route`, `SHOW pgsplit.last_write_lsn` and `SET` /
-//! `RESET pgsplit.min_lsn`, each alone in a simple Query. They are answered as a server would answer a `SHOW` or
+//! `RESET pgsplit.min_lsn`, each alone in its query string. They are answered as a server would answer a `SHOW` or
 //! `SET`, once nothing of the client's is in flight (so the answer cannot overtake a reply), and never reach a
 //! server.
+//!
+//! In the simple protocol the Query is answered. In the extended protocol, a batch (through Sync) whose every
+//! message concerns such statements — Parse, Bind, Describe, Execute, Close, Flush — is answered message by message,
+//! as drivers send them (psycopg, pgjdbc and tokio-postgres parse, bind and run through it); the statements the
+//! client prepares this way are remembered for its later batches. A batch that mixes them with anything else goes
+//! to a server, which refuses them as unknown settings.
 
-use super::plan::{Local, MIN_LSN};
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use super::floor::ReadFloor;
+use super::plan::{Local, MIN_LSN, analyze};
 use super::relay::{Relay, SessionEnd};
 use crate::protocol::error::{Severity, SqlError, code};
+use crate::protocol::extended::{self, Target};
+use crate::protocol::frame::{HEADER_LEN, peek_header};
 use crate::protocol::messages::{self, TxStatus};
+
+/// The client's prepared statements that pgsplit answers: the unnamed one, if it is one, and named ones.
+#[derive(Debug, Clone, Default)]
+pub struct LocalStatements {
+    unnamed: Option<Local>,
+    named: Vec<(Box<[u8]>, Local)>,
+}
+
+impl LocalStatements {
+    fn get(&self, name: &[u8]) -> Option<&Local> {
+        match name {
+            b"" => self.unnamed.as_ref(),
+            _ => self.named.iter().find(|(n, _)| **n == *name).map(|(_, l)| l),
+        }
+    }
+
+    /// Whether a Bind, Describe or Close body names one of them.
+    pub fn named_in(&self, tag: u8, body: &[u8]) -> bool {
+        let name = match tag {
+            b'B' => extended::bind_fields(body).map(|(_, statement, _)| statement),
+            _ => match extended::target(body) {
+                Some(Target::Statement(name)) => Some(name),
+                _ => None,
+            },
+        };
+        name.is_some_and(|name| self.get(name).is_some())
+    }
+
+    /// A Parse of the unnamed statement went to a server: the client's unnamed statement is that one now.
+    pub fn unnamed_replaced(&mut self) {
+        self.unnamed = None;
+    }
+}
 
 impl Relay {
     /// Nothing in flight: pgsplit may answer a statement itself without disturbing the server's replies.
@@ -15,59 +60,208 @@ impl Relay {
             || (self.replies.is_empty() && !self.batch_open && self.to_server.is_empty() && self.to_client.is_empty())
     }
 
+    /// Answers a simple Query that is one statement pgsplit answers.
     pub(super) async fn answer_locally(&mut self, local: Local) -> Result<(), SessionEnd> {
-        let status = if self.server.is_some() {
-            self.tx_status
-        } else {
-            TxStatus::Idle
-        };
-        match local {
-            Local::ShowRoute => {
-                let route = match &self.last_route {
-                    Some((instance, reason)) => format!("instance={instance} reason={}", reason.as_str()),
-                    None => "none".to_owned(),
-                };
-                self.answer_show("pgsplit.route", &route, status).await
+        let mut batch = self.local_batch();
+        if !matches!(local, Local::SetMinLsn(_)) {
+            describe(&mut batch.out, &local);
+        }
+        batch.execute(&local);
+        messages::ready_for_query(&mut batch.out, self.status_here());
+        self.floor = batch.floor;
+        self.client.write_all(&batch.out).await.map_err(SessionEnd::ClientIo)
+    }
+
+    /// Answers the extended-protocol batch at the scan position if it is all buffered and all about statements
+    /// pgsplit answers; returns whether it did (and consumed it).
+    pub(super) async fn answer_local_batch(&mut self) -> Result<bool, SessionEnd> {
+        let mut batch = self.local_batch();
+        let start = self.to_server.scanned();
+        let mut at = start;
+        loop {
+            let Ok(Some(header)) = peek_header(&self.client_buf[at..]) else {
+                return Ok(false);
+            };
+            let Some(body) = self.client_buf.get(at + HEADER_LEN..at + header.frame_len()) else {
+                return Ok(false);
+            };
+            at += header.frame_len();
+            if header.tag == b'S' {
+                messages::ready_for_query(&mut batch.out, self.status_here());
+                break;
             }
-            Local::ShowLastWriteLsn => {
-                let lsn = self.floor.show();
-                self.answer_show("pgsplit.last_write_lsn", &lsn, status).await
+            if !batch.answer(header.tag, body, &self.functions) {
+                return Ok(false);
             }
-            Local::SetMinLsn(value) => {
-                if !self.floor.set_min(value.as_deref()) {
-                    let error = SqlError::new(
-                        Severity::Error,
-                        code::INVALID_PARAMETER_VALUE,
-                        format!(
-                            "invalid value for parameter \"{MIN_LSN}\": {}",
-                            value.as_deref().unwrap_or_default()
-                        ),
-                    )
-                    .with_hint("Use a WAL position as SHOW pgsplit.last_write_lsn prints it, e.g. '0/16B3748'.");
-                    return self
-                        .send_to_client(|out| {
-                            error.encode(out);
-                            messages::ready_for_query(out, status);
-                        })
-                        .await;
-                }
-                let tag = if value.is_some() { "SET" } else { "RESET" };
-                self.send_to_client(|out| {
-                    messages::command_complete(out, tag);
-                    messages::ready_for_query(out, status);
-                })
-                .await
-            }
+        }
+        self.client_buf.advance(at - start);
+        self.local_statements = batch.statements;
+        self.floor = batch.floor;
+        self.client
+            .write_all(&batch.out)
+            .await
+            .map_err(SessionEnd::ClientIo)
+            .map(|()| true)
+    }
+
+    /// Copies of what answering may change, applied only once the whole answer is known.
+    fn local_batch(&self) -> LocalBatch {
+        LocalBatch {
+            statements: self.local_statements.clone(),
+            floor: self.floor.clone(),
+            route: match &self.last_route {
+                Some((instance, reason)) => format!("instance={instance} reason={}", reason.as_str()),
+                None => "none".to_owned(),
+            },
+            portals: Vec::new(),
+            failed: false,
+            out: BytesMut::new(),
         }
     }
 
-    async fn answer_show(&mut self, name: &str, value: &str, status: TxStatus) -> Result<(), SessionEnd> {
-        self.send_to_client(|out| {
-            messages::row_description(out, &[name]);
-            messages::data_row(out, &[value]);
-            messages::command_complete(out, "SHOW");
-            messages::ready_for_query(out, status);
-        })
-        .await
+    /// The transaction status a ReadyForQuery made here reports.
+    fn status_here(&self) -> TxStatus {
+        if self.server.is_some() {
+            self.tx_status
+        } else {
+            TxStatus::Idle
+        }
     }
+}
+
+/// One extended-protocol batch being answered by pgsplit: changes made on copies, kept only if all of it is ours.
+struct LocalBatch {
+    statements: LocalStatements,
+    floor: ReadFloor,
+    /// `SHOW pgsplit.route`'s answer (the batch runs no unit).
+    route: String,
+    /// Portals bound in this batch (they end with it: there is no transaction).
+    portals: Vec<(Box<[u8]>, Local)>,
+    /// An Execute failed: the rest up to Sync is skipped, as a server would.
+    failed: bool,
+    out: BytesMut,
+}
+
+impl LocalBatch {
+    /// Answers one message; false if it is not about a statement pgsplit answers.
+    fn answer(&mut self, tag: u8, body: &[u8], functions: &crate::router::FunctionSet) -> bool {
+        if self.failed {
+            return true;
+        }
+        match tag {
+            b'P' => {
+                let Some((name, definition)) = extended::parse_fields(body) else {
+                    return false;
+                };
+                let sql = std::str::from_utf8(extended::definition_query(definition)).unwrap_or_default();
+                let Some(local) = analyze(sql, functions).local else {
+                    return false;
+                };
+                match name {
+                    b"" => self.statements.unnamed = Some(local),
+                    _ if self.statements.get(name).is_some() => return false, // the server's 42P05
+                    _ => self.statements.named.push((name.into(), local)),
+                }
+                extended::put_empty(&mut self.out, b'1');
+            }
+            b'B' => {
+                let Some((portal, statement, _)) = extended::bind_fields(body) else {
+                    return false;
+                };
+                let Some(local) = self.statements.get(statement).cloned() else {
+                    return false;
+                };
+                self.portals.retain(|(p, _)| **p != *portal);
+                self.portals.push((portal.into(), local));
+                extended::put_empty(&mut self.out, b'2');
+            }
+            b'D' => match extended::target(body) {
+                Some(Target::Statement(name)) => {
+                    let Some(local) = self.statements.get(name).cloned() else {
+                        return false;
+                    };
+                    self.out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]); // no parameters
+                    describe(&mut self.out, &local);
+                }
+                Some(Target::Portal(name)) => {
+                    let Some(local) = self.portal(name) else {
+                        return false;
+                    };
+                    describe(&mut self.out, &local);
+                }
+                None => return false,
+            },
+            b'E' => {
+                let Some((portal, _)) = crate::protocol::frame::read_cstr(body) else {
+                    return false;
+                };
+                let Some(local) = self.portal(portal) else {
+                    return false;
+                };
+                self.execute(&local);
+            }
+            b'C' => {
+                match extended::target(body) {
+                    Some(Target::Statement(b"")) if self.statements.unnamed.is_some() => self.statements.unnamed = None,
+                    Some(Target::Statement(name)) if self.statements.get(name).is_some() => {
+                        self.statements.named.retain(|(n, _)| **n != *name)
+                    }
+                    Some(Target::Portal(name)) if self.portal(name).is_some() => {
+                        self.portals.retain(|(p, _)| **p != *name)
+                    }
+                    _ => return false,
+                }
+                extended::put_empty(&mut self.out, b'3');
+            }
+            b'H' => {}
+            _ => return false,
+        }
+        true
+    }
+
+    fn portal(&self, name: &[u8]) -> Option<Local> {
+        self.portals.iter().find(|(p, _)| **p == *name).map(|(_, l)| l.clone())
+    }
+
+    fn execute(&mut self, local: &Local) {
+        match local {
+            Local::ShowRoute => {
+                messages::data_row(&mut self.out, &[&self.route]);
+                messages::command_complete(&mut self.out, "SHOW");
+            }
+            Local::ShowLastWriteLsn => {
+                messages::data_row(&mut self.out, &[&self.floor.show()]);
+                messages::command_complete(&mut self.out, "SHOW");
+            }
+            Local::SetMinLsn(value) => {
+                if self.floor.set_min(value.as_deref()) {
+                    messages::command_complete(&mut self.out, if value.is_some() { "SET" } else { "RESET" });
+                } else {
+                    invalid_min_lsn(value.as_deref()).encode(&mut self.out);
+                    self.failed = true;
+                }
+            }
+        }
+    }
+}
+
+/// What a Describe of the statement returns after its parameters: its row, or none for `SET`.
+fn describe(out: &mut BytesMut, local: &Local) {
+    match local {
+        Local::ShowRoute => messages::row_description(out, &["pgsplit.route"]),
+        Local::ShowLastWriteLsn => messages::row_description(out, &["pgsplit.last_write_lsn"]),
+        Local::SetMinLsn(_) => extended::put_empty(out, b'n'),
+    }
+}
+
+fn invalid_min_lsn(value: Option<&str>) -> SqlError {
+    SqlError::new(
+        Severity::Error,
+        code::INVALID_PARAMETER_VALUE,
+        format!(
+            "invalid value for parameter \"{MIN_LSN}\": {}",
+            value.unwrap_or_default()
+        ),
+    )
+    .with_hint("Use a WAL position as SHOW pgsplit.last_write_lsn prints it, e.g. '0/16B3748'.")
 }

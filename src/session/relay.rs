@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use super::cancel::CancelSlot;
 use super::floor::ReadFloor;
 use super::intent::Intent;
+use super::local::LocalStatements;
 use super::outflow::Outflow;
 use super::plan::{Change, StreamState};
 use super::replies::{Answer, Expected, Replies, Request, Undo};
@@ -37,7 +38,7 @@ use crate::config::PoolMode;
 use crate::pool::server::READ_CHUNK;
 use crate::pool::{LoginInfo, ServerConn, Settings};
 use crate::protocol::error::SqlError;
-use crate::protocol::frame::{FrameError, Framer, Header, Step};
+use crate::protocol::frame::{FrameError, Framer, HEADER_LEN, Header, Step};
 use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
 use crate::proxy::{Context, Endpoint};
@@ -141,6 +142,8 @@ pub struct Relay {
     pub(super) probe_owed: bool,
     /// What the probe in flight has read so far.
     pub(super) probe_reading: Option<u64>,
+    /// Statements the client prepared that pgsplit answers (`SHOW pgsplit.…` through the extended protocol).
+    pub(super) local_statements: LocalStatements,
 }
 
 /// Why client messages wait before being scanned.
@@ -208,6 +211,7 @@ impl Relay {
             floor: ReadFloor::default(),
             probe_owed: false,
             probe_reading: None,
+            local_statements: LocalStatements::default(),
         }
     }
 
@@ -361,6 +365,17 @@ impl Relay {
         if self.rerun && self.server.is_none() {
             intent.wants = Wants::Leader(RouteReason::Retry25006);
         }
+        if !self.batch_open
+            && self.starts_local_batch(header, &intent)
+            && self.can_answer_locally()
+            && self.answer_local_batch().await?
+        {
+            return Ok(());
+        }
+        if header.tag == b'P' && self.client_buf.get(self.to_server.scanned() + HEADER_LEN) == Some(&0) {
+            // The client's unnamed statement is the one this Parse prepares on a server.
+            self.local_statements.unnamed_replaced();
+        }
         if header.tag == b'Q'
             && let Some(local) = intent.analysis.as_ref().and_then(|a| a.local.clone())
         {
@@ -496,6 +511,19 @@ impl Relay {
             _ => 0,
         };
         self.stream = stream;
+    }
+
+    /// The message starts an extended-protocol batch about a statement pgsplit answers.
+    fn starts_local_batch(&self, header: Header, intent: &Intent) -> bool {
+        match header.tag {
+            b'P' => intent.analysis.as_ref().is_some_and(|a| a.local.is_some()),
+            b'B' | b'D' | b'C' => {
+                let at = self.to_server.scanned();
+                let body = &self.client_buf[at + HEADER_LEN..at + header.frame_len()];
+                self.local_statements.named_in(header.tag, body)
+            }
+            _ => false,
+        }
     }
 
     /// Client messages wait: for the follower running the previous unit to be released, or for an armed read's

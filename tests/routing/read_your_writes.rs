@@ -183,6 +183,27 @@ async fn a_floor_carries_to_other_connections(c: &LocalCluster, on: &TestProxy) 
         "1",
         "C, with A's floor as a startup option, sees A's row"
     );
+    // D carries it through the extended protocol, as drivers that prepare everything send it: an unnamed
+    // statement parsed, bound and run in one batch, and a named one prepared first and run later.
+    let extended = on.connect().await;
+    let set = format!("SET pgsplit.min_lsn = '{carried}'");
+    assert!(extended.query_typed(&set, &[]).await.unwrap().is_empty());
+    let show = extended.prepare("SHOW pgsplit.last_write_lsn").await.unwrap();
+    let floor: String = extended.query_one(&show, &[]).await.unwrap().get(0);
+    assert_eq!(floor, carried, "the named statement shows D's floor");
+    let rows = extended.query_typed(&count, &[]).await.unwrap();
+    assert_eq!(
+        rows[0].get::<_, i64>(0),
+        1,
+        "D, with A's floor set by SET, sees A's row"
+    );
+    let err = extended
+        .query_typed("SET pgsplit.min_lsn = 'nope'", &[])
+        .await
+        .expect_err("a malformed LSN is refused");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "{err:?}");
+    let floor: String = extended.query_one(&show, &[]).await.unwrap().get(0);
+    assert_eq!(floor, carried, "the refused SET changed nothing");
     for follower in c.followers() {
         assert_eq!(
             psql(c, follower, &count),
