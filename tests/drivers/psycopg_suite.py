@@ -1,8 +1,9 @@
 """psycopg 3 through pgsplit: every statement a named server-side prepared statement (prepare_threshold=0).
 
 Run by tests/drivers.rs with DATABASE_URL pointing at pgsplit. Exits non-zero with a message on the first failed check;
-prints one summary line on success. Reads of rows written moments ago run inside explicit transactions (on the
-leader), because an autocommit read may be served by a follower that has not replayed them yet.
+prints one summary line on success. The CRUD phase reads rows written moments ago inside explicit transactions (on
+the leader); the read-your-writes phase reads them in autocommit, where pgsplit keeps them off followers that have
+not replayed them yet.
 """
 
 import os
@@ -144,10 +145,31 @@ def copy_both_ways():
     check_round_trip(expected, got)
 
 
+def read_your_writes():
+    """Autocommit reads of rows just written see them, and the floor carried to another connection through
+    SHOW pgsplit.last_write_lsn / SET pgsplit.min_lsn (which psycopg prepares like every statement) shows it the row."""
+    with connect() as writer, connect() as other:
+        for n in range(20):
+            in_time(f"read-your-writes round {n}")
+            row_id = writer.execute(
+                f"INSERT INTO {ITEMS} (client, n, val) VALUES (%s, %s, %s) RETURNING id", (-1, n, "ryw")
+            ).fetchone()[0]
+            got = writer.execute(f"SELECT val FROM {ITEMS} WHERE id = %s", (row_id,)).fetchone()
+            check(got == ("ryw",), f"own write {row_id} read back as {got!r}")
+            floor = writer.execute("SHOW pgsplit.last_write_lsn").fetchone()[0]
+            check(floor != "0/0", "a write sets the connection's floor")
+            other.execute(f"SET pgsplit.min_lsn = '{floor}'")
+            shown = other.execute("SHOW pgsplit.last_write_lsn").fetchone()[0]
+            check(shown == floor, f"the carried floor shows as {shown!r}, expected {floor!r}")
+            got = other.execute(f"SELECT val FROM {ITEMS} WHERE id = %s", (row_id,)).fetchone()
+            check(got == ("ryw",), f"the carried read of {row_id} gave {got!r}")
+
+
 PHASES = [
     ("CRUD, transactions, prepared statements, search_path", crud_and_prepared),
     ("LISTEN/NOTIFY", listen_notify),
     ("COPY", copy_both_ways),
+    ("read-your-writes", read_your_writes),
 ]
 
 
