@@ -5,8 +5,9 @@
 //! ReadyForQuery, so it waits for nothing — pgsplit sends its own query there ([`PROBE_SQL`]) and raises the
 //! client's floor with the answer before the connection goes back to the pool. A read then goes where the router
 //! says; a follower the router could only expect to have caught up is asked ([`REPLAY_SQL`]), with short pauses,
-//! until it has or the wait runs out, and the read then runs on the leader. What is learned from a follower is
-//! kept in its health, so the next read need not ask.
+//! until it has — or the wait runs out, and the read runs on the leader. What is learned from a follower (its
+//! replay position, how long it took) is kept in its health, so the next read need not ask, or asks at the right
+//! time.
 
 use std::time::{Duration, Instant};
 
