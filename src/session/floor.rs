@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::plan::MIN_LSN;
+use crate::protocol::error::{Severity, SqlError, code};
 use crate::router::Floor;
 use crate::topology::Health;
 use crate::topology::monitor::{format_lsn, parse_lsn};
@@ -136,6 +138,16 @@ fn commit_end(insert_lsn: u64) -> u64 {
     } else {
         insert_lsn
     }
+}
+
+/// The error for a `pgsplit.min_lsn` value that is not a WAL position.
+pub fn invalid_min_lsn(value: &str) -> SqlError {
+    SqlError::new(
+        Severity::Error,
+        code::INVALID_PARAMETER_VALUE,
+        format!("invalid value for parameter \"{MIN_LSN}\": {value}"),
+    )
+    .with_hint("Use a WAL position as SHOW pgsplit.last_write_lsn prints it, e.g. '0/16B3748'.")
 }
 
 /// A `pgsplit.min_lsn` value as written in SQL or a startup option: `0/16B3748`, optionally in single quotes.

@@ -12,10 +12,9 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 
-use super::floor::ReadFloor;
-use super::plan::{Local, MIN_LSN, analyze};
+use super::floor::{ReadFloor, invalid_min_lsn};
+use super::plan::{Local, analyze};
 use super::relay::{Relay, SessionEnd};
-use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::extended::{self, Target};
 use crate::protocol::frame::{HEADER_LEN, peek_header};
 use crate::protocol::messages::{self, TxStatus};
@@ -37,6 +36,9 @@ impl LocalStatements {
 
     /// Whether a Bind, Describe or Close body names one of them.
     pub fn named_in(&self, tag: u8, body: &[u8]) -> bool {
+        if self.unnamed.is_none() && self.named.is_empty() {
+            return false; // the usual case, with nothing to read
+        }
         let name = match tag {
             b'B' => extended::bind_fields(body).map(|(_, statement, _)| statement),
             _ => match extended::target(body) {
@@ -237,7 +239,7 @@ impl LocalBatch {
                 if self.floor.set_min(value.as_deref()) {
                     messages::command_complete(&mut self.out, if value.is_some() { "SET" } else { "RESET" });
                 } else {
-                    invalid_min_lsn(value.as_deref()).encode(&mut self.out);
+                    invalid_min_lsn(value.as_deref().unwrap_or_default()).encode(&mut self.out);
                     self.failed = true;
                 }
             }
@@ -252,16 +254,4 @@ fn describe(out: &mut BytesMut, local: &Local) {
         Local::ShowLastWriteLsn => messages::row_description(out, &["pgsplit.last_write_lsn"]),
         Local::SetMinLsn(_) => extended::put_empty(out, b'n'),
     }
-}
-
-fn invalid_min_lsn(value: Option<&str>) -> SqlError {
-    SqlError::new(
-        Severity::Error,
-        code::INVALID_PARAMETER_VALUE,
-        format!(
-            "invalid value for parameter \"{MIN_LSN}\": {}",
-            value.unwrap_or_default()
-        ),
-    )
-    .with_hint("Use a WAL position as SHOW pgsplit.last_write_lsn prints it, e.g. '0/16B3748'.")
 }

@@ -77,12 +77,9 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>, endpoint: Endpoint)
     let min_lsn = wanted.get(plan::MIN_LSN).map(str::to_owned);
     wanted.reset(plan::MIN_LSN);
     if let Some(value) = min_lsn.as_deref().filter(|v| floor::parse_setting(v).is_none()) {
-        let message = format!("invalid value for parameter \"{}\": \"{value}\"", plan::MIN_LSN);
-        return reject(
-            stream,
-            SqlError::new(Severity::Fatal, code::INVALID_PARAMETER_VALUE, message),
-        )
-        .await;
+        let mut error = floor::invalid_min_lsn(value);
+        error.severity = Severity::Fatal;
+        return reject(stream, error).await;
     }
     let login = LoginInfo {
         key: ConnKey {

@@ -365,29 +365,29 @@ impl Relay {
         if self.rerun && self.server.is_none() {
             intent.wants = Wants::Leader(RouteReason::Retry25006);
         }
-        if !self.batch_open
-            && self.starts_local_batch(header, &intent)
-            && self.can_answer_locally()
-            && self.answer_local_batch().await?
-        {
-            return Ok(());
+        // A statement pgsplit answers starts a unit of its own; inside an unfinished extended-protocol batch the
+        // client may wait for nothing, so the server answers.
+        if !self.batch_open && self.starts_local_answer(header, &intent) {
+            if !self.can_answer_locally() {
+                self.held = Some(Hold::UntilQuiet);
+                return Ok(());
+            }
+            if let Some(local) = intent
+                .analysis
+                .as_ref()
+                .and_then(|a| a.local.clone())
+                .filter(|_| header.tag == b'Q')
+            {
+                self.client_buf.advance(len);
+                return self.answer_locally(local).await;
+            }
+            if self.answer_local_batch().await? {
+                return Ok(());
+            }
         }
         if header.tag == b'P' && self.client_buf.get(self.to_server.scanned() + HEADER_LEN) == Some(&0) {
             // The client's unnamed statement is the one this Parse prepares on a server.
             self.local_statements.unnamed_replaced();
-        }
-        if header.tag == b'Q'
-            && let Some(local) = intent.analysis.as_ref().and_then(|a| a.local.clone())
-        {
-            if self.can_answer_locally() {
-                self.client_buf.advance(len);
-                return self.answer_locally(local).await;
-            }
-            // Inside an unfinished extended-protocol batch the client may wait for nothing: the server answers.
-            if !self.batch_open {
-                self.held = Some(Hold::UntilQuiet);
-                return Ok(());
-            }
         }
         if self.server.as_ref().is_some_and(|s| s.work.is_none()) {
             self.resume_unit(intent.wants).await?;
@@ -513,10 +513,10 @@ impl Relay {
         self.stream = stream;
     }
 
-    /// The message starts an extended-protocol batch about a statement pgsplit answers.
-    fn starts_local_batch(&self, header: Header, intent: &Intent) -> bool {
+    /// The message is a Query, or starts an extended-protocol batch, about a statement pgsplit answers.
+    fn starts_local_answer(&self, header: Header, intent: &Intent) -> bool {
         match header.tag {
-            b'P' => intent.analysis.as_ref().is_some_and(|a| a.local.is_some()),
+            b'Q' | b'P' => intent.analysis.as_ref().is_some_and(|a| a.local.is_some()),
             b'B' | b'D' | b'C' => {
                 let at = self.to_server.scanned();
                 let body = &self.client_buf[at + HEADER_LEN..at + header.frame_len()];
