@@ -23,11 +23,14 @@ pub use admin_client::AdminClient;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(config_path: &Path) -> ExitCode {
-    if let Err(errors) = crate::config::Config::load(config_path) {
-        eprintln!("{errors}");
-        return ExitCode::from(1);
-    }
-    let runtime = match runtime() {
+    let config = match crate::config::Config::load(config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match runtime(config.proxy.workers) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -53,8 +56,10 @@ pub fn run(config_path: &Path) -> ExitCode {
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+/// The runtime sessions run on, with `workers` threads.
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .map_err(|error| {
@@ -89,7 +94,7 @@ pub fn check(config_path: &Path) -> ExitCode {
 }
 
 pub fn demo() -> ExitCode {
-    let runtime = match runtime() {
+    let runtime = match runtime(1) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };

@@ -132,6 +132,8 @@ pub struct ProxyConfig {
     pub max_client_connections: usize,
     /// Bytes; a client message longer than this is FATAL 08P01.
     pub max_message_size: usize,
+    /// Threads that run sessions; read when pgsplit starts.
+    pub workers: usize,
     pub admin_token: Option<String>,
     pub tls: Option<ClientTlsConfig>,
 }

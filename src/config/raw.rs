@@ -42,6 +42,7 @@ pub(super) struct RawProxy {
     pub pool_mode: Option<PoolMode>,
     pub max_client_connections: Option<Spanned<i64>>,
     pub max_message_size: Option<Spanned<Scalar>>,
+    pub workers: Option<Spanned<i64>>,
     pub admin_token: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawClientTls>>,
 }

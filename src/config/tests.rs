@@ -294,6 +294,23 @@ fn zero_health_durations_are_rejected() {
 }
 
 #[test]
+fn workers_default_to_one_and_are_bounded() {
+    assert_eq!(parse(MINIMAL).expect("minimal config").proxy.workers, 1);
+    let four = parse(&minimal_plus("[proxy]\nworkers = 4\n")).expect("4 workers");
+    assert_eq!(four.proxy.workers, 4);
+    expect(
+        &minimal_plus("[proxy]\nworkers = 0\n"),
+        "workers = 0",
+        "at least 1, got 0",
+    );
+    expect(
+        &minimal_plus("[proxy]\nworkers = 300\n"),
+        "workers = 300",
+        "at most 256, got 300",
+    );
+}
+
+#[test]
 fn max_message_size_must_be_at_least_1kb() {
     expect(
         &minimal_plus("[proxy]\nmax_message_size = \"1023B\"\n"),

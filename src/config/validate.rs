@@ -32,6 +32,10 @@ const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Ad
 const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 5000;
 const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 << 20;
 const MIN_MESSAGE_SIZE: u64 = 1 << 10;
+/// One thread, as PgBouncer: on a machine the proxy shares with its clients and servers, a second worker costs more
+/// CPU per transaction in cross-thread wake-ups than it gives (docs/benchmarks.md).
+const DEFAULT_WORKERS: usize = 1;
+const MAX_WORKERS: usize = 256;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_LEADER_NAME: &str = "leader";
 const DEFAULT_MAX_CONNECTIONS: usize = 20;
@@ -92,6 +96,15 @@ impl Checker {
             }
             token.get_ref().clone()
         });
+        let workers = self.count(raw.workers.as_ref(), "proxy.workers", DEFAULT_WORKERS);
+        if let Some(value) = &raw.workers
+            && workers > MAX_WORKERS
+        {
+            self.report(
+                Some(value.span()),
+                format!("proxy.workers must be at most {MAX_WORKERS}, got {workers}"),
+            );
+        }
         ProxyConfig {
             listen,
             admin_listen,
@@ -103,6 +116,7 @@ impl Checker {
             ),
             // Only a 32-bit machine could fail this; a limit past its address space means no limit.
             max_message_size: usize::try_from(max_message_size).unwrap_or(usize::MAX),
+            workers,
             admin_token,
             tls: raw.tls.as_ref().map(|tls| self.client_tls(tls, base_dir)),
         }

@@ -253,6 +253,10 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         differ.push("proxy.pool_mode");
         new.proxy.pool_mode = old.proxy.pool_mode;
     }
+    if old.proxy.workers != new.proxy.workers {
+        differ.push("proxy.workers");
+        new.proxy.workers = old.proxy.workers;
+    }
     if old.proxy.tls != new.proxy.tls {
         differ.push("proxy.tls");
         new.proxy.tls = old.proxy.tls.clone();
