@@ -1,5 +1,7 @@
 //! Server connections to one instance: the cap (`max_connections`), the idle list, and a FIFO queue of clients
-//! waiting for a connection, each with its own deadline (`server.checkout_timeout`).
+//! waiting for a connection, each with its own deadline (`server.checkout_timeout`). One sweeper task per pool,
+//! alive while anyone waits, ends the waits that pass their deadline: a checkout that waits registers no timer of
+//! its own (under load most checkouts wait, and a timer per checkout cost as much as routing it).
 //!
 //! A returned connection is handed straight to the oldest waiter of the same user/database; a waiter of another
 //! user/database gets the slot instead (the connection is closed to make room). The pool never parses SQL and
@@ -10,7 +12,7 @@ pub mod server;
 pub mod settings;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -28,7 +30,8 @@ pub struct InstancePool {
     name: Arc<str>,
     host: Arc<str>,
     port: u16,
-    state: Mutex<PoolState>,
+    /// Shared with the sweeper task.
+    state: Arc<Mutex<PoolState>>,
 }
 
 struct PoolState {
@@ -42,13 +45,17 @@ struct PoolState {
     /// Most recently returned last.
     idle: Vec<ServerConn>,
     waiters: VecDeque<Waiter>,
+    /// A sweeper task is running (it ends when nobody waits).
+    sweeping: bool,
     /// Per user and database: `is_superuser` and `session_authorization` differ between users.
     server_params: HashMap<ConnKey, ServerParams>,
 }
 
 struct Waiter {
     key: ConnKey,
+    /// Dropped unsent when the deadline passes: the waiter then knows it timed out.
     grant: oneshot::Sender<Grant>,
+    deadline: Instant,
 }
 
 /// What a waiter receives.
@@ -106,15 +113,16 @@ impl InstancePool {
             name: name.into(),
             host: host.into(),
             port,
-            state: Mutex::new(PoolState {
+            state: Arc::new(Mutex::new(PoolState {
                 max_connections,
                 connect_timeout,
                 retired: false,
                 total: 0,
                 idle: Vec::new(),
                 waiters: VecDeque::new(),
+                sweeping: false,
                 server_params: HashMap::new(),
-            }),
+            })),
         }
     }
 
@@ -164,7 +172,11 @@ impl InstancePool {
                 state.waiters.push_back(Waiter {
                     key: login.key.clone(),
                     grant,
+                    deadline: started + timeout,
                 });
+                if !std::mem::replace(&mut state.sweeping, true) {
+                    tokio::spawn(sweep(self.state.clone()));
+                }
                 Next::Wait(receiver)
             };
         };
@@ -174,17 +186,9 @@ impl InstancePool {
                 drop(evicted);
                 self.open(login).await
             }
-            Next::Wait(mut receiver) => {
-                let granted = match tokio::time::timeout(timeout, &mut receiver).await {
-                    Ok(result) => result.ok(),
-                    Err(_) => {
-                        // A grant may have been sent as the deadline passed: closing first makes later sends fail,
-                        // and whatever did arrive is used rather than leaked.
-                        receiver.close();
-                        receiver.try_recv().ok()
-                    }
-                };
-                match granted {
+            Next::Wait(receiver) => {
+                // Grants are sent and expired waiters dropped under the lock: a waiter gets one or the other.
+                match receiver.await.ok() {
                     Some(Grant::Conn(conn)) => Ok(*conn),
                     Some(Grant::Slot) => self.open(login).await,
                     None => Err(CheckoutError::Timeout {
@@ -307,9 +311,104 @@ impl InstancePool {
         state.total -= 1;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        // A panic while holding this lock cannot leave the state half-updated in a way that matters more than
-        // losing the proxy; recover the guard rather than poisoning every later checkout.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        lock(&self.state)
+    }
+}
+
+fn lock(state: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
+    // A panic while holding this lock cannot leave the state half-updated in a way that matters more than losing
+    // the proxy; recover the guard rather than poisoning every later checkout.
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Ends the waits whose deadline has passed, sleeping until the next one, for as long as anyone waits. A waiter
+/// queued with an earlier deadline than the one slept to (a reload shortened `checkout_timeout`) is ended at the
+/// next wake-up instead.
+async fn sweep(state: Arc<Mutex<PoolState>>) {
+    loop {
+        let next = {
+            let mut state = lock(&state);
+            let now = Instant::now();
+            // Dropping a waiter drops its grant sender: its checkout returns Timeout.
+            state.waiters.retain(|waiter| waiter.deadline > now);
+            match state.waiters.iter().map(|waiter| waiter.deadline).min() {
+                Some(deadline) => deadline,
+                None => {
+                    state.sweeping = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login() -> LoginInfo {
+        LoginInfo {
+            key: ConnKey {
+                user: "app".into(),
+                database: "app".into(),
+            },
+            password: "app".into(),
+        }
+    }
+
+    /// A pool that can never lend a connection (cap 0), so every checkout waits.
+    fn full_pool() -> InstancePool {
+        InstancePool::new("leader", "127.0.0.1", 1, 0, Duration::from_secs(1))
+    }
+
+    #[tokio::test]
+    async fn waits_end_at_their_own_deadlines_and_the_sweeper_stops_when_nobody_waits() {
+        let pool = Arc::new(full_pool());
+        let login = login();
+        let started = Instant::now();
+        let (short, long) = tokio::join!(
+            pool.checkout(&login, Duration::from_millis(40)),
+            pool.checkout(&login, Duration::from_millis(120)),
+        );
+        let waited = |result: Result<ServerConn, CheckoutError>| match result {
+            Err(CheckoutError::Timeout { waited, pool_size, .. }) => {
+                assert_eq!(pool_size, 0);
+                waited
+            }
+            Err(other) => panic!("expected a timeout, got {other}"),
+            Ok(_) => panic!("expected a timeout, got a connection"),
+        };
+        let (short, long) = (waited(short), waited(long));
+        assert!(
+            short >= Duration::from_millis(40) && short < Duration::from_millis(120),
+            "{short:?}"
+        );
+        assert!(long >= Duration::from_millis(120), "{long:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let state = pool.lock();
+        assert!(state.waiters.is_empty());
+        assert!(!state.sweeping, "the sweeper ends with the last wait");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_granted_before_its_deadline_is_not_timed_out() {
+        let pool = Arc::new(full_pool());
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout(&login(), Duration::from_secs(5)).await }
+        });
+        while pool.stats().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        // A raised cap grants the waiter a slot: it tries to connect (port 1 refuses) instead of waiting on.
+        pool.set_limits(1, Duration::from_secs(1));
+        match waiting.await.expect("checkout task") {
+            Err(CheckoutError::Connect { .. }) => {}
+            Err(other) => panic!("expected a connect error, got {other}"),
+            Ok(_) => panic!("nothing listens on port 1"),
+        }
+        assert_eq!(pool.stats().total, 0, "the failed slot is given back");
     }
 }

@@ -16,6 +16,7 @@ pub mod replies;
 mod retry;
 mod server;
 pub mod statements;
+mod stop;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -17,13 +17,13 @@
 use std::io::ErrorKind;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use super::cancel::CancelSlot;
 use super::floor::ReadFloor;
@@ -34,6 +34,7 @@ use super::plan::{Change, StreamState};
 use super::replies::{Answer, Expected, Replies, Request, Undo};
 use super::retry::Retry;
 use super::statements::{Statements, ToServer};
+use super::stop::StopSignal;
 use crate::config::PoolMode;
 use crate::pool::server::READ_CHUNK;
 use crate::pool::{LoginInfo, ServerConn, Settings};
@@ -90,7 +91,7 @@ pub struct Relay {
     pub(super) functions: Arc<FunctionSet>,
     pub(super) functions_checked: Instant,
     pub(super) cancel: Arc<CancelSlot>,
-    pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) stop: StopSignal,
 
     pub(super) client: TcpStream,
     /// Bytes from the client, scanned up to `to_server.scanned()`.
@@ -179,7 +180,7 @@ impl Relay {
             max_message_size: config.proxy.max_message_size,
             functions,
             functions_checked: Instant::now(),
-            shutdown: ctx.shutdown.clone(),
+            stop: StopSignal::new(ctx.shutdown.clone()),
             ctx,
             endpoint,
             login,
@@ -282,6 +283,10 @@ impl Relay {
         }
     }
 
+    /// Waits for the first thing the relay can act on, in this order: a stop, taken only when nothing is in flight
+    /// (so a client cannot keep a stopping proxy busy); writes due to the server, then to the client; reads from
+    /// the server, then from the client. Readiness is
+    /// polled on the sockets themselves (one waker slot per direction), not through futures made anew each turn.
     async fn next_event(&mut self) -> Event {
         let read_client = !self.terminating
             && self.to_server.pending() < BACKPRESSURE
@@ -293,35 +298,36 @@ impl Relay {
         // Replies held for a possible re-run are not due yet: waiting to write them would spin.
         let client_due = !self.to_client.is_empty() && self.retry.is_none();
         let server_due = !self.to_server.is_empty();
-        match self.server.as_mut() {
-            Some(server) => {
-                if quiet && *self.shutdown.borrow() {
-                    return Event::Shutdown;
-                }
-                let server = &mut server.conn;
-                let read_server = self.to_client.pending() < BACKPRESSURE;
-                if read_server {
-                    server.buf.reserve(READ_CHUNK);
-                }
-                tokio::select! {
-                    biased;
-                    r = server.stream.writable(), if server_due => Event::ServerWritable(r),
-                    r = self.client.writable(), if client_due => Event::ClientWritable(r),
-                    r = server.stream.readable(), if read_server => Event::ServerReadable(r),
-                    r = self.client.readable(), if read_client => Event::ClientReadable(r),
-                    _ = self.shutdown.changed(), if quiet => Event::Shutdown,
-                }
-            }
-            None => {
-                if *self.shutdown.borrow() {
-                    return Event::Shutdown;
-                }
-                tokio::select! {
-                    r = self.client.readable() => Event::ClientReadable(r),
-                    _ = self.shutdown.changed() => Event::Shutdown,
-                }
-            }
+        let read_server = self.to_client.pending() < BACKPRESSURE;
+        if let Some(server) = self.server.as_mut().filter(|_| read_server) {
+            server.conn.buf.reserve(READ_CHUNK);
         }
+        let (client, stop) = (&self.client, &mut self.stop);
+        let server = self.server.as_ref().map(|s| &s.conn.stream);
+        std::future::poll_fn(|cx| {
+            // Without a server nothing is in flight.
+            if (quiet || server.is_none()) && stop.poll_stopping(cx) {
+                return Poll::Ready(Event::Shutdown);
+            }
+            if let Some(server) = server {
+                if server_due && let Poll::Ready(r) = server.poll_write_ready(cx) {
+                    return Poll::Ready(Event::ServerWritable(r));
+                }
+                if client_due && let Poll::Ready(r) = client.poll_write_ready(cx) {
+                    return Poll::Ready(Event::ClientWritable(r));
+                }
+                if read_server && let Poll::Ready(r) = server.poll_read_ready(cx) {
+                    return Poll::Ready(Event::ServerReadable(r));
+                }
+            }
+            if (read_client || server.is_none())
+                && let Poll::Ready(r) = client.poll_read_ready(cx)
+            {
+                return Poll::Ready(Event::ClientReadable(r));
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Scans newly read client bytes, routing each unit of work at its first message.
