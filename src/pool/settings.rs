@@ -105,6 +105,10 @@ impl Settings {
 
     /// The statement that turns `server`'s settings into these, or None when they already match.
     pub fn sync_sql(&self, server: &Settings) -> Option<String> {
+        // The usual checkout: the connection last served a client with the same settings, recorded in the same order.
+        if self == server {
+            return None;
+        }
         let mut sql = String::new();
         for (name, value) in &self.values {
             let on_server = server
