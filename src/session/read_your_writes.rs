@@ -17,11 +17,12 @@ use tokio::io::AsyncWriteExt;
 use super::floor::{Needs, PROBE_SQL, REPLAY_SQL};
 use super::relay::{Attached, Relay, SessionEnd};
 use super::replies::{Expected, Replies};
-use crate::config::{Config, PoolMode};
+use crate::config::PoolMode;
 use crate::protocol::frame::Framer;
 use crate::protocol::messages::{self, TxStatus};
 use crate::proxy::Endpoint;
 use crate::router::{Floor, Wants};
+use crate::topology::Topology;
 use crate::topology::monitor::parse_lsn;
 
 /// The first pause between two questions to a follower that has not caught up yet; it doubles up to the cap.
@@ -83,17 +84,20 @@ impl Relay {
     }
 
     /// What a unit wanting `wants` must respect: only reads from the main endpoint have a floor.
-    pub(super) fn read_needs(&mut self, wants: Wants, config: &Config) -> Needs {
+    pub(super) fn read_needs(&mut self, wants: Wants, topology: &Topology) -> Needs {
         if !matches!(wants, Wants::Follower(_)) || !matches!(self.endpoint, Endpoint::Main) {
             return Needs::Nothing;
         }
+        let config = &topology.config;
         let routing = &config.routing;
         if !routing.read_your_writes {
             return Needs::Nothing;
         }
-        let leader = self.ctx.topology.load().leader.clone();
-        self.floor
-            .needs(routing.read_your_writes_wait, &leader.health, config.health.timeout)
+        self.floor.needs(
+            routing.read_your_writes_wait,
+            &topology.leader.health,
+            config.health.timeout,
+        )
     }
 
     /// Asks the attached follower how far it has replayed — first when it is `expected` to be past `floor`, then

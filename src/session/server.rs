@@ -39,18 +39,20 @@ impl Relay {
     pub(super) async fn route_and_attach(&mut self, wants: Wants) -> Result<(), SqlError> {
         let wants = self.wants_here(wants);
         let direction = direction_of(wants);
-        let config = self.ctx.topology.load().config.clone();
-        // A leader that cannot be reached is retried until this deadline.
-        let deadline = Instant::now() + config.server.checkout_timeout;
+        let started = Instant::now();
         loop {
             self.ctx.control.gate.wait_open(direction).await;
-            let needs = self.read_needs(wants, &config);
+            // One snapshot per attempt: the routing decision and the checkout see the same topology.
+            let topology = self.ctx.topology.load_full();
+            let config = &topology.config;
+            // A leader that cannot be reached is retried until this deadline.
+            let deadline = started + config.server.checkout_timeout;
+            let needs = self.read_needs(wants, &topology);
             let floor = match needs {
                 Needs::Floor(floor) => Some(floor),
                 Needs::Nothing | Needs::Leader => None,
             };
             let (decision, pool) = {
-                let topology = self.ctx.topology.load();
                 let (pool, fallback) = match &self.endpoint {
                     Endpoint::Main => (topology.read_pool.map(|i| &topology.pools[i]), config.routing.fallback),
                     Endpoint::Pool(name) => (topology.pools.iter().find(|p| p.name == *name), Fallback::Error),
@@ -64,26 +66,27 @@ impl Relay {
             };
             let role = match wants {
                 Wants::Leader(_) => Role::Leader,
-                Wants::Follower(_) if Arc::ptr_eq(&decision.instance, &self.ctx.topology.load().leader) => Role::Leader,
+                Wants::Follower(_) if Arc::ptr_eq(&decision.instance, &topology.leader) => Role::Leader,
                 Wants::Follower(_) => Role::Follower,
             };
             let writes = direction == Direction::Writes;
-            let (instance, reason) = match self.attach(&decision.instance, role, writes).await {
+            let checkout_timeout = config.server.checkout_timeout;
+            let (instance, reason) = match self.attach(&decision.instance, role, writes, checkout_timeout).await {
                 Ok(()) => match (decision.confirm, &floor) {
                     (Some(expected), Some(floor)) if !self.confirm_replayed(floor, expected).await => {
                         // Not caught up in time: the read runs on the leader.
                         self.detach();
                         let leader = self.ctx.topology.load().leader.clone();
-                        self.attach(&leader, Role::Leader, false).await?;
+                        self.attach(&leader, Role::Leader, false, checkout_timeout).await?;
                         (leader, RouteReason::ReadYourWrites)
                     }
                     _ => (decision.instance, decision.reason),
                 },
                 // A follower that cannot take the read: the leader can, unless this endpoint serves followers only.
-                Err(error) if role == Role::Follower && self.may_fall_back(&config) => {
+                Err(error) if role == Role::Follower && self.may_fall_back(config) => {
                     tracing::debug!(instance = %decision.instance.name, %error, "follower unavailable; reading on the leader");
                     let leader = self.ctx.topology.load().leader.clone();
-                    self.attach(&leader, Role::Leader, false).await?;
+                    self.attach(&leader, Role::Leader, false, checkout_timeout).await?;
                     (leader, RouteReason::Fallback)
                 }
                 // The leader is down: a promotion may come, or the leader may return, before the deadline.
@@ -118,8 +121,13 @@ impl Relay {
     }
 
     /// Borrows a connection on `instance`, counted as a running unit (one that may write, if `writes`).
-    pub(super) async fn attach(&mut self, instance: &Arc<Instance>, role: Role, writes: bool) -> Result<(), SqlError> {
-        let checkout_timeout = self.ctx.topology.load().config.server.checkout_timeout;
+    pub(super) async fn attach(
+        &mut self,
+        instance: &Arc<Instance>,
+        role: Role,
+        writes: bool,
+        checkout_timeout: Duration,
+    ) -> Result<(), SqlError> {
         let conn = borrow(&instance.pool, &self.login, &self.wanted, checkout_timeout).await?;
         self.cancel.set(Some(conn.cancel.clone()));
         self.server = Some(Attached {
