@@ -2,7 +2,7 @@
 //! analysis of a Query or Parse, the remembered analysis of the statement a Bind or Describe names, and, for an
 //! extended-protocol batch routed to a follower, a look ahead to its Sync to be sure nothing in it writes.
 
-use super::plan::{Analysis, Plan, SqlPrepared, StreamState, analyze};
+use super::plan::{Analysis, Plan, SqlPrepared, StreamState};
 use super::relay::Relay;
 use crate::protocol::extended;
 use crate::protocol::frame::{HEADER_LEN, Header, peek_header, read_cstr};
@@ -42,7 +42,7 @@ impl Relay {
                     intent.wants = Wants::Leader(RouteReason::Write(Reason::Unparsable));
                     return intent;
                 };
-                let mut analysis = analyze(sql, &self.functions);
+                let mut analysis = self.analyses.analyze(sql, &self.functions);
                 if header.tag == b'P' {
                     analysis.pin_if_prepares();
                 }
@@ -123,7 +123,7 @@ impl Relay {
                     Some((name, definition)) => {
                         parsed.push(name);
                         std::str::from_utf8(extended::definition_query(definition))
-                            .is_ok_and(|sql| reads(&analyze(sql, &self.functions), &mut stream))
+                            .is_ok_and(|sql| reads(&self.analyses.analyze(sql, &self.functions), &mut stream))
                     }
                     None => false,
                 },

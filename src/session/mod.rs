@@ -3,6 +3,7 @@
 //! Owns the per-client state; borrows server connections from the pool through the relay. Never parses SQL
 //! itself (that is the router's job) and never holds a server connection longer than the pool mode allows.
 
+mod analyses;
 pub mod cancel;
 pub mod floor;
 mod from_server;

@@ -25,6 +25,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::analyses::Analyses;
 use super::cancel::CancelSlot;
 use super::floor::ReadFloor;
 use super::intent::Intent;
@@ -90,6 +91,8 @@ pub struct Relay {
     /// Which functions write, for this client's database; re-checked against the catalog now and then.
     pub(super) functions: Arc<FunctionSet>,
     pub(super) functions_checked: Instant,
+    /// Analyses of the texts this client repeats.
+    pub(super) analyses: Analyses,
     pub(super) cancel: Arc<CancelSlot>,
     pub(super) stop: StopSignal,
 
@@ -180,6 +183,7 @@ impl Relay {
             max_message_size: config.proxy.max_message_size,
             functions,
             functions_checked: Instant::now(),
+            analyses: Analyses::default(),
             stop: StopSignal::new(ctx.shutdown.clone()),
             ctx,
             endpoint,
@@ -187,7 +191,7 @@ impl Relay {
             wanted,
             cancel,
             client,
-            client_buf: BytesMut::with_capacity(READ_CHUNK),
+            client_buf: BytesMut::new(),
             client_framer: Framer::default(),
             to_server: Outflow::default(),
             server: None,
@@ -236,7 +240,7 @@ impl Relay {
                 return SessionEnd::ClientGone;
             }
             let result = match self.next_event().await {
-                Event::ClientReadable(Ok(())) => match read_now(&self.client, &mut self.client_buf) {
+                Event::ClientReadable(Ok(())) => match self.read_from_client() {
                     Ok(0) => return SessionEnd::ClientGone,
                     Ok(_) => self.on_client_data().await,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
@@ -285,15 +289,12 @@ impl Relay {
 
     /// Waits for the first thing the relay can act on, in this order: a stop, taken only when nothing is in flight
     /// (so a client cannot keep a stopping proxy busy); writes due to the server, then to the client; reads from
-    /// the server, then from the client. Readiness is
-    /// polled on the sockets themselves (one waker slot per direction), not through futures made anew each turn.
+    /// the server, then from the client. Readiness is polled on the sockets themselves (one waker slot per
+    /// direction), not through futures made anew each turn.
     async fn next_event(&mut self) -> Event {
         let read_client = !self.terminating
             && self.to_server.pending() < BACKPRESSURE
             && !(self.held.is_some() && self.client_buf.len() >= BACKPRESSURE);
-        if read_client {
-            self.client_buf.reserve(READ_CHUNK);
-        }
         let quiet = self.is_quiet();
         // Replies held for a possible re-run are not due yet: waiting to write them would spin.
         let client_due = !self.to_client.is_empty() && self.retry.is_none();
@@ -328,6 +329,13 @@ impl Relay {
             Poll::Pending
         })
         .await
+    }
+
+    /// Reads what the client sent. The buffer grows only once there is something to read: an idle client holds
+    /// no read buffer until its first message.
+    fn read_from_client(&mut self) -> std::io::Result<usize> {
+        self.client_buf.reserve(READ_CHUNK);
+        read_now(&self.client, &mut self.client_buf)
     }
 
     /// Scans newly read client bytes, routing each unit of work at its first message.
