@@ -184,13 +184,13 @@ impl InstancePool {
             Next::Ready(conn) => Ok(conn),
             Next::Open { evicted } => {
                 drop(evicted);
-                self.open(login).await
+                Box::pin(self.open(login)).await
             }
             Next::Wait(receiver) => {
                 // Grants are sent and expired waiters dropped under the lock: a waiter gets one or the other.
                 match receiver.await.ok() {
                     Some(Grant::Conn(conn)) => Ok(*conn),
-                    Some(Grant::Slot) => self.open(login).await,
+                    Some(Grant::Slot) => Box::pin(self.open(login)).await,
                     None => Err(CheckoutError::Timeout {
                         instance: self.name.clone(),
                         pool_size: self.lock().max_connections,
@@ -201,7 +201,8 @@ impl InstancePool {
         }
     }
 
-    /// Opens a connection for a slot already counted in `total`; gives the slot back on failure.
+    /// Opens a connection for a slot already counted in `total`; gives the slot back on failure. Callers box this
+    /// future: a login's state is large, and unboxed it would sit in every session's task for its whole life.
     async fn open(&self, login: &LoginInfo) -> Result<ServerConn, CheckoutError> {
         let connect_timeout = self.lock().connect_timeout;
         match ServerConn::connect(&self.host, self.port, login, connect_timeout).await {

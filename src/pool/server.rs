@@ -140,7 +140,8 @@ impl ServerConn {
     /// Applies `wanted` if this connection's settings differ (one round trip), else does nothing.
     pub async fn sync_settings(&mut self, wanted: &Settings) -> Result<(), ConnectError> {
         if let Some(sql) = wanted.sync_sql(&self.settings) {
-            self.run_own(&sql).await?;
+            // Boxed: rarely needed, and its state would otherwise weigh on every session's task.
+            Box::pin(self.run_own(&sql)).await?;
             self.settings.clone_from(wanted);
         }
         Ok(())

@@ -28,7 +28,6 @@ use tokio::net::TcpStream;
 use super::analyses::Analyses;
 use super::cancel::CancelSlot;
 use super::floor::ReadFloor;
-use super::intent::Intent;
 use super::local::LocalStatements;
 use super::outflow::Outflow;
 use super::plan::{Change, StreamState};
@@ -45,6 +44,7 @@ use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
 use crate::proxy::{Context, Endpoint};
 use crate::router::{FunctionSet, RouteReason, Wants};
+use crate::session::intent::Intent;
 use crate::topology::{Instance, Role, WorkGuard};
 
 /// Stop reading a side while this much of its data waits to be written to the other.
@@ -220,8 +220,9 @@ impl Relay {
         }
     }
 
-    /// Runs until the client leaves or a fatal error; a fatal error is sent to the client before returning.
-    pub async fn run(mut self) -> SessionEnd {
+    /// Runs until the client leaves or a fatal error; a fatal error is sent to the client before returning. Takes
+    /// the relay by reference: by value, the task would hold the relay twice (once as the argument, once moved).
+    pub async fn run(&mut self) -> SessionEnd {
         let end = self.relay().await;
         if let SessionEnd::Fatal(error) = &end {
             self.out.clear();
@@ -372,7 +373,8 @@ impl Relay {
             }
         }
         if matches!(header.tag, b'Q' | b'P') && self.functions_checked.elapsed() >= FUNCTIONS_RECHECK {
-            self.functions = self.ctx.functions.for_database(&self.login.key.database).await;
+            // Boxed: a catalog load's state is large, and this runs once a second at most.
+            self.functions = Box::pin(self.ctx.functions.for_database(&self.login.key.database)).await;
             self.functions_checked = Instant::now();
         }
         let mut intent = self.intent(header);
