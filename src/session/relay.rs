@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use super::analyses::Analyses;
 use super::cancel::CancelSlot;
 use super::floor::ReadFloor;
+use super::intent::Intent;
 use super::local::LocalStatements;
 use super::outflow::Outflow;
 use super::plan::{Change, StreamState};
@@ -44,7 +45,6 @@ use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
 use crate::proxy::{Context, Endpoint};
 use crate::router::{FunctionSet, RouteReason, Wants};
-use crate::session::intent::Intent;
 use crate::topology::{Instance, Role, WorkGuard};
 
 /// Stop reading a side while this much of its data waits to be written to the other.
