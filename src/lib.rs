@@ -8,6 +8,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fast_hash;
 pub mod logging;
 pub mod pool;
 pub mod protocol;

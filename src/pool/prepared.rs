@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{BufMut, BytesMut};
 
+use crate::fast_hash::FastHashMap;
+
 /// Prefix of every server-side statement name pgsplit creates.
 pub const NAME_PREFIX: &str = "pgsplit_";
 
@@ -72,6 +74,7 @@ pub struct StatementTable {
 
 #[derive(Debug, Default)]
 struct TableInner {
+    /// SipHash: shared by all clients and keyed by their SQL text.
     by_definition: HashMap<Box<[u8]>, Weak<ServerStatement>>,
     next_id: u64,
     /// Sweep statements nobody holds when the table grows past this.
@@ -124,7 +127,7 @@ impl StatementTable {
 #[derive(Debug, Default)]
 pub struct PreparedCache {
     /// Statement id → the statement and when it was last used (a counter, not a clock).
-    used: HashMap<u64, (Arc<ServerStatement>, u64)>,
+    used: FastHashMap<u64, (Arc<ServerStatement>, u64)>,
     clock: u64,
 }
 

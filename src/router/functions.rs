@@ -4,10 +4,8 @@
 //! Owns the name lists and the lookup; knows nothing of SQL syntax beyond "a name, maybe schema-qualified". Built once
 //! per config/catalog load, then only read: a lookup never allocates.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use super::lexer::{Lexer, MAX_IDENTIFIER_LEN, TokenKind, fold_identifier, identifier};
+use crate::fast_hash::FastHashMap;
 
 /// Built-in functions that make a statement a write: every built-in a hot standby refuses, or whose effect or answer
 /// belongs to the leader's session or state. Matched under any schema (the built-ins live in `pg_catalog`, but
@@ -140,7 +138,9 @@ const SESSION_ADVISORY_LOCKS: &[&str] = &[
 /// Names are stored as PostgreSQL stores them (case-folded unless quoted) and looked up exactly.
 #[derive(Clone, Debug)]
 pub struct FunctionSet {
-    by_name: HashMap<Box<str>, Schemas, BuildHasherDefault<NameHasher>>,
+    /// FxHash: the keys come from built-ins, config and catalog; client text only looks names up, and a lookup
+    /// cannot lengthen the probe chains of keys it did not insert.
+    by_name: FastHashMap<Box<str>, Schemas>,
     longest: usize,
 }
 
@@ -175,7 +175,7 @@ impl FunctionSet {
         volatile_user_functions: impl IntoIterator<Item = (S, N)>,
     ) -> Self {
         let mut set = FunctionSet {
-            by_name: HashMap::default(),
+            by_name: FastHashMap::default(),
             longest: 0,
         };
         let safe: Vec<_> = read_only_functions
@@ -222,36 +222,6 @@ impl FunctionSet {
         self.by_name
             .get(name)
             .is_some_and(|s| s.any || schema.is_none_or(|schema| s.listed.iter().any(|l| &**l == schema)))
-    }
-}
-
-/// FxHash (as in rustc): a few instructions per word, where SipHash is a few per byte. Safe without a random seed
-/// here: the keys come from built-ins, config and catalog; client text only looks names up, and a lookup cannot
-/// lengthen the probe chains of keys it did not insert.
-#[derive(Clone, Copy, Default)]
-struct NameHasher(u64);
-
-impl NameHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for NameHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.add(u64::from(byte));
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

@@ -5,9 +5,11 @@
 //! slot, and the memory a session spends on this stays small.
 
 use std::cell::RefCell;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use super::plan::{Analysis, analyze};
+use crate::fast_hash::FastBuildHasher;
 use crate::router::FunctionSet;
 
 const SLOTS: usize = 8;
@@ -46,7 +48,7 @@ impl Analyses {
                 ..Slots::default()
             };
         }
-        let hash = hash(sql.as_bytes());
+        let hash = FastBuildHasher::default().hash_one(sql);
         let slot = (hash % SLOTS as u64) as usize;
         if let Some(Some((text, analysis))) = slots.kept.get(slot)
             && **text == *sql
@@ -64,20 +66,6 @@ impl Analyses {
         }
         analysis
     }
-}
-
-/// FxHash over 8-byte words: a few instructions a word, and a collision only costs a text comparison.
-fn hash(bytes: &[u8]) -> u64 {
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-    let mut hash = bytes.len() as u64;
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        let word = u64::from_le_bytes(word.try_into().expect("chunks of 8"));
-        hash = (hash.rotate_left(5) ^ word).wrapping_mul(SEED);
-    }
-    let mut tail = [0u8; 8];
-    tail[..words.remainder().len()].copy_from_slice(words.remainder());
-    (hash.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(SEED)
 }
 
 #[cfg(test)]
@@ -153,6 +141,5 @@ mod tests {
                 assert_eq!(kept.discards_statements(), fresh.discards_statements(), "{sql}");
             }
         }
-        assert_ne!(hash(b"SELECT 1"), hash(b"SELECT 2"));
     }
 }

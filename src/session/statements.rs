@@ -8,7 +8,6 @@
 //! here: the server-side statement may serve other clients. Every message sent is entered in [`Replies`], so the
 //! client gets exactly the answers it asked for, in order.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -16,6 +15,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use super::outflow::Outflow;
 use super::plan::{Analysis, SqlPrepared};
 use super::replies::{Answer, Expected, Replies, Request, Undo};
+use crate::fast_hash::FastHashMap;
 use crate::pool::prepared::{
     Definition, NAME_PREFIX, PreparedCache, ServerStatement, StatementTable, put_name, put_sql_name,
 };
@@ -33,7 +33,8 @@ pub struct ClientStatement {
 /// The client's prepared statements by the client's names, and its unnamed statement's analysis.
 #[derive(Debug, Default)]
 pub struct Statements {
-    named: HashMap<Box<[u8]>, ClientStatement>,
+    /// FxHash: the names are this client's own; colliding ones would slow only its own session.
+    named: FastHashMap<Box<[u8]>, ClientStatement>,
     unnamed: Option<Analysis>,
 }
 
