@@ -2,13 +2,14 @@
 //! local cluster (`pgsplit::demo::cluster`). `cargo bench --bench e2e`; docs/benchmarks.md explains the method and
 //! holds the last results.
 //!
-//! Within each workload the targets run back to back (direct, PgBouncer, pgsplit), so ratios compare within one run
-//! on a noisy machine. Per run: tps, average latency, latency added over direct at one client, the proxy's CPU time
+//! Within each workload the targets run back to back (direct, PgBouncer, pgsplit, then a baseline pgsplit build if
+//! one is given), so ratios compare within one run on a noisy machine. Per run: tps, average latency, latency added over direct at one client, the proxy's CPU time
 //! per transaction (utime+stime from /proc), failed transactions; then each proxy's memory per idle client. Every
 //! child process is stopped by PID on the way out, also on error or panic.
 //!
 //! Environment: PGSPLIT_BENCH_SECS (8), PGSPLIT_BENCH_POOL (8), PGSPLIT_BENCH_FOLLOWERS (2),
-//! PGSPLIT_BENCH_IDLE_CLIENTS (500), PGSPLIT_BENCH_SCALE (10).
+//! PGSPLIT_BENCH_IDLE_CLIENTS (500), PGSPLIT_BENCH_SCALE (10), PGSPLIT_BENCH_BASELINE (another pgsplit binary to run
+//! beside this one in transaction pooling, for an A/B comparison; none by default).
 
 #[path = "e2e/procs.rs"]
 mod procs;
@@ -39,6 +40,8 @@ const MOST_CLIENTS: usize = 16;
 /// PgBouncer's database names for the two pooling modes (both lead to the app database).
 const BOUNCER_TXN_DB: &str = "app_txn";
 const BOUNCER_SESSION_DB: &str = "app_session";
+/// The baseline build's file name in the scratch dir (beside `pgsplit`, this build).
+const BASELINE_BINARY: &str = "pgsplit-baseline";
 
 struct Settings {
     secs: u64,
@@ -46,6 +49,8 @@ struct Settings {
     followers: usize,
     idle_clients: usize,
     scale: u32,
+    /// Another pgsplit build, compared with this one in transaction pooling.
+    baseline: Option<PathBuf>,
 }
 
 impl Settings {
@@ -56,6 +61,7 @@ impl Settings {
             followers: env_number("PGSPLIT_BENCH_FOLLOWERS", 2)?,
             idle_clients: env_number("PGSPLIT_BENCH_IDLE_CLIENTS", 500)?,
             scale: env_number("PGSPLIT_BENCH_SCALE", 10)?,
+            baseline: std::env::var_os("PGSPLIT_BENCH_BASELINE").map(PathBuf::from),
         })
     }
 }
@@ -65,6 +71,8 @@ enum Kind {
     Direct,
     PgBouncer,
     Pgsplit,
+    /// The baseline build (`PGSPLIT_BENCH_BASELINE`).
+    Baseline,
 }
 
 /// Somewhere pgbench can connect to.
@@ -130,6 +138,10 @@ fn run() -> Result<()> {
     // Other builds in the same target dir may replace the binary while the bench runs: freeze the one cargo built.
     let pgsplit = work.path("pgsplit");
     std::fs::copy(env!("CARGO_BIN_EXE_pgsplit"), &pgsplit).context("copying the pgsplit binary")?;
+    if let Some(baseline) = &settings.baseline {
+        std::fs::copy(baseline, work.path(BASELINE_BINARY))
+            .with_context(|| format!("copying the baseline binary {}", baseline.display()))?;
+    }
     let base_dir = unique_base_dir()?;
     // Declared before the cluster, so dropped after it: it finds nothing left unless the bench died first.
     let _watchdog = Watchdog::spawn(&tools, &base_dir)?;
@@ -172,7 +184,7 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
         memory.push((target.name, idle_memory(target, settings.idle_clients)));
     }
 
-    let mut ratios = Vec::new();
+    let (mut ratios, mut baseline_ratios) = (Vec::new(), Vec::new());
     for workload in &WORKLOADS {
         let targets = if workload.session {
             &session_targets
@@ -197,9 +209,13 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
             }
         }
         report::print_table(workload, &rows);
-        ratios.extend(report::cpu_ratios(workload, &rows));
+        ratios.extend(report::cpu_ratios(workload, &rows, Kind::PgBouncer));
+        baseline_ratios.extend(report::cpu_ratios(workload, &rows, Kind::Baseline));
     }
-    report::print_ratios(&ratios);
+    report::print_ratios("pgbouncer", &ratios);
+    if proxies.pgsplit_baseline.is_some() {
+        report::print_ratios("baseline", &baseline_ratios);
+    }
     split_reads(cluster, tools, &split_target, settings)?;
     report::print_memory(&memory);
     proxies.stop_all();
@@ -210,12 +226,15 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
 struct Proxies {
     leader_port: u16,
     session_pool: usize,
-    /// `[transaction, session]` listen ports; then PgBouncer's; then the read-splitting pgsplit's.
-    ports: [u16; 4],
+    /// `[transaction, session]` listen ports; then PgBouncer's; then the read-splitting pgsplit's; then the
+    /// baseline's.
+    ports: [u16; 5],
     pgsplit_txn: ProxyProcess,
     pgsplit_session: ProxyProcess,
     /// Transaction pooling with the followers as its read pool.
     pgsplit_split: ProxyProcess,
+    /// Another build in transaction pooling (`PGSPLIT_BENCH_BASELINE`).
+    pgsplit_baseline: Option<ProxyProcess>,
     pgbouncer: Option<ProxyProcess>,
 }
 
@@ -228,26 +247,60 @@ impl Proxies {
         settings: &Settings,
     ) -> Result<Proxies> {
         let session_pool = settings.pool.max(MOST_CLIENTS);
-        let p = free_ports(7)?;
+        let p = free_ports(9)?;
+        let spec = |label, binary, mode, ports, pool, followers| PgsplitSpec {
+            label,
+            binary,
+            mode,
+            ports,
+            leader_port,
+            pool,
+            followers,
+        };
         let pgsplit_txn = start_pgsplit(
             work,
             tools,
-            "transaction",
-            [p[0], p[1]],
-            leader_port,
-            settings.pool,
-            &[],
+            &spec(
+                "transaction",
+                "pgsplit",
+                "transaction",
+                [p[0], p[1]],
+                settings.pool,
+                &[],
+            ),
         )?;
-        let pgsplit_session = start_pgsplit(work, tools, "session", [p[2], p[3]], leader_port, session_pool, &[])?;
+        let pgsplit_session = start_pgsplit(
+            work,
+            tools,
+            &spec("session", "pgsplit", "session", [p[2], p[3]], session_pool, &[]),
+        )?;
         let pgsplit_split = start_pgsplit(
             work,
             tools,
-            "transaction",
-            [p[5], p[6]],
-            leader_port,
-            settings.pool,
-            followers,
+            &spec(
+                "split",
+                "pgsplit",
+                "transaction",
+                [p[5], p[6]],
+                settings.pool,
+                followers,
+            ),
         )?;
+        let pgsplit_baseline = match settings.baseline {
+            Some(_) => Some(start_pgsplit(
+                work,
+                tools,
+                &spec(
+                    "baseline",
+                    BASELINE_BINARY,
+                    "transaction",
+                    [p[7], p[8]],
+                    settings.pool,
+                    &[],
+                ),
+            )?),
+            None => None,
+        };
         let pgbouncer = match pgbouncer_binary() {
             Some(bin) => {
                 let pools = [settings.pool, session_pool];
@@ -261,15 +314,17 @@ impl Proxies {
         Ok(Proxies {
             leader_port,
             session_pool,
-            ports: [p[0], p[2], p[4], p[5]],
+            ports: [p[0], p[2], p[4], p[5], p[7]],
             pgsplit_txn,
             pgsplit_session,
             pgsplit_split,
+            pgsplit_baseline,
             pgbouncer,
         })
     }
 
-    /// Direct, PgBouncer, pgsplit: for transaction pooling, or for session pooling.
+    /// Direct, PgBouncer, pgsplit (and the baseline in transaction pooling): for transaction pooling, or for session
+    /// pooling.
     fn targets(&self, session: bool) -> Vec<Target> {
         let direct = Target {
             name: "direct",
@@ -297,7 +352,17 @@ impl Proxies {
             database: DATABASE,
             pid: Some(pgsplit.pid()),
         };
-        [Some(direct), bouncer, Some(split)].into_iter().flatten().collect()
+        let baseline = self.pgsplit_baseline.as_ref().filter(|_| !session).map(|p| Target {
+            name: "pgsplit (baseline)",
+            kind: Kind::Baseline,
+            port: self.ports[4],
+            database: DATABASE,
+            pid: Some(p.pid()),
+        });
+        [Some(direct), bouncer, Some(split), baseline]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The read-splitting pgsplit.
@@ -319,6 +384,7 @@ impl Proxies {
             &mut self.pgsplit_session,
             &mut self.pgsplit_split,
         ];
+        all.extend(self.pgsplit_baseline.as_mut());
         all.extend(self.pgbouncer.as_mut());
         for proxy in all {
             let problems = problem_lines(&proxy.log);
@@ -439,17 +505,27 @@ fn measure(tools: &Toolbox, target: &Target, args: &[String]) -> Result<Measured
     })
 }
 
-fn start_pgsplit(
-    work: &WorkDir,
-    tools: &Toolbox,
-    mode: &str,
+/// One pgsplit to start: `binary` is a file name in the scratch dir; `label` names its config, log and process.
+struct PgsplitSpec<'a> {
+    label: &'a str,
+    binary: &'a str,
+    mode: &'a str,
     ports: [u16; 2],
     leader_port: u16,
     pool: usize,
-    followers: &[u16],
-) -> Result<ProxyProcess> {
-    // Files and the process are named after what distinguishes this instance: its pool mode, or its read pool.
-    let label = if followers.is_empty() { mode } else { "split" };
+    followers: &'a [u16],
+}
+
+fn start_pgsplit(work: &WorkDir, tools: &Toolbox, spec: &PgsplitSpec) -> Result<ProxyProcess> {
+    let PgsplitSpec {
+        label,
+        binary,
+        mode,
+        ports,
+        leader_port,
+        pool,
+        followers,
+    } = *spec;
     let mut config = format!(
         "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\npool_mode = \"{mode}\"\n\n\
          [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
@@ -469,7 +545,7 @@ fn start_pgsplit(
         config.push_str("]\n");
     }
     let path = work.write(tools, &format!("pgsplit-{label}.toml"), &config)?;
-    let mut cmd = Command::new(work.path("pgsplit"));
+    let mut cmd = Command::new(work.path(binary));
     cmd.arg("run").arg("-c").arg(&path).env("RUST_LOG", "info");
     let mut proxy = ProxyProcess::spawn(
         &format!("pgsplit ({label})"),

@@ -1,5 +1,5 @@
-//! The end-to-end bench's report: markdown tables of pgbench runs, the pgsplit/PgBouncer ratios, memory per idle
-//! client. Prints only; measures nothing.
+//! The end-to-end bench's report: markdown tables of pgbench runs, pgsplit's ratios to PgBouncer (and to a baseline
+//! build, when one runs), memory per idle client. Prints only; measures nothing.
 
 use anyhow::Result;
 
@@ -72,40 +72,43 @@ pub fn print_table(workload: &Workload, rows: &[Row]) {
     }
 }
 
-/// `(label, pgsplit/pgbouncer CPU per txn, pgsplit/pgbouncer tps)` for each client count where both ran.
-pub fn cpu_ratios(workload: &Workload, rows: &[Row]) -> Vec<(String, f64, f64)> {
+/// `(label, pgsplit/reference CPU per txn, pgsplit/reference tps)` for each client count where both ran.
+pub fn cpu_ratios(workload: &Workload, rows: &[Row], reference: Kind) -> Vec<(String, f64, f64)> {
     let find = |kind, clients| {
         rows.iter()
             .find(|r| r.kind == kind && r.clients == clients)
             .and_then(|r| r.outcome.as_ref().ok())
     };
-    let short = workload.args.join(" ");
+    let mut short = workload.args.join(" ");
+    if workload.session {
+        short.push_str(", session");
+    }
     CLIENTS
         .iter()
         .filter_map(|&(clients, _)| {
-            let (split, bouncer) = (find(Kind::Pgsplit, clients)?, find(Kind::PgBouncer, clients)?);
-            let cpu = split.cpu_per_txn? / bouncer.cpu_per_txn.filter(|&c| c > 0.0)?;
-            let tps = split.run.tps / bouncer.run.tps;
+            let (split, other) = (find(Kind::Pgsplit, clients)?, find(reference, clients)?);
+            let cpu = split.cpu_per_txn? / other.cpu_per_txn.filter(|&c| c > 0.0)?;
+            let tps = split.run.tps / other.run.tps;
             Some((format!("`{short}` c={clients}"), cpu, tps))
         })
         .collect()
 }
 
-pub fn print_ratios(ratios: &[(String, f64, f64)]) {
+pub fn print_ratios(reference: &str, ratios: &[(String, f64, f64)]) {
     if ratios.is_empty() {
-        println!("\nno pgsplit/pgbouncer ratios (PgBouncer skipped or runs failed)");
+        println!("\nno pgsplit/{reference} ratios ({reference} skipped or runs failed)");
         return;
     }
     let geomean = |values: Vec<f64>| (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp();
     let cpu: Vec<String> = ratios.iter().map(|(l, c, _)| format!("{l} {c:.2}")).collect();
     let tps: Vec<String> = ratios.iter().map(|(l, _, t)| format!("{l} {t:.2}")).collect();
     println!(
-        "\npgsplit/pgbouncer CPU µs per txn: {}; geometric mean {:.2}",
+        "\npgsplit/{reference} CPU µs per txn: {}; geometric mean {:.2}",
         cpu.join(", "),
         geomean(ratios.iter().map(|r| r.1).collect())
     );
     println!(
-        "pgsplit/pgbouncer tps: {}; geometric mean {:.2}",
+        "pgsplit/{reference} tps: {}; geometric mean {:.2}",
         tps.join(", "),
         geomean(ratios.iter().map(|r| r.2).collect())
     );
