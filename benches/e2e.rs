@@ -2,10 +2,10 @@
 //! local cluster (`pgsplit::demo::cluster`). `cargo bench --bench e2e`; docs/benchmarks.md explains the method and
 //! holds the last results.
 //!
-//! Within each workload the targets run back to back (direct, PgBouncer, pgsplit, then a baseline pgsplit build if
-//! one is given), so ratios compare within one run on a noisy machine. Per run: tps, average latency, latency added over direct at one client, the proxy's CPU time
-//! per transaction (utime+stime from /proc), failed transactions; then each proxy's memory per idle client. Every
-//! child process is stopped by PID on the way out, also on error or panic.
+//! Within each workload the targets run back to back (direct, PgBouncer, pgsplit, then a baseline pgsplit build if one
+//! is given), so ratios compare within one run on a noisy machine. Per run: tps, average latency, latency added over
+//! direct at one client, the proxy's CPU time per transaction (utime+stime from /proc), failed transactions; then each
+//! proxy's memory per idle client. Every child process is stopped by PID on the way out, also on error or panic.
 //!
 //! Environment: PGSPLIT_BENCH_SECS (8), PGSPLIT_BENCH_POOL (8), PGSPLIT_BENCH_FOLLOWERS (2),
 //! PGSPLIT_BENCH_IDLE_CLIENTS (500), PGSPLIT_BENCH_SCALE (10), PGSPLIT_BENCH_BASELINE (another pgsplit binary to run
@@ -248,57 +248,39 @@ impl Proxies {
     ) -> Result<Proxies> {
         let session_pool = settings.pool.max(MOST_CLIENTS);
         let p = free_ports(9)?;
-        let spec = |label, binary, mode, ports, pool, followers| PgsplitSpec {
-            label,
-            binary,
-            mode,
-            ports,
+        let transaction = PgsplitSpec {
+            label: "transaction",
+            binary: "pgsplit",
+            mode: "transaction",
+            ports: [p[0], p[1]],
             leader_port,
-            pool,
-            followers,
+            pool: settings.pool,
+            followers: &[],
         };
-        let pgsplit_txn = start_pgsplit(
-            work,
-            tools,
-            &spec(
-                "transaction",
-                "pgsplit",
-                "transaction",
-                [p[0], p[1]],
-                settings.pool,
-                &[],
-            ),
-        )?;
-        let pgsplit_session = start_pgsplit(
-            work,
-            tools,
-            &spec("session", "pgsplit", "session", [p[2], p[3]], session_pool, &[]),
-        )?;
-        let pgsplit_split = start_pgsplit(
-            work,
-            tools,
-            &spec(
-                "split",
-                "pgsplit",
-                "transaction",
-                [p[5], p[6]],
-                settings.pool,
-                followers,
-            ),
-        )?;
+        let pgsplit_txn = start_pgsplit(work, tools, &transaction)?;
+        let session = PgsplitSpec {
+            label: "session",
+            mode: "session",
+            ports: [p[2], p[3]],
+            pool: session_pool,
+            ..transaction
+        };
+        let pgsplit_session = start_pgsplit(work, tools, &session)?;
+        let split = PgsplitSpec {
+            label: "split",
+            ports: [p[5], p[6]],
+            followers,
+            ..transaction
+        };
+        let pgsplit_split = start_pgsplit(work, tools, &split)?;
+        let baseline = PgsplitSpec {
+            label: "baseline",
+            binary: BASELINE_BINARY,
+            ports: [p[7], p[8]],
+            ..transaction
+        };
         let pgsplit_baseline = match settings.baseline {
-            Some(_) => Some(start_pgsplit(
-                work,
-                tools,
-                &spec(
-                    "baseline",
-                    BASELINE_BINARY,
-                    "transaction",
-                    [p[7], p[8]],
-                    settings.pool,
-                    &[],
-                ),
-            )?),
+            Some(_) => Some(start_pgsplit(work, tools, &baseline)?),
             None => None,
         };
         let pgbouncer = match pgbouncer_binary() {
@@ -506,6 +488,7 @@ fn measure(tools: &Toolbox, target: &Target, args: &[String]) -> Result<Measured
 }
 
 /// One pgsplit to start: `binary` is a file name in the scratch dir; `label` names its config, log and process.
+#[derive(Clone, Copy)]
 struct PgsplitSpec<'a> {
     label: &'a str,
     binary: &'a str,
