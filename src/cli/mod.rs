@@ -58,14 +58,17 @@ pub fn run(config_path: &Path) -> ExitCode {
 
 /// The runtime sessions run on, with `workers` threads.
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .map_err(|error| {
-            eprintln!("pgsplit: cannot start the runtime: {error}");
-            ExitCode::from(2)
-        })
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder.enable_all().build().map_err(|error| {
+        eprintln!("pgsplit: cannot start the runtime: {error}");
+        ExitCode::from(2)
+    })
 }
 
 /// Resolves at the first SIGTERM or SIGINT.
