@@ -225,6 +225,12 @@ impl Analysis {
         self.known_write = true;
     }
 
+    /// Whether the analysis holds text of the query (a setting and its value, a prepared statement's name or body,
+    /// the floor a client sets): then it is the analysis of that text alone, not of every text of its shape.
+    pub fn holds_text(&self) -> bool {
+        self.local.is_some() || self.prepared.is_some() || self.effects.iter().any(|e| matches!(e, Effect::Change(_)))
+    }
+
     /// Whether the text drops every prepared statement of the session (`DISCARD ALL`, `DEALLOCATE ALL`).
     pub fn discards_statements(&self) -> bool {
         self.effects
