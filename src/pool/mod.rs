@@ -42,8 +42,10 @@ struct PoolState {
     retired: bool,
     /// Connections open or being opened (idle + lent out + connecting).
     total: usize,
-    /// Most recently returned last.
-    idle: Vec<ServerConn>,
+    /// Most recently returned last. Boxed, like every connection lent or kept: a lent connection moves pool →
+    /// session → pool on every transaction, and a pointer moves cheaper than the connection.
+    #[allow(clippy::vec_box)] // the boxes are handed out whole, not kept here
+    idle: Vec<Box<ServerConn>>,
     waiters: VecDeque<Waiter>,
     /// A sweeper task is running (it ends when nobody waits).
     sweeping: bool,
@@ -67,8 +69,8 @@ enum Grant {
 
 /// What a checkout does once the lock is released.
 enum Next {
-    Ready(ServerConn),
-    Open { evicted: Option<ServerConn> },
+    Ready(Box<ServerConn>),
+    Open { evicted: Option<Box<ServerConn>> },
     Wait(oneshot::Receiver<Grant>),
 }
 
@@ -145,7 +147,7 @@ impl InstancePool {
     }
 
     /// Lends a connection for `login.key`, opening one if the cap allows, else waiting up to `timeout`.
-    pub async fn checkout(&self, login: &LoginInfo, timeout: Duration) -> Result<ServerConn, CheckoutError> {
+    pub async fn checkout(&self, login: &LoginInfo, timeout: Duration) -> Result<Box<ServerConn>, CheckoutError> {
         let started = Instant::now();
         let next = loop {
             let mut state = self.lock();
@@ -189,7 +191,7 @@ impl InstancePool {
             Next::Wait(receiver) => {
                 // Grants are sent and expired waiters dropped under the lock: a waiter gets one or the other.
                 match receiver.await.ok() {
-                    Some(Grant::Conn(conn)) => Ok(*conn),
+                    Some(Grant::Conn(conn)) => Ok(conn),
                     Some(Grant::Slot) => Box::pin(self.open(login)).await,
                     None => Err(CheckoutError::Timeout {
                         instance: self.name.clone(),
@@ -203,7 +205,7 @@ impl InstancePool {
 
     /// Opens a connection for a slot already counted in `total`; gives the slot back on failure. Callers box this
     /// future: a login's state is large, and unboxed it would sit in every session's task for its whole life.
-    async fn open(&self, login: &LoginInfo) -> Result<ServerConn, CheckoutError> {
+    async fn open(&self, login: &LoginInfo) -> Result<Box<ServerConn>, CheckoutError> {
         let connect_timeout = self.lock().connect_timeout;
         match ServerConn::connect(&self.host, self.port, login, connect_timeout).await {
             Ok(conn) => {
@@ -226,7 +228,7 @@ impl InstancePool {
     }
 
     /// Takes back a clean, idle connection.
-    pub fn release(&self, mut conn: ServerConn) {
+    pub fn release(&self, mut conn: Box<ServerConn>) {
         conn.returned();
         let mut state = self.lock();
         if state.retired || state.total > state.max_connections {
@@ -237,7 +239,7 @@ impl InstancePool {
         let mut conn = Some(conn);
         while let Some(waiter) = state.waiters.pop_front() {
             let grant = if waiter.key == conn.as_ref().expect("present until handed off").key {
-                Grant::Conn(Box::new(conn.take().expect("present until handed off")))
+                Grant::Conn(conn.take().expect("present until handed off"))
             } else {
                 Grant::Slot
             };
@@ -245,7 +247,7 @@ impl InstancePool {
                 Ok(()) if conn.is_none() => return,
                 // Slot granted: this connection is closed to make room for the waiter's own.
                 Ok(()) => return drop(conn),
-                Err(Grant::Conn(back)) => conn = Some(*back),
+                Err(Grant::Conn(back)) => conn = Some(back),
                 Err(Grant::Slot) => {}
             }
         }
@@ -255,9 +257,9 @@ impl InstancePool {
     /// Closes every idle connection: the monitor calls it when a check of the instance fails. Lent-out ones are
     /// discarded by their sessions as they fail or finish.
     pub fn close_idle(&self) {
-        let closed: Vec<ServerConn> = {
+        let closed: Vec<Box<ServerConn>> = {
             let mut state = self.lock();
-            let closed: Vec<ServerConn> = state.idle.drain(..).collect();
+            let closed: Vec<Box<ServerConn>> = state.idle.drain(..).collect();
             state.total -= closed.len();
             closed
         };
@@ -267,7 +269,7 @@ impl InstancePool {
     /// Applies a reloaded cap and connect timeout: a higher cap lets waiters open connections now; a lower one
     /// closes idle connections over it now and busy ones as they come back.
     pub fn set_limits(&self, max_connections: usize, connect_timeout: Duration) {
-        let closed: Vec<ServerConn> = {
+        let closed: Vec<Box<ServerConn>> = {
             let mut state = self.lock();
             state.max_connections = max_connections;
             state.connect_timeout = connect_timeout;
@@ -278,7 +280,7 @@ impl InstancePool {
                 }
             }
             let over = state.total.saturating_sub(state.max_connections).min(state.idle.len());
-            let closed: Vec<ServerConn> = state.idle.drain(..over).collect();
+            let closed: Vec<Box<ServerConn>> = state.idle.drain(..over).collect();
             state.total -= closed.len();
             closed
         };
@@ -297,7 +299,7 @@ impl InstancePool {
     }
 
     /// A lent-out connection is gone (broken, or not clean enough to reuse): free its slot.
-    pub fn discard(&self, conn: ServerConn) {
+    pub fn discard(&self, conn: Box<ServerConn>) {
         drop(conn);
         self.forget_one();
     }
@@ -373,7 +375,7 @@ mod tests {
             pool.checkout(&login, Duration::from_millis(40)),
             pool.checkout(&login, Duration::from_millis(120)),
         );
-        let waited = |result: Result<ServerConn, CheckoutError>| match result {
+        let waited = |result: Result<Box<ServerConn>, CheckoutError>| match result {
             Err(CheckoutError::Timeout { waited, pool_size, .. }) => {
                 assert_eq!(pool_size, 0);
                 waited

@@ -91,19 +91,19 @@ impl ServerConn {
         port: u16,
         login: &LoginInfo,
         timeout: Duration,
-    ) -> Result<Self, ConnectError> {
+    ) -> Result<Box<Self>, ConnectError> {
         tokio::time::timeout(timeout, Self::open(host, port, login))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
     }
 
-    async fn open(host: &Arc<str>, port: u16, login: &LoginInfo) -> Result<Self, ConnectError> {
+    async fn open(host: &Arc<str>, port: u16, login: &LoginInfo) -> Result<Box<Self>, ConnectError> {
         let mut stream = TcpStream::connect((&**host, port)).await?;
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let params = [("user", &*login.key.user), ("database", &*login.key.database)];
         let greeting = login::login(&mut stream, &mut buf, &params, &login.key.user, &login.password).await?;
-        Ok(ServerConn {
+        Ok(Box::new(ServerConn {
             stream,
             buf,
             key: login.key.clone(),
@@ -117,7 +117,7 @@ impl ServerConn {
                 pid: greeting.pid,
                 secret: greeting.secret,
             },
-        })
+        }))
     }
 
     /// An idle pooled connection should have nothing to say; readable bytes or EOF mean the server closed it or

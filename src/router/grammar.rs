@@ -232,7 +232,9 @@ fn explain_options(c: &mut Cursor) -> Option<bool> {
     }
 }
 
-/// FALSE / OFF / 0 / 'false' / 'off', as the server's boolean options read them.
+/// FALSE / OFF / 0 / 'false' / 'off', as the server's boolean options read them. With `is_true`, the only place the
+/// classifier reads a number's value: `shapes::mask_numbers` keeps 0 and 1 apart for them, and must keep apart any
+/// other value read here.
 fn is_false(t: &Token) -> bool {
     let text = match t.kind {
         TokenKind::Word | TokenKind::Number => t.text,

@@ -72,7 +72,7 @@ impl From<FrameError> for SessionEnd {
 
 /// A borrowed server connection, the instance it belongs to and the role that instance had when routed to.
 pub(super) struct Attached {
-    pub(super) conn: ServerConn,
+    pub(super) conn: Box<ServerConn>,
     pub(super) instance: Arc<Instance>,
     pub(super) role: Role,
     /// Counts the running unit on the instance; None between units on a kept connection.

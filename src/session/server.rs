@@ -289,7 +289,7 @@ pub async fn borrow(
     login: &LoginInfo,
     wanted: &Settings,
     timeout: std::time::Duration,
-) -> Result<ServerConn, SqlError> {
+) -> Result<Box<ServerConn>, SqlError> {
     let mut conn = pool.checkout(login, timeout).await.map_err(|e| e.to_sql_error())?;
     match conn.sync_settings(wanted).await {
         Ok(()) => Ok(conn),
