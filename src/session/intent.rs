@@ -5,7 +5,7 @@
 use super::plan::{Analysis, Plan, SqlPrepared, StreamState};
 use super::relay::Relay;
 use crate::protocol::extended;
-use crate::protocol::frame::{HEADER_LEN, Header, peek_header, read_cstr};
+use crate::protocol::frame::{HEADER_LEN, Header, peek_header};
 use crate::router::{Reason, RouteReason, Wants};
 
 /// What a client message asks for and does, worked out before it is forwarded.
@@ -35,7 +35,9 @@ impl Relay {
         match header.tag {
             b'Q' | b'P' => {
                 let sql = match header.tag {
-                    b'Q' => read_cstr(body).map(|(sql, _)| sql),
+                    // The text is the whole body but its closing NUL: no need to look for it. (A NUL inside makes
+                    // the server refuse the message; the lexer stops there, as the server would.)
+                    b'Q' => body.split_last().filter(|(nul, _)| **nul == 0).map(|(_, sql)| sql),
                     _ => extended::parse_fields(body).map(|(_, definition)| extended::definition_query(definition)),
                 };
                 let Some(sql) = sql.and_then(|sql| std::str::from_utf8(sql).ok()) else {
