@@ -9,7 +9,8 @@
 //!
 //! Environment: PGSPLIT_BENCH_SECS (8), PGSPLIT_BENCH_POOL (8), PGSPLIT_BENCH_FOLLOWERS (2),
 //! PGSPLIT_BENCH_IDLE_CLIENTS (500), PGSPLIT_BENCH_SCALE (10), PGSPLIT_BENCH_BASELINE (another pgsplit binary to run
-//! beside this one in transaction pooling, for an A/B comparison; none by default).
+//! beside this one in transaction pooling, for an A/B comparison; none by default), PGSPLIT_BENCH_ROUNDS (1: how many
+//! times each workload goes round its targets; the ratios are then the median of the rounds' own ratios).
 
 #[path = "e2e/procs.rs"]
 mod procs;
@@ -51,6 +52,8 @@ struct Settings {
     scale: u32,
     /// Another pgsplit build, compared with this one in transaction pooling.
     baseline: Option<PathBuf>,
+    /// Rounds per workload and client count, the targets interleaved within each.
+    rounds: u32,
 }
 
 impl Settings {
@@ -62,6 +65,7 @@ impl Settings {
             idle_clients: env_number("PGSPLIT_BENCH_IDLE_CLIENTS", 500)?,
             scale: env_number("PGSPLIT_BENCH_SCALE", 10)?,
             baseline: std::env::var_os("PGSPLIT_BENCH_BASELINE").map(PathBuf::from),
+            rounds: env_number("PGSPLIT_BENCH_ROUNDS", 1)?.max(1),
         })
     }
 }
@@ -193,28 +197,31 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
         };
         let mut rows = Vec::new();
         for (clients, threads) in CLIENTS {
-            for target in targets
-                .iter()
-                .filter(|t| workload.pgbouncer || t.kind != Kind::PgBouncer)
-            {
-                eprintln!("e2e: {} | {} | {clients} clients", workload.args.join(" "), target.name);
-                let args = pgbench_args(workload.args, clients, threads, settings.secs);
-                let outcome = measure(tools, target, &args);
-                rows.push(Row {
-                    target: target.name,
-                    kind: target.kind,
-                    clients,
-                    outcome,
-                });
+            for round in 1..=settings.rounds {
+                for target in targets
+                    .iter()
+                    .filter(|t| workload.pgbouncer || t.kind != Kind::PgBouncer)
+                {
+                    eprintln!("e2e: {} | {} | {clients} clients", workload.args.join(" "), target.name);
+                    let args = pgbench_args(workload.args, clients, threads, settings.secs);
+                    let outcome = measure(tools, target, &args);
+                    rows.push(Row {
+                        target: target.name,
+                        kind: target.kind,
+                        clients,
+                        round,
+                        outcome,
+                    });
+                }
             }
         }
         report::print_table(workload, &rows);
         ratios.extend(report::cpu_ratios(workload, &rows, Kind::PgBouncer));
         baseline_ratios.extend(report::cpu_ratios(workload, &rows, Kind::Baseline));
     }
-    report::print_ratios("pgbouncer", &ratios);
+    report::print_ratios("pgbouncer", &ratios, settings.rounds);
     if proxies.pgsplit_baseline.is_some() {
-        report::print_ratios("baseline", &baseline_ratios);
+        report::print_ratios("baseline", &baseline_ratios, settings.rounds);
     }
     split_reads(cluster, tools, &split_target, settings)?;
     report::print_memory(&memory);
@@ -647,8 +654,9 @@ fn print_header(cluster: &LocalCluster, settings: &Settings, session_pool: usize
         env!("CARGO_PKG_VERSION")
     );
     println!(
-        "- cluster: leader + {} followers, pgbench scale {}; {} s per run; pool size {} (transaction), {session_pool} (session)",
-        settings.followers, settings.scale, settings.secs, settings.pool
+        "- cluster: leader + {} followers, pgbench scale {}; {} s per run, {} round(s); pool size {} (transaction), \
+         {session_pool} (session)",
+        settings.followers, settings.scale, settings.secs, settings.rounds, settings.pool
     );
     Ok(())
 }

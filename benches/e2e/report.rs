@@ -11,6 +11,8 @@ pub struct Row {
     pub target: &'static str,
     pub kind: Kind,
     pub clients: u32,
+    /// Which round of the workload (from 1): the targets run one after another within a round.
+    pub round: u32,
     pub outcome: Result<Measured, String>,
 }
 
@@ -36,25 +38,29 @@ pub fn print_table(workload: &Workload, rows: &[Row]) {
         "| proxy ctx switches/txn |"
     ));
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let direct_latency = rows
-        .iter()
-        .find(|r| r.kind == Kind::Direct && r.clients == 1)
-        .and_then(|r| r.outcome.as_ref().ok())
-        .map(|m| m.run.latency_ms);
+    let direct_latency = |round| {
+        rows.iter()
+            .find(|r| r.kind == Kind::Direct && r.clients == 1 && r.round == round)
+            .and_then(|r| r.outcome.as_ref().ok())
+            .map(|m| m.run.latency_ms)
+    };
     for row in rows {
+        let target = match row.round {
+            1 => row.target.to_string(),
+            round => format!("{} (round {round})", row.target),
+        };
         let m = match &row.outcome {
             Ok(m) => m,
             Err(e) => {
                 println!(
-                    "| {} | {} | error: {} | | | | | |",
-                    row.target,
+                    "| {target} | {} | error: {} | | | | | |",
                     row.clients,
                     e.replace('|', "/")
                 );
                 continue;
             }
         };
-        let added = match (row.kind, row.clients, direct_latency) {
+        let added = match (row.kind, row.clients, direct_latency(row.round)) {
             (Kind::Direct, ..) => "–".to_string(),
             (_, 1, Some(direct)) => format!("{:+.0}", (m.run.latency_ms - direct) * 1000.0),
             _ => "–".to_string(),
@@ -66,35 +72,56 @@ pub fn print_table(workload: &Workload, rows: &[Row]) {
         }
         let switches = m.switches_per_txn.map_or("–".to_string(), |s| format!("{s:.2}"));
         println!(
-            "| {} | {} | {:.0} | {:.3} | {added} | {cpu} | {failed} | {switches} |",
-            row.target, row.clients, m.run.tps, m.run.latency_ms
+            "| {target} | {} | {:.0} | {:.3} | {added} | {cpu} | {failed} | {switches} |",
+            row.clients, m.run.tps, m.run.latency_ms
         );
     }
 }
 
-/// `(label, pgsplit/reference CPU per txn, pgsplit/reference tps)` for each client count where both ran.
+/// `(label, pgsplit/reference CPU per txn, pgsplit/reference tps)` for each client count where both ran: the ratios
+/// are taken within each round, then their median over the rounds.
 pub fn cpu_ratios(workload: &Workload, rows: &[Row], reference: Kind) -> Vec<(String, f64, f64)> {
-    let find = |kind, clients| {
+    let find = |kind, clients, round| {
         rows.iter()
-            .find(|r| r.kind == kind && r.clients == clients)
+            .find(|r| r.kind == kind && r.clients == clients && r.round == round)
             .and_then(|r| r.outcome.as_ref().ok())
     };
     let mut short = workload.args.join(" ");
     if workload.session {
         short.push_str(", session");
     }
+    let rounds = rows.iter().map(|r| r.round).max().unwrap_or(0);
     CLIENTS
         .iter()
         .filter_map(|&(clients, _)| {
-            let (split, other) = (find(Kind::Pgsplit, clients)?, find(reference, clients)?);
-            let cpu = split.cpu_per_txn? / other.cpu_per_txn.filter(|&c| c > 0.0)?;
-            let tps = split.run.tps / other.run.tps;
-            Some((format!("`{short}` c={clients}"), cpu, tps))
+            let (mut cpu, mut tps) = (Vec::new(), Vec::new());
+            for round in 1..=rounds {
+                let (Some(split), Some(other)) = (find(Kind::Pgsplit, clients, round), find(reference, clients, round))
+                else {
+                    continue;
+                };
+                if let (Some(s), Some(o)) = (split.cpu_per_txn, other.cpu_per_txn.filter(|&c| c > 0.0)) {
+                    cpu.push(s / o);
+                    tps.push(split.run.tps / other.run.tps);
+                }
+            }
+            Some((format!("`{short}` c={clients}"), median(cpu)?, median(tps)?))
         })
         .collect()
 }
 
-pub fn print_ratios(reference: &str, ratios: &[(String, f64, f64)]) {
+/// The middle value (the mean of the two middle ones for an even count); `None` for none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[mid]),
+        _ => Some((values[mid - 1] + values[mid]) / 2.0),
+    }
+}
+
+pub fn print_ratios(reference: &str, ratios: &[(String, f64, f64)], rounds: u32) {
     if ratios.is_empty() {
         println!("\nno pgsplit/{reference} ratios ({reference} skipped or runs failed)");
         return;
@@ -102,13 +129,18 @@ pub fn print_ratios(reference: &str, ratios: &[(String, f64, f64)]) {
     let geomean = |values: Vec<f64>| (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp();
     let cpu: Vec<String> = ratios.iter().map(|(l, c, _)| format!("{l} {c:.2}")).collect();
     let tps: Vec<String> = ratios.iter().map(|(l, _, t)| format!("{l} {t:.2}")).collect();
+    let of_rounds = if rounds > 1 {
+        format!(" (median of {rounds} rounds)")
+    } else {
+        String::new()
+    };
     println!(
-        "\npgsplit/{reference} CPU µs per txn: {}; geometric mean {:.2}",
+        "\npgsplit/{reference} CPU µs per txn{of_rounds}: {}; geometric mean {:.2}",
         cpu.join(", "),
         geomean(ratios.iter().map(|r| r.1).collect())
     );
     println!(
-        "pgsplit/{reference} tps: {}; geometric mean {:.2}",
+        "pgsplit/{reference} tps{of_rounds}: {}; geometric mean {:.2}",
         tps.join(", "),
         geomean(ratios.iter().map(|r| r.2).collect())
     );
