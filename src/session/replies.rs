@@ -170,8 +170,18 @@ impl Replies {
         self.queue.len() == 1 && self.probing()
     }
 
-    /// The tag of a reply pgsplit makes up now, if the head of the queue is one (call until `None`).
+    /// The tag of a reply pgsplit makes up now, if the head of the queue is one (call until `None`). Inlined: it
+    /// runs after every reply, and almost always finds a request the server answers.
+    #[inline]
     pub fn next_made(&mut self) -> Option<u8> {
+        let head = self.queue.front()?;
+        if head.answer != Answer::Made && head.request != Request::CopyEnd {
+            return None;
+        }
+        self.pop_made()
+    }
+
+    fn pop_made(&mut self) -> Option<u8> {
         // A COPY end that reaches the head was sent with no COPY running: the server ignores it.
         while self.queue.front()?.request == Request::CopyEnd {
             self.queue.pop_front();
