@@ -22,9 +22,11 @@ const MAX_TEXT: usize = 2048;
 const MASKED: u8 = b'~';
 const EXACT: u8 = b'=';
 
+/// Boxed, and only once the session sends its first query: an idle client's session task carries a pointer, not
+/// the slots.
 #[derive(Default)]
 pub(super) struct Analyses {
-    inner: RefCell<Slots>,
+    inner: RefCell<Option<Box<Slots>>>,
 }
 
 #[derive(Default)]
@@ -50,7 +52,7 @@ impl Analyses {
             return analyze(sql, functions);
         }
         let mut slots = self.inner.borrow_mut();
-        let slots = &mut *slots;
+        let slots = &mut **slots.get_or_insert_with(Box::default);
         if !slots
             .functions
             .as_ref()
@@ -131,6 +133,9 @@ mod tests {
     /// The kept keys, each as text without its last byte (the masked / exact mark) and whether it was masked.
     fn kept(analyses: &Analyses) -> Vec<(String, bool)> {
         let slots = analyses.inner.borrow();
+        let Some(slots) = slots.as_ref() else {
+            return Vec::new();
+        };
         slots
             .kept
             .iter()

@@ -221,6 +221,7 @@ mod tests {
     #[allow(unreachable_code)]
     fn a_session_task_stays_small() {
         let size = future_size(|| super::serve(unimplemented!(), unimplemented!(), unimplemented!()));
-        assert!(size <= 4096, "the session future is {size} bytes");
+        // 2,752 bytes when this bound was set.
+        assert!(size <= 3072, "the session future is {size} bytes");
     }
 }
