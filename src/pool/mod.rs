@@ -70,8 +70,14 @@ enum Grant {
 /// What a checkout does once the lock is released.
 enum Next {
     Ready(Box<ServerConn>),
-    Open { evicted: Option<Box<ServerConn>> },
-    Wait(oneshot::Receiver<Grant>),
+    Open {
+        evicted: Option<Box<ServerConn>>,
+    },
+    /// Queued at `started` (taken only here: the other ways need no clock).
+    Wait {
+        receiver: oneshot::Receiver<Grant>,
+        started: Instant,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +154,6 @@ impl InstancePool {
 
     /// Lends a connection for `login.key`, opening one if the cap allows, else waiting up to `timeout`.
     pub async fn checkout(&self, login: &LoginInfo, timeout: Duration) -> Result<Box<ServerConn>, CheckoutError> {
-        let started = Instant::now();
         let next = loop {
             let mut state = self.lock();
             if let Some(i) = state.idle.iter().rposition(|c| c.key == login.key) {
@@ -171,6 +176,7 @@ impl InstancePool {
                 }
             } else {
                 let (grant, receiver) = oneshot::channel();
+                let started = Instant::now();
                 state.waiters.push_back(Waiter {
                     key: login.key.clone(),
                     grant,
@@ -179,7 +185,7 @@ impl InstancePool {
                 if !std::mem::replace(&mut state.sweeping, true) {
                     tokio::spawn(sweep(self.state.clone()));
                 }
-                Next::Wait(receiver)
+                Next::Wait { receiver, started }
             };
         };
         match next {
@@ -188,7 +194,7 @@ impl InstancePool {
                 drop(evicted);
                 Box::pin(self.open(login)).await
             }
-            Next::Wait(receiver) => {
+            Next::Wait { receiver, started } => {
                 // Grants are sent and expired waiters dropped under the lock: a waiter gets one or the other.
                 match receiver.await.ok() {
                     Some(Grant::Conn(conn)) => Ok(conn),

@@ -46,10 +46,12 @@ struct Slots {
 }
 
 impl Analyses {
-    /// `analyze(sql, functions)`, from a slot if a text of this shape was kept with this function set.
-    pub fn analyze(&self, sql: &str, functions: &Arc<FunctionSet>) -> Analysis {
+    /// `analyze(sql, functions)`, from a slot if a text of this shape was kept with this function set; None for
+    /// text that is not UTF-8, which no server takes. A kept text is UTF-8, and a text with the same key differs
+    /// from it only in ASCII digits: only texts analysed afresh are checked.
+    pub fn analyze(&self, sql: &[u8], functions: &Arc<FunctionSet>) -> Option<Analysis> {
         if sql.len() > MAX_TEXT {
-            return analyze(sql, functions);
+            return Some(analyze(std::str::from_utf8(sql).ok()?, functions));
         }
         let mut slots = self.inner.borrow_mut();
         let slots = &mut **slots.get_or_insert_with(Box::default);
@@ -67,12 +69,12 @@ impl Analyses {
         let masked = slots.make_key(sql);
         let hash = FastBuildHasher::default().hash_one(&slots.key[..]);
         if let Some(analysis) = slots.find(hash) {
-            return analysis.clone();
+            return Some(analysis.clone());
         }
-        let analysis = analyze(sql, functions);
+        let analysis = analyze(std::str::from_utf8(sql).ok()?, functions);
         if masked && analysis.holds_text() {
             // Another text of this shape may hold other text: this analysis is for this text only.
-            return analysis;
+            return Some(analysis);
         }
         match slots.seen.iter().position(|&seen| seen == hash) {
             Some(at) => {
@@ -84,13 +86,13 @@ impl Analyses {
                 slots.next_seen = (slots.next_seen + 1) % SLOTS;
             }
         }
-        analysis
+        Some(analysis)
     }
 }
 
 impl Slots {
     /// Fills `key` for `sql`; true if it hides the values of numbers.
-    fn make_key(&mut self, sql: &str) -> bool {
+    fn make_key(&mut self, sql: &[u8]) -> bool {
         let masked = mask_numbers(sql, &mut self.key);
         self.key.push(if masked { MASKED } else { EXACT });
         masked
@@ -126,6 +128,10 @@ mod tests {
     use crate::router::shapes::with_other_values;
     use crate::session::plan::StreamState;
 
+    fn analysis(analyses: &Analyses, sql: &str, functions: &Arc<FunctionSet>) -> Analysis {
+        analyses.analyze(sql.as_bytes(), functions).expect("the text is UTF-8")
+    }
+
     fn wants(analysis: &Analysis) -> Wants {
         analysis.plan(&Settings::default(), &mut StreamState::default()).wants
     }
@@ -152,11 +158,11 @@ mod tests {
         let analyses = Analyses::default();
         let functions = Arc::new(FunctionSet::default());
         let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
-        let first = analyses.analyze(sql, &functions);
+        let first = analysis(&analyses, sql, &functions);
         assert!(kept(&analyses).is_empty(), "kept only at the second sighting");
-        let second = analyses.analyze(sql, &functions);
+        let second = analysis(&analyses, sql, &functions);
         assert_eq!(kept(&analyses), [(sql.to_string(), false)]);
-        let third = analyses.analyze(sql, &functions);
+        let third = analysis(&analyses, sql, &functions);
         assert!(matches!(wants(&first), Wants::Follower(_)));
         assert_eq!(wants(&second), wants(&first));
         assert_eq!(wants(&third), wants(&first));
@@ -168,7 +174,10 @@ mod tests {
         let functions = Arc::new(FunctionSet::default());
         for aid in [31_337, 4_242, 777] {
             let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid}");
-            assert!(matches!(wants(&analyses.analyze(&sql, &functions)), Wants::Follower(_)));
+            assert!(matches!(
+                wants(&analysis(&analyses, &sql, &functions)),
+                Wants::Follower(_)
+            ));
         }
         assert_eq!(
             kept(&analyses),
@@ -176,7 +185,21 @@ mod tests {
         );
         // The same shape with a write in it is another key.
         let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 5; DELETE FROM t";
-        assert!(matches!(wants(&analyses.analyze(sql, &functions)), Wants::Leader(_)));
+        assert!(matches!(wants(&analysis(&analyses, sql, &functions)), Wants::Leader(_)));
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_has_no_analysis_even_beside_kept_shapes() {
+        let analyses = Analyses::default();
+        let functions = Arc::new(FunctionSet::default());
+        for _ in 0..2 {
+            analysis(&analyses, "SELECT 'é', 5", &functions);
+        }
+        assert_eq!(kept(&analyses), [("SELECT 'é', 2".to_string(), true)]);
+        assert!(analyses.analyze("SELECT 'é', 7".as_bytes(), &functions).is_some());
+        for text in [&b"SELECT '\xc3', 7"[..], b"SELECT '\xc3\xa9\xff', 7", b"SELECT \xff"] {
+            assert!(analyses.analyze(text, &functions).is_none(), "{text:?}");
+        }
     }
 
     #[test]
@@ -185,9 +208,7 @@ mod tests {
         let functions = Arc::new(FunctionSet::default());
         for ms in [1_000, 2_000, 3_000, 3_000] {
             let sql = format!("SET statement_timeout = {ms}");
-            let plan = analyses
-                .analyze(&sql, &functions)
-                .plan(&Settings::default(), &mut StreamState::default());
+            let plan = analysis(&analyses, &sql, &functions).plan(&Settings::default(), &mut StreamState::default());
             assert_eq!(
                 format!("{:?}", plan.changes),
                 format!("[Set {{ name: \"statement_timeout\", expression: \"{ms}\" }}]")
@@ -202,7 +223,7 @@ mod tests {
         let plain = Arc::new(FunctionSet::default());
         let sql = "SELECT bump_counter()";
         for _ in 0..3 {
-            assert!(matches!(wants(&analyses.analyze(sql, &plain)), Wants::Follower(_)));
+            assert!(matches!(wants(&analysis(&analyses, sql, &plain)), Wants::Follower(_)));
         }
         let writes = Arc::new(FunctionSet::new(
             &["bump_counter".to_string()],
@@ -210,7 +231,7 @@ mod tests {
             std::iter::empty::<(&str, &str)>(),
         ));
         assert!(
-            matches!(wants(&analyses.analyze(sql, &writes)), Wants::Leader(_)),
+            matches!(wants(&analysis(&analyses, sql, &writes)), Wants::Leader(_)),
             "a function now known to write sends the kept text to the leader"
         );
     }
@@ -231,7 +252,7 @@ mod tests {
                 "SET LOCAL transaction_read_only = 1",
                 "SET LOCAL transaction_read_only = 0",
             ] {
-                let kept = analyses.analyze(sql, &functions);
+                let kept = analysis(&analyses, sql, &functions);
                 let fresh = analyze(sql, &functions);
                 assert_eq!(format!("{kept:?}"), format!("{fresh:?}"), "{sql} in round {round}");
             }
@@ -254,10 +275,10 @@ mod tests {
                 continue;
             };
             let analyses = Analyses::default();
-            analyses.analyze(sql, &functions);
-            analyses.analyze(sql, &functions);
+            analysis(&analyses, sql, &functions);
+            analysis(&analyses, sql, &functions);
             shared += usize::from(kept(&analyses).iter().any(|(_, masked)| *masked));
-            let cached = analyses.analyze(&other, &functions);
+            let cached = analysis(&analyses, &other, &functions);
             assert_eq!(
                 format!("{cached:?}"),
                 format!("{:?}", analyze(&other, &functions)),

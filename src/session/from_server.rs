@@ -90,8 +90,10 @@ impl Relay {
                 }
                 _ => {}
             }
-            for undo in self.undone.drain(..) {
-                self.statements.undo(undo, Some(&mut server.prepared));
+            if !self.undone.is_empty() {
+                for undo in self.undone.drain(..) {
+                    self.statements.undo(undo, Some(&mut server.prepared));
+                }
             }
             match verdict {
                 Verdict::Forward => self.to_client.pass(&mut server.buf, header.frame_len()),
@@ -120,6 +122,8 @@ impl Relay {
 }
 
 /// Puts the answers pgsplit makes up whose turn has come (ParseComplete, CloseComplete) into the client's stream.
+/// Inlined, like `next_made`: it runs after every reply.
+#[inline]
 fn write_made(replies: &mut Replies, to_client: &mut Outflow, server_buf: &mut BytesMut) {
     while let Some(tag) = replies.next_made() {
         extended::put_empty(to_client.insert(server_buf), tag);

@@ -40,11 +40,12 @@ impl Relay {
                     b'Q' => body.split_last().filter(|(nul, _)| **nul == 0).map(|(_, sql)| sql),
                     _ => extended::parse_fields(body).map(|(_, definition)| extended::definition_query(definition)),
                 };
-                let Some(sql) = sql.and_then(|sql| std::str::from_utf8(sql).ok()) else {
+                let Some((sql, mut analysis)) =
+                    sql.and_then(|sql| Some((sql, self.analyses.analyze(sql, &self.functions)?)))
+                else {
                     intent.wants = Wants::Leader(RouteReason::Write(Reason::Unparsable));
                     return intent;
                 };
-                let mut analysis = self.analyses.analyze(sql, &self.functions);
                 if header.tag == b'P' {
                     analysis.pin_if_prepares();
                 }
@@ -124,8 +125,9 @@ impl Relay {
                 b'P' => match extended::parse_fields(body) {
                     Some((name, definition)) => {
                         parsed.push(name);
-                        std::str::from_utf8(extended::definition_query(definition))
-                            .is_ok_and(|sql| reads(&self.analyses.analyze(sql, &self.functions), &mut stream))
+                        self.analyses
+                            .analyze(extended::definition_query(definition), &self.functions)
+                            .is_some_and(|analysis| reads(&analysis, &mut stream))
                     }
                     None => false,
                 },
