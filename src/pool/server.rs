@@ -53,7 +53,8 @@ pub struct ServerConn {
     /// The prepared statements this connection has (under pgsplit's names).
     pub prepared: PreparedCache,
     pub cancel: CancelTarget,
-    returned_at: Instant,
+    /// When an idle connection is next probed before reuse ([`PROBE_AFTER`] after it went back to the pool).
+    probe_at: Instant,
 }
 
 /// Idle time after which a pooled connection is checked before reuse.
@@ -110,7 +111,7 @@ impl ServerConn {
             params: greeting.params,
             settings: Settings::default(),
             prepared: PreparedCache::default(),
-            returned_at: Instant::now(),
+            probe_at: Instant::now() + PROBE_AFTER,
             cancel: CancelTarget {
                 host: host.clone(),
                 port,
@@ -125,7 +126,7 @@ impl ServerConn {
     /// back in the pool for less than [`PROBE_AFTER`]: under load they cycle far faster than that, and the read
     /// would cost a system call per transaction.
     pub fn is_idle_and_open(&self) -> bool {
-        if self.returned_at.elapsed() < PROBE_AFTER {
+        if Instant::now() < self.probe_at {
             return true;
         }
         let mut probe = [0u8; 1];
@@ -134,7 +135,7 @@ impl ServerConn {
 
     /// Marks the moment the connection went back to the pool.
     pub fn returned(&mut self) {
-        self.returned_at = Instant::now();
+        self.probe_at = Instant::now() + PROBE_AFTER;
     }
 
     /// Applies `wanted` if this connection's settings differ (one round trip), else does nothing.

@@ -90,7 +90,9 @@ pub struct Relay {
     pub(super) wanted: Settings,
     /// Which functions write, for this client's database; re-checked against the catalog now and then.
     pub(super) functions: Arc<FunctionSet>,
-    pub(super) functions_checked: Instant,
+    /// When to look again: a deadline rather than the time of the last look, so the per-query check is a comparison,
+    /// not a subtraction.
+    pub(super) functions_recheck_at: Instant,
     /// Analyses of the texts this client repeats.
     pub(super) analyses: Analyses,
     pub(super) cancel: Arc<CancelSlot>,
@@ -182,7 +184,7 @@ impl Relay {
             pool_mode: config.proxy.pool_mode,
             max_message_size: config.proxy.max_message_size,
             functions,
-            functions_checked: Instant::now(),
+            functions_recheck_at: Instant::now() + FUNCTIONS_RECHECK,
             analyses: Analyses::default(),
             stop: StopSignal::new(ctx.shutdown.clone()),
             ctx,
@@ -372,10 +374,10 @@ impl Relay {
                 ))));
             }
         }
-        if matches!(header.tag, b'Q' | b'P') && self.functions_checked.elapsed() >= FUNCTIONS_RECHECK {
+        if matches!(header.tag, b'Q' | b'P') && Instant::now() >= self.functions_recheck_at {
             // Boxed: a catalog load's state is large, and this runs once a second at most.
             self.functions = Box::pin(self.ctx.functions.for_database(&self.login.key.database)).await;
-            self.functions_checked = Instant::now();
+            self.functions_recheck_at = Instant::now() + FUNCTIONS_RECHECK;
         }
         let mut intent = self.intent(header);
         if self.rerun && self.server.is_none() {
