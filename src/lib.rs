@@ -14,5 +14,6 @@ pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod router;
+pub mod runtime;
 pub mod session;
 pub mod topology;

@@ -1,6 +1,9 @@
 //! The running proxy: listeners, the accept loop, the state every session shares, the tasks that keep it in step
 //! with the topology, and graceful shutdown.
 //!
+//! Sessions, and the accept loops that start them, run on the proxy's own session runtime (`runtime`); the tasks
+//! that watch and change the topology, and the admin API, run on the runtime that started the proxy.
+//!
 //! After every topology swap the proxy opens the endpoints of new follower pools, closes those of removed ones
 //! (their connected clients stay), and takes the users and function lists of the new config. Reload requests come
 //! from SIGHUP, the config file changing, and the admin API; promotions seen by the monitor are adopted.
@@ -16,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -25,6 +29,7 @@ use crate::config::{Config, ConfigErrors, UserConfig};
 use crate::pool::prepared::StatementTable;
 use crate::protocol::auth::Credentials;
 use crate::router::KnownWrites;
+use crate::runtime::SessionRuntime;
 use crate::session::{self, cancel::CancelRegistry};
 use crate::topology::catalog::{FunctionCatalog, FunctionSets};
 use crate::topology::control::Control;
@@ -89,6 +94,8 @@ pub struct Proxy {
     /// Every session holds a clone of the sender; all dropped = all sessions over.
     sessions_done: mpsc::Receiver<()>,
     session_token: mpsc::Sender<()>,
+    /// Declared last, so dropped last: the sessions' own runtime, ended once everything above is.
+    sessions: SessionRuntime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +106,8 @@ pub enum StartError {
     Config(ConfigErrors),
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] crate::topology::watch::WatchError),
+    #[error("cannot start the session threads: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl Proxy {
@@ -125,9 +134,10 @@ impl Proxy {
     }
 
     async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Result<Proxy, StartError> {
-        let main = bind(config.proxy.listen).await?;
+        let sessions = SessionRuntime::start(config.proxy.workers).map_err(StartError::Runtime)?;
+        let main = bind(config.proxy.listen, sessions.handle())?;
         let local_addr = bound_addr(&main, config.proxy.listen)?;
-        let admin = bind(config.proxy.admin_listen).await?;
+        let admin = bind(config.proxy.admin_listen, &Handle::current())?;
         let admin_addr = bound_addr(&admin, config.proxy.admin_listen)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::from_config(&config)));
@@ -159,11 +169,13 @@ impl Proxy {
         let listeners = Arc::new(Mutex::new(Listeners {
             main: Some((
                 local_addr,
-                tokio::spawn(accept_loop(main, Endpoint::Main, ctx.clone(), session_token.clone())),
+                sessions
+                    .handle()
+                    .spawn(accept_loop(main, Endpoint::Main, ctx.clone(), session_token.clone())),
             )),
             pools: HashMap::new(),
         }));
-        open_pool_endpoints(&listeners, &config, &ctx, &session_token).await?;
+        open_pool_endpoints(&listeners, &config, &ctx, &session_token, sessions.handle())?;
         tracing::info!(addr = %admin_addr, "admin API listening");
         let mut tasks = vec![tokio::spawn(crate::admin::serve(admin, ctx.clone()))];
         let mut rounds = monitor.rounds();
@@ -176,6 +188,7 @@ impl Proxy {
             listeners.clone(),
             ctx.clone(),
             session_token.clone(),
+            sessions.handle().clone(),
         )));
         Ok(Proxy {
             local_addr,
@@ -187,6 +200,7 @@ impl Proxy {
             monitor,
             sessions_done,
             session_token,
+            sessions,
         })
     }
 
@@ -228,12 +242,14 @@ impl Proxy {
         drop(self.session_token);
         let drained = tokio::time::timeout(grace, self.sessions_done.recv()).await.is_ok();
         self.monitor.stop();
+        // Ends the sessions still running after the grace period.
+        drop(self.sessions);
         drained
     }
 }
 
 /// After every swap: pool endpoints opened and closed to match, users and function lists taken from the config.
-async fn follow_swaps(listeners: Arc<Mutex<Listeners>>, ctx: Arc<Context>, token: mpsc::Sender<()>) {
+async fn follow_swaps(listeners: Arc<Mutex<Listeners>>, ctx: Arc<Context>, token: mpsc::Sender<()>, sessions: Handle) {
     let mut swaps = ctx.control.swaps();
     while swaps.changed().await.is_ok() {
         let config = ctx.config();
@@ -241,7 +257,7 @@ async fn follow_swaps(listeners: Arc<Mutex<Listeners>>, ctx: Arc<Context>, token
         ctx.credentials.store(Arc::new(next));
         ctx.functions
             .reconfigure(&config.routing.write_functions, &config.routing.read_only_functions);
-        if let Err(error) = open_pool_endpoints(&listeners, &config, &ctx, &token).await {
+        if let Err(error) = open_pool_endpoints(&listeners, &config, &ctx, &token, &sessions) {
             tracing::error!(%error, "a follower pool's endpoint cannot open; the pool is served on the main endpoint only");
         }
     }
@@ -249,11 +265,12 @@ async fn follow_swaps(listeners: Arc<Mutex<Listeners>>, ctx: Arc<Context>, token
 
 /// Opens the endpoint of every pool with `listen` that has none (or another address), and closes those of pools
 /// gone or without `listen`. Clients already connected through a closed endpoint stay connected.
-async fn open_pool_endpoints(
+fn open_pool_endpoints(
     listeners: &Mutex<Listeners>,
     config: &Config,
     ctx: &Arc<Context>,
     token: &mpsc::Sender<()>,
+    sessions: &Handle,
 ) -> Result<(), StartError> {
     let wanted: HashMap<Arc<str>, SocketAddr> = config
         .follower_pools
@@ -275,10 +292,10 @@ async fn open_pool_endpoints(
         if lock(listeners).pools.contains_key(&name) {
             continue;
         }
-        let listener = bind(addr).await?;
+        let listener = bind(addr, sessions)?;
         let bound = bound_addr(&listener, addr)?;
         tracing::info!(pool = %name, addr = %bound, "follower pool endpoint listening");
-        let task = tokio::spawn(accept_loop(
+        let task = sessions.spawn(accept_loop(
             listener,
             Endpoint::Pool(name.clone()),
             ctx.clone(),
@@ -307,10 +324,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })
+/// A listener on `addr`, registered with `runtime`'s I/O driver: the one whose tasks will accept on it.
+fn bind(addr: SocketAddr, runtime: &Handle) -> Result<TcpListener, StartError> {
+    let listen = |source| StartError::Listen { addr, source };
+    // Bound like tokio's own `bind` does (SO_REUSEADDR, the default backlog), but on a runtime chosen here.
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    };
+    let _on = runtime.enter();
+    let socket = socket.map_err(listen)?;
+    socket.set_reuseaddr(true).map_err(listen)?;
+    socket.bind(addr).map_err(listen)?;
+    socket.listen(1024).map_err(listen)
 }
 
 fn bound_addr(listener: &TcpListener, configured: SocketAddr) -> Result<SocketAddr, StartError> {
@@ -335,7 +361,7 @@ async fn accept_loop(listener: TcpListener, endpoint: Endpoint, ctx: Arc<Context
             Err(error) => {
                 // Out of file descriptors and the like: back off briefly instead of spinning.
                 tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                crate::runtime::sleep(Duration::from_millis(50)).await;
             }
         }
     }

@@ -152,7 +152,7 @@ pub fn wait(client: &AdminClient, max_lag: u64, timeout: Duration) -> ExitCode {
 
 /// Runs one command; a failure to reach or be served by the admin API prints the reason and exits 2.
 fn block_on(command: impl Future<Output = Result<ExitCode, AdminError>>) -> ExitCode {
-    let runtime = match super::runtime(1) {
+    let runtime = match super::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };

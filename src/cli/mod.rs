@@ -23,14 +23,12 @@ pub use admin_client::AdminClient;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(config_path: &Path) -> ExitCode {
-    let config = match crate::config::Config::load(config_path) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(1);
-        }
-    };
-    let runtime = match runtime(config.proxy.workers) {
+    // Checked before anything starts, so that a bad file exits 1 like `pgsplit check`.
+    if let Err(errors) = crate::config::Config::load(config_path) {
+        eprintln!("{errors}");
+        return ExitCode::from(1);
+    }
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -56,19 +54,16 @@ pub fn run(config_path: &Path) -> ExitCode {
     })
 }
 
-/// The runtime sessions run on, with `workers` threads.
-fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(workers);
-        builder
-    };
-    builder.enable_all().build().map_err(|error| {
-        eprintln!("pgsplit: cannot start the runtime: {error}");
-        ExitCode::from(2)
-    })
+/// The main thread's runtime: signals, the admin API, health checks, reloads. Sessions run on the proxy's own
+/// threads (`proxy.workers`, see `runtime::SessionRuntime`).
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("pgsplit: cannot start the runtime: {error}");
+            ExitCode::from(2)
+        })
 }
 
 /// Resolves at the first SIGTERM or SIGINT.
@@ -97,7 +92,7 @@ pub fn check(config_path: &Path) -> ExitCode {
 }
 
 pub fn demo() -> ExitCode {
-    let runtime = match runtime(1) {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };

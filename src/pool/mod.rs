@@ -349,7 +349,7 @@ async fn sweep(state: Arc<Mutex<PoolState>>) {
                 }
             }
         };
-        tokio::time::sleep_until(next.into()).await;
+        crate::runtime::sleep_until(next).await;
     }
 }
 

@@ -93,7 +93,7 @@ impl ServerConn {
         login: &LoginInfo,
         timeout: Duration,
     ) -> Result<Box<Self>, ConnectError> {
-        tokio::time::timeout(timeout, Self::open(host, port, login))
+        crate::runtime::timeout(timeout, Self::open(host, port, login))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
     }

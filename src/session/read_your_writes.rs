@@ -106,7 +106,7 @@ impl Relay {
     pub(super) async fn confirm_replayed(&mut self, floor: &Floor, expected: Instant) -> bool {
         let forecast = expected.min(floor.deadline);
         if forecast > Instant::now() {
-            tokio::time::sleep_until(forecast.into()).await;
+            crate::runtime::sleep_until(forecast).await;
         }
         let mut pause = FIRST_PAUSE;
         let mut first_ask = true;
@@ -144,7 +144,7 @@ impl Relay {
                 attached.instance.health.caught_up_after(now - floor.since);
                 return false;
             }
-            tokio::time::sleep(pause.min(floor.deadline - now)).await;
+            crate::runtime::sleep(pause.min(floor.deadline - now)).await;
             pause = (pause * 2).min(MAX_PAUSE);
             first_ask = false;
         }

@@ -96,7 +96,7 @@ impl Relay {
                         .health
                         .interval
                         .clamp(Duration::from_millis(10), Duration::from_secs(1));
-                    tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+                    crate::runtime::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
                     continue;
                 }
                 Err(error) => return Err(error),

@@ -4,6 +4,9 @@
 //! It only reads the catalog. It never routes and never keeps a client waiting long: a stale list is served while a
 //! fresh one loads in the background, and only a database's first load is waited for (bounded by
 //! `health.timeout`). A failed load is logged and the last known list (at first: none) stays in use.
+//!
+//! Sessions ask for lists, but loads run on the runtime the catalog was made on (the proxy's control runtime):
+//! they need tokio's timers, which the session runtime does not have (`crate::runtime`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +49,8 @@ pub struct FunctionCatalog {
 }
 
 struct Inner {
+    /// Where loads run.
+    runtime: tokio::runtime::Handle,
     topology: SharedTopology,
     user: String,
     password: String,
@@ -75,7 +80,7 @@ impl FunctionCatalog {
         Self::with_max_age(topology, health, user, password, DEFAULT_MAX_AGE)
     }
 
-    /// [`FunctionCatalog::new`] with another refresh age.
+    /// [`FunctionCatalog::new`] with another refresh age. Made inside a runtime with timers: loads run there.
     pub fn with_max_age(
         topology: SharedTopology,
         health: &HealthConfig,
@@ -85,6 +90,7 @@ impl FunctionCatalog {
     ) -> FunctionCatalog {
         FunctionCatalog {
             inner: Arc::new(Inner {
+                runtime: tokio::runtime::Handle::current(),
                 topology,
                 user,
                 password,
@@ -110,7 +116,7 @@ impl FunctionCatalog {
                 // Stale: serve it, and reload in the background unless a load runs already.
                 if let Ok(guard) = entry.loading.clone().try_lock_owned() {
                     let (inner, database) = (self.inner.clone(), database.to_owned());
-                    tokio::spawn(async move {
+                    self.inner.runtime.spawn(async move {
                         inner.load(&database, &entry).await;
                         drop(guard);
                     });
@@ -119,13 +125,18 @@ impl FunctionCatalog {
             }
             None => {
                 // Never loaded: wait for the one load (bounded by the timeout, like the load itself).
-                if let Ok(_guard) = tokio::time::timeout(self.inner.timeout, entry.loading.lock()).await {
-                    let first = lock(&entry.cached).next_load.is_none();
-                    if first {
-                        self.inner.load(database, &entry).await;
+                let (inner, database) = (self.inner.clone(), database.to_owned());
+                let first_load = self.inner.runtime.spawn(async move {
+                    if let Ok(_guard) = tokio::time::timeout(inner.timeout, entry.loading.lock()).await {
+                        let first = lock(&entry.cached).next_load.is_none();
+                        if first {
+                            inner.load(&database, &entry).await;
+                        }
                     }
-                }
-                lock(&entry.cached).functions.clone()
+                    lock(&entry.cached).functions.clone()
+                });
+                // Ended only if the runtime is shutting down: nothing is known then.
+                first_load.await.unwrap_or_default()
             }
         }
     }
