@@ -103,7 +103,7 @@ impl Framer {
 
 /// Reads a NUL-terminated string at the front of `body`; returns it and the rest.
 pub fn read_cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = body.iter().position(|&b| b == 0)?;
+    let nul = memchr::memchr(0, body)?;
     Some((&body[..nul], &body[nul + 1..]))
 }
 
@@ -166,5 +166,13 @@ mod tests {
     fn cstr_reader_stops_at_nul() {
         assert_eq!(read_cstr(b"ab\0cd"), Some((&b"ab"[..], &b"cd"[..])));
         assert_eq!(read_cstr(b"ab"), None);
+        // Short and long, around memchr's vector widths.
+        for len in 0..70 {
+            let mut text = vec![b'x'; len];
+            assert_eq!(read_cstr(&text), None, "no NUL in {len} bytes");
+            text.extend_from_slice(b"\0rest");
+            let (name, rest) = read_cstr(&text).unwrap_or_else(|| panic!("NUL after {len} bytes"));
+            assert_eq!((name.len(), rest), (len, &b"rest"[..]));
+        }
     }
 }
