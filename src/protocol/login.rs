@@ -1,14 +1,15 @@
-//! pgsplit logging in to a PostgreSQL server: StartupMessage, the server's auth challenge (SCRAM-SHA-256 via
-//! postgres-protocol's client, md5, cleartext, trust), then ParameterStatus and BackendKeyData up to ReadyForQuery.
+//! pgsplit logging in to a PostgreSQL server: StartupMessage, the server's auth challenge (SCRAM-SHA-256 with keys
+//! remembered across logins (`scram`), md5, cleartext, trust), then ParameterStatus and BackendKeyData up to
+//! ReadyForQuery.
 
 use bytes::{Buf, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frame::read_cstr;
 use super::io::{IoError, read_frame};
 use super::messages::{self, error_field};
+use super::scram::{self, Scram, ScramError};
 
 /// Server login messages are small; ParameterStatus values are the largest.
 const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
@@ -32,6 +33,12 @@ pub enum LoginError {
     Protocol(String),
 }
 
+impl From<ScramError> for LoginError {
+    fn from(e: ScramError) -> Self {
+        LoginError::Protocol(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for LoginError {
     fn from(e: std::io::Error) -> Self {
         LoginError::Io(e.into())
@@ -49,7 +56,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let mut out = BytesMut::new();
     frontend::startup_message(params.iter().copied(), &mut out)?;
     stream.write_all(&out).await?;
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<Scram> = None;
     let mut greeting = Greeting::default();
     loop {
         let (tag, mut body) = read_frame(stream, buf, MAX_LOGIN_MESSAGE).await?;
@@ -71,27 +78,27 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                         frontend::password_message(hash.as_bytes(), &mut out)?;
                     }
                     10 => {
-                        if !sasl_mechanisms(&body).any(|m| m == SCRAM_SHA_256.as_bytes()) {
+                        if !sasl_mechanisms(&body).any(|m| m == scram::MECHANISM.as_bytes()) {
                             return Err(LoginError::Protocol(
                                 "server offers no SASL mechanism pgsplit supports".into(),
                             ));
                         }
-                        let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                        frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out)?;
+                        let (client, first) = Scram::new(password);
+                        frontend::sasl_initial_response(scram::MECHANISM, first.as_bytes(), &mut out)?;
                         scram = Some(client);
                     }
                     11 => {
                         let client = scram
                             .as_mut()
                             .ok_or_else(|| LoginError::Protocol("unexpected SASL step".into()))?;
-                        client.update(&body)?;
-                        frontend::sasl_response(client.message(), &mut out)?;
+                        let last = client.respond(&body)?;
+                        frontend::sasl_response(last.as_bytes(), &mut out)?;
                     }
                     12 => {
-                        let mut client = scram
+                        let client = scram
                             .take()
                             .ok_or_else(|| LoginError::Protocol("unexpected SASL final".into()))?;
-                        client.finish(&body)?;
+                        client.verify(&body)?;
                         continue;
                     }
                     other => {

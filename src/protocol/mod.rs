@@ -8,4 +8,5 @@ pub mod frame;
 pub mod io;
 pub mod login;
 pub mod messages;
+pub mod scram;
 pub mod startup;
