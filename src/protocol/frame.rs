@@ -103,7 +103,11 @@ impl Framer {
 
 /// Reads a NUL-terminated string at the front of `body`; returns it and the rest.
 pub fn read_cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = memchr::memchr(0, body)?;
+    // Most names in extended-protocol messages are empty (the unnamed statement and portal): no search for those.
+    let nul = match body.first() {
+        Some(0) => 0,
+        _ => memchr::memchr(0, body)?,
+    };
     Some((&body[..nul], &body[nul + 1..]))
 }
 
@@ -166,6 +170,8 @@ mod tests {
     fn cstr_reader_stops_at_nul() {
         assert_eq!(read_cstr(b"ab\0cd"), Some((&b"ab"[..], &b"cd"[..])));
         assert_eq!(read_cstr(b"ab"), None);
+        assert_eq!(read_cstr(b""), None);
+        assert_eq!(read_cstr(b"\0\0x"), Some((&b""[..], &b"\0x"[..])));
         // Short and long, around memchr's vector widths.
         for len in 0..70 {
             let mut text = vec![b'x'; len];
