@@ -195,11 +195,11 @@ static BYTE_CLASS: [u8; 256] = {
     table
 };
 
-/// Writes the text `bytes` into `out` (cleared first) with the values of its numbers hidden, and returns whether any was: each
-/// run of digits [`number_digits`] reports becomes `2`, except the runs `0` and `1`, which stay as they are because
-/// the classifier reads those values (`EXPLAIN (ANALYZE 0)`, `SET LOCAL transaction_read_only = 1`). Texts with the
-/// same output therefore lex to the same tokens but for the values of numbers the classifier does not tell apart.
-/// When nothing is hidden (no number, or text `number_digits` does not follow), `out` holds the text as it is.
+/// Writes the text `bytes` into `out` (cleared first) with the values of its numbers hidden, and returns whether any
+/// was: each run of digits [`number_digits`] reports becomes `2`, except the runs `0` and `1`, which stay as they are
+/// because the classifier reads those values (`EXPLAIN (ANALYZE 0)`, `SET LOCAL transaction_read_only = 1`). Texts
+/// with the same output therefore lex to the same tokens but for the values of numbers the classifier does not tell
+/// apart. When nothing is hidden (no number, or text `number_digits` does not follow), `out` holds the text as it is.
 pub fn mask_numbers(bytes: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
     let mut copied = 0;
