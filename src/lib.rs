@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod demo;
 pub mod fast_hash;
 pub mod logging;

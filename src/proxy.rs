@@ -1,4 +1,4 @@
-//! The running proxy: listeners, the accept loop, the state every session shares, the tasks that keep it in step
+//! The running proxy: listeners, the accept loop, the tasks that keep the shared state (`context`) in step
 //! with the topology, and graceful shutdown.
 //!
 //! Sessions, and the accept loops that start them, run on the proxy's own session runtime (`runtime`); the tasks
@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use tokio::task::JoinHandle;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigErrors, UserConfig};
+use crate::context::{AdminContext, ClientGauges, Endpoint, SessionContext};
 use crate::pool::prepared::StatementTable;
 use crate::protocol::auth::Credentials;
 use crate::router::KnownWrites;
@@ -35,44 +35,6 @@ use crate::topology::catalog::{FunctionCatalog, FunctionSets};
 use crate::topology::control::Control;
 use crate::topology::monitor::{Monitor, MonitorHandle};
 use crate::topology::{SharedTopology, Topology};
-
-/// What every session reads.
-pub struct Context {
-    /// The cluster and the config it was built from; every decision loads it once.
-    pub topology: SharedTopology,
-    /// Reload, pause/resume, promotion: everything that changes the topology.
-    pub control: Arc<Control>,
-    /// Per user: what a client must prove. Replaced by a reload.
-    pub credentials: ArcSwap<HashMap<String, Credentials>>,
-    /// Per database, the functions that make a SELECT a write.
-    pub functions: FunctionSets,
-    /// Statement shapes a follower refused as writes (25006): they go to the leader from then on.
-    pub known_writes: KnownWrites,
-    /// Server-side names of the statements clients prepare.
-    pub statements: StatementTable,
-    pub cancels: CancelRegistry,
-    /// Logged-in clients, against `max_client_connections`.
-    pub clients: AtomicUsize,
-    /// Clients pinned to one server connection (LISTEN, temp tables, session advisory locks, WITH HOLD cursors).
-    pub pinned: AtomicUsize,
-    pub shutdown: watch::Receiver<bool>,
-}
-
-impl Context {
-    /// The config in use now.
-    pub fn config(&self) -> Arc<Config> {
-        self.topology.load().config.clone()
-    }
-}
-
-/// Which listener a client came in on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// The read/write endpoint: writes to the leader, reads over the read pool.
-    Main,
-    /// A follower pool's own endpoint: everything to that pool's instances.
-    Pool(Arc<str>),
-}
 
 /// The accept loops running now, the main endpoint's and each follower pool's, with their bound addresses.
 #[derive(Default)]
@@ -85,7 +47,7 @@ struct Listeners {
 pub struct Proxy {
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
-    ctx: Arc<Context>,
+    admin: Arc<AdminContext>,
     listeners: Arc<Mutex<Listeners>>,
     shutdown: watch::Sender<bool>,
     /// Monitor, promotion follower, swap follower, reload triggers, admin API.
@@ -121,7 +83,7 @@ impl Proxy {
         let config = Config::load(path).map_err(StartError::Config)?;
         let mut proxy = Self::start_with(config, Some(path.to_path_buf())).await?;
         let mut triggers = crate::topology::watch::reload_triggers(path)?;
-        let control = proxy.ctx.control.clone();
+        let control = proxy.admin.control.clone();
         proxy.tasks.push(tokio::spawn(async move {
             while let Some(cause) = triggers.next().await {
                 match control.reload().await {
@@ -148,10 +110,17 @@ impl Proxy {
         let monitor = Monitor::spawn(topology.clone(), user.clone(), password.clone());
         let catalog = FunctionCatalog::new(topology.clone(), &config.health, user, password);
         let control = Arc::new(Control::new(topology.clone(), path));
-        let ctx = Arc::new(Context {
+        let gauges = Arc::new(ClientGauges::default());
+        let admin_ctx = Arc::new(AdminContext {
+            topology: topology.clone(),
+            control: control.clone(),
+            gauges: gauges.clone(),
+            shutdown: shutdown_rx.clone(),
+        });
+        let ctx = Arc::new(SessionContext {
             credentials: ArcSwap::from_pointee(derive_credentials(&config.users, &HashMap::new())),
             topology,
-            control: control.clone(),
+            gate: control.gate.clone(),
             functions: FunctionSets::new(
                 catalog,
                 config.routing.write_functions.clone(),
@@ -160,8 +129,7 @@ impl Proxy {
             known_writes: KnownWrites::default(),
             statements: StatementTable::default(),
             cancels: CancelRegistry::default(),
-            clients: AtomicUsize::new(0),
-            pinned: AtomicUsize::new(0),
+            gauges,
             shutdown: shutdown_rx,
         });
         let (session_token, sessions_done) = mpsc::channel(1);
@@ -177,23 +145,25 @@ impl Proxy {
         }));
         open_pool_endpoints(&listeners, &config, &ctx, &session_token, sessions.handle())?;
         tracing::info!(addr = %admin_addr, "admin API listening");
-        let mut tasks = vec![tokio::spawn(crate::admin::serve(admin, ctx.clone()))];
+        let mut tasks = vec![tokio::spawn(crate::admin::serve(admin, admin_ctx.clone()))];
         let mut rounds = monitor.rounds();
+        let follower = control.clone();
         tasks.push(tokio::spawn(async move {
             while rounds.changed().await.is_ok() {
-                control.follow_promotion().await;
+                follower.follow_promotion().await;
             }
         }));
         tasks.push(tokio::spawn(follow_swaps(
             listeners.clone(),
             ctx.clone(),
+            control,
             session_token.clone(),
             sessions.handle().clone(),
         )));
         Ok(Proxy {
             local_addr,
             admin_addr,
-            ctx,
+            admin: admin_ctx,
             listeners,
             shutdown,
             tasks,
@@ -217,8 +187,9 @@ impl Proxy {
         self.admin_addr
     }
 
-    pub fn context(&self) -> &Arc<Context> {
-        &self.ctx
+    /// What the admin API sees: the topology, the control plane and the client gauges.
+    pub fn context(&self) -> &Arc<AdminContext> {
+        &self.admin
     }
 
     /// Stops accepting, lets sessions finish their transactions, and waits up to `grace` for all of them.
@@ -249,8 +220,14 @@ impl Proxy {
 }
 
 /// After every swap: pool endpoints opened and closed to match, users and function lists taken from the config.
-async fn follow_swaps(listeners: Arc<Mutex<Listeners>>, ctx: Arc<Context>, token: mpsc::Sender<()>, sessions: Handle) {
-    let mut swaps = ctx.control.swaps();
+async fn follow_swaps(
+    listeners: Arc<Mutex<Listeners>>,
+    ctx: Arc<SessionContext>,
+    control: Arc<Control>,
+    token: mpsc::Sender<()>,
+    sessions: Handle,
+) {
+    let mut swaps = control.swaps();
     while swaps.changed().await.is_ok() {
         let config = ctx.config();
         let next = derive_credentials(&config.users, &ctx.credentials.load());
@@ -268,7 +245,7 @@ async fn follow_swaps(listeners: Arc<Mutex<Listeners>>, ctx: Arc<Context>, token
 fn open_pool_endpoints(
     listeners: &Mutex<Listeners>,
     config: &Config,
-    ctx: &Arc<Context>,
+    ctx: &Arc<SessionContext>,
     token: &mpsc::Sender<()>,
     sessions: &Handle,
 ) -> Result<(), StartError> {
@@ -346,7 +323,12 @@ fn bound_addr(listener: &TcpListener, configured: SocketAddr) -> Result<SocketAd
     })
 }
 
-async fn accept_loop(listener: TcpListener, endpoint: Endpoint, ctx: Arc<Context>, session_token: mpsc::Sender<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    ctx: Arc<SessionContext>,
+    session_token: mpsc::Sender<()>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {

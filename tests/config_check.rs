@@ -41,11 +41,8 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn canonical_spec_example_passes_check() {
-    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/SPEC.md")).unwrap();
-    let start = spec.find("```toml\n").expect("SPEC.md has a ```toml block") + "```toml\n".len();
-    let end = start + spec[start..].find("```").unwrap();
     let scratch = Scratch::new("spec");
-    let path = scratch.write("proxy.toml", &spec[start..end]);
+    let path = scratch.write("proxy.toml", include_str!("data/spec_example.toml"));
 
     let output = check(&path);
 

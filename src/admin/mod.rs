@@ -26,13 +26,13 @@ use tokio::sync::watch;
 pub use body::{MAX_BODY, PauseBody, PauseDirection, PromoteBody};
 pub use status::{Connections, InstanceStatus, Paused, PausedAnswer, PoolStatus, Status};
 
-use crate::proxy::Context;
+use crate::context::AdminContext;
 
 /// A client that has not sent a whole request head by then is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the admin API until the proxy shuts down.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>) {
     let shutdown = stopping(ctx.shutdown.clone());
     tokio::pin!(shutdown);
     loop {
@@ -53,7 +53,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
 }
 
 /// One client's connection: requests answered in turn until it closes, errs, or the proxy shuts down.
-async fn connection(stream: TcpStream, ctx: Arc<Context>) {
+async fn connection(stream: TcpStream, ctx: Arc<AdminContext>) {
     let shutdown = stopping(ctx.shutdown.clone());
     let service = service_fn(move |request| {
         let ctx = ctx.clone();

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::body::{self, BodyError, PauseBody, PromoteBody};
 use super::metrics;
 use super::status::{Paused, PausedAnswer, Status};
-use crate::proxy::Context;
+use crate::context::AdminContext;
 use crate::topology::changeover::Refused;
 use crate::topology::control::ReloadError;
 
@@ -121,11 +121,11 @@ impl ApiError {
 }
 
 /// Answers one request.
-pub async fn handle(request: Request<Incoming>, ctx: &Arc<Context>) -> Answer {
+pub async fn handle(request: Request<Incoming>, ctx: &Arc<AdminContext>) -> Answer {
     answer(request, ctx).await.unwrap_or_else(ApiError::into_answer)
 }
 
-async fn answer(request: Request<Incoming>, ctx: &Arc<Context>) -> Result<Answer, ApiError> {
+async fn answer(request: Request<Incoming>, ctx: &Arc<AdminContext>) -> Result<Answer, ApiError> {
     let path = request.uri().path();
     let endpoint = Endpoint::find(path).ok_or_else(|| ApiError::NotFound(path.to_owned()))?;
     if request.method() != endpoint.method() {

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::Context;
+use crate::context::AdminContext;
 use crate::topology::changeover::Progress;
 use crate::topology::gate::{Direction, Gate};
 use crate::topology::monitor::format_lsn;
@@ -106,12 +106,12 @@ pub struct Connections {
 
 impl Status {
     /// The proxy as it is now.
-    pub fn capture(ctx: &Context) -> Status {
+    pub fn capture(ctx: &AdminContext) -> Status {
         Status::of(
             &ctx.topology.load(),
             &ctx.control.gate,
-            ctx.clients.load(Ordering::Relaxed),
-            ctx.pinned.load(Ordering::Relaxed),
+            ctx.gauges.clients.load(Ordering::Relaxed),
+            ctx.gauges.pinned.load(Ordering::Relaxed),
             ctx.control.changeover().as_ref(),
         )
     }

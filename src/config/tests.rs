@@ -144,16 +144,12 @@ fn follower_pool_and_instance_defaults() {
     );
 }
 
-fn spec_example() -> String {
-    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/SPEC.md")).unwrap();
-    let start = spec.find("```toml\n").unwrap() + "```toml\n".len();
-    let end = start + spec[start..].find("```").unwrap();
-    spec[start..end].to_owned()
-}
+/// SPEC.md's canonical example, kept in the repository (`tests/data/spec_example.toml`).
+const SPEC_EXAMPLE: &str = include_str!("../../tests/data/spec_example.toml");
 
 #[test]
 fn spec_example_is_accepted_as_written() {
-    let config = parse(&spec_example()).unwrap();
+    let config = parse(SPEC_EXAMPLE).unwrap();
     assert_eq!(config.follower_pools.len(), 2);
     assert_eq!(config.follower_pools[0].instances[1].weight, 2);
     assert_eq!(config.follower_pools[1].listen, Some(addr("127.0.0.1:6433")));

@@ -26,16 +26,16 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::context::{Endpoint, SessionContext};
 use crate::pool::{ConnKey, LoginInfo, Settings};
 use crate::protocol::auth::{self, AuthError};
 use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::messages::{self, TxStatus};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
-use crate::proxy::{Context, Endpoint};
 use relay::{Relay, SessionEnd};
 
 /// Serves one accepted client connection to the end.
-pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>, endpoint: Endpoint) {
+pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: Endpoint) {
     let _ = stream.set_nodelay(true);
     let params = match negotiate(&mut stream, &ctx).await {
         Ok(Some(params)) => params,
@@ -141,7 +141,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>, endpoint: Endpoint)
 
 /// Answers SSL/GSS requests (`N`: no encryption offered yet) and cancel requests; returns the StartupMessage, or
 /// None when the connection carried a cancel request.
-async fn negotiate(stream: &mut TcpStream, ctx: &Context) -> Result<Option<StartupParams>, SqlError> {
+async fn negotiate(stream: &mut TcpStream, ctx: &SessionContext) -> Result<Option<StartupParams>, SqlError> {
     loop {
         let packet = startup::read_packet(stream)
             .await
@@ -190,12 +190,13 @@ async fn reject(mut stream: TcpStream, error: SqlError) {
 }
 
 /// Counts a logged-in client against `max_client_connections` for as long as it lives.
-struct ClientSlot<'a>(&'a Context);
+struct ClientSlot<'a>(&'a SessionContext);
 
 impl<'a> ClientSlot<'a> {
-    fn take(ctx: &'a Context) -> Option<Self> {
+    fn take(ctx: &'a SessionContext) -> Option<Self> {
         let max = ctx.config().proxy.max_client_connections;
-        ctx.clients
+        ctx.gauges
+            .clients
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
             .map(|_| ClientSlot(ctx))
@@ -204,7 +205,7 @@ impl<'a> ClientSlot<'a> {
 
 impl Drop for ClientSlot<'_> {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+        self.0.gauges.clients.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

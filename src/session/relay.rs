@@ -37,13 +37,13 @@ use super::retry::Retry;
 use super::statements::{Statements, ToServer};
 use super::stop::StopSignal;
 use crate::config::PoolMode;
+use crate::context::{Endpoint, SessionContext};
 use crate::pool::server::READ_CHUNK;
 use crate::pool::{LoginInfo, ServerConn, Settings};
 use crate::protocol::error::SqlError;
 use crate::protocol::frame::{FrameError, Framer, HEADER_LEN, Header, Step};
 use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
-use crate::proxy::{Context, Endpoint};
 use crate::router::{FunctionSet, RouteReason, Wants};
 use crate::topology::{Instance, Role, WorkGuard};
 
@@ -80,7 +80,7 @@ pub(super) struct Attached {
 }
 
 pub struct Relay {
-    pub(super) ctx: Arc<Context>,
+    pub(super) ctx: Arc<SessionContext>,
     pub(super) endpoint: Endpoint,
     /// Taken from the config at login: a reload changes them for new clients only.
     pub(super) pool_mode: PoolMode,
@@ -171,7 +171,7 @@ enum Event {
 
 impl Relay {
     pub fn new(
-        ctx: Arc<Context>,
+        ctx: Arc<SessionContext>,
         endpoint: Endpoint,
         login: LoginInfo,
         wanted: Settings,
@@ -524,8 +524,8 @@ impl Relay {
     /// The stream moves past a statement; a client that becomes pinned, or stops being pinned, is counted.
     fn set_stream(&mut self, stream: StreamState) {
         match (self.stream.pinned, stream.pinned) {
-            (false, true) => self.ctx.pinned.fetch_add(1, Ordering::Relaxed),
-            (true, false) => self.ctx.pinned.fetch_sub(1, Ordering::Relaxed),
+            (false, true) => self.ctx.gauges.pinned.fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.ctx.gauges.pinned.fetch_sub(1, Ordering::Relaxed),
             _ => 0,
         };
         self.stream = stream;
@@ -576,7 +576,7 @@ impl Relay {
         } else {
             crate::topology::gate::Direction::Writes
         };
-        self.ctx.control.gate.is_paused(direction)
+        self.ctx.gate.is_paused(direction)
     }
 
     /// Messages that need no server when none is attached: a lone Sync is answered here, Flush and stray COPY

@@ -11,11 +11,11 @@ use bytes::BytesMut;
 
 use super::intent::Intent;
 use super::relay::{Relay, SessionEnd};
+use crate::context::Endpoint;
 use crate::protocol::error::SqlError;
 use crate::protocol::extended;
 use crate::protocol::frame::{HEADER_LEN, Header, peek_header, read_cstr};
 use crate::protocol::messages;
-use crate::proxy::Endpoint;
 use crate::router::{self, RouteReason, Wants};
 
 /// Longest unit kept for a possible re-run; longer ones are not retried (the follower's error reaches the client).

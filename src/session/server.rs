@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use super::floor::Needs;
 use super::relay::{Attached, Relay, SessionEnd};
 use crate::config::{Fallback, PoolMode};
+use crate::context::Endpoint;
 use crate::pool::{ConnectError, InstancePool, LoginInfo, ServerConn, Settings};
 use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::frame::Framer;
 use crate::protocol::login::LoginError;
 use crate::protocol::messages::TxStatus;
-use crate::proxy::Endpoint;
 use crate::router::{RouteReason, Wants};
 use crate::topology::gate::Direction;
 use crate::topology::{FollowerPool, Instance, Role, Served};
@@ -41,7 +41,7 @@ impl Relay {
         let direction = direction_of(wants);
         let started = Instant::now();
         loop {
-            self.ctx.control.gate.wait_open(direction).await;
+            self.ctx.gate.wait_open(direction).await;
             // One snapshot per attempt: the routing decision and the checkout see the same topology.
             let topology = self.ctx.topology.load_full();
             let config = &topology.config;
@@ -101,7 +101,7 @@ impl Relay {
                 }
                 Err(error) => return Err(error),
             };
-            if self.ctx.control.gate.is_paused(direction) {
+            if self.ctx.gate.is_paused(direction) {
                 // Paused after this unit passed the gate but before it was counted: it waits like the rest.
                 self.detach();
                 continue;
@@ -162,7 +162,7 @@ impl Relay {
                     ),
                 )));
             }
-            let gate = &self.ctx.control.gate;
+            let gate = &self.ctx.gate;
             if gate.is_paused(direction) {
                 gate.wait_open(direction).await;
                 continue;

@@ -39,7 +39,7 @@ pub enum ReloadError {
 
 pub struct Control {
     pub topology: SharedTopology,
-    pub gate: Gate,
+    pub gate: Arc<Gate>,
     config_path: Option<PathBuf>,
     /// One topology change at a time: a changeover holds it from its first step to its last.
     apply: tokio::sync::Mutex<()>,
@@ -65,7 +65,7 @@ impl Control {
         drop(current);
         Control {
             topology,
-            gate: Gate::default(),
+            gate: Arc::default(),
             config_path,
             apply: tokio::sync::Mutex::new(()),
             swapped,

@@ -47,7 +47,7 @@ async fn settings_follow_the_client_across_transactions() {
 }
 
 fn pinned(p: &TestProxy) -> usize {
-    p.proxy.context().pinned.load(Ordering::Relaxed)
+    p.proxy.context().gauges.pinned.load(Ordering::Relaxed)
 }
 
 /// Temp tables, session advisory locks and WITH HOLD cursors live on one server connection: the client keeps it

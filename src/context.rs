@@ -1,0 +1,81 @@
+//! The shared state the proxy hands to its consumers, one struct per consumer: what a client session may read and
+//! count ([`SessionContext`]), and what the admin API may read and steer ([`AdminContext`]). `proxy` builds both
+//! and wires listeners to `session::serve` and `admin::serve`; neither consumer sees the other's parts, so a session
+//! cannot reload or promote, and the admin API holds no client credentials.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::pool::prepared::StatementTable;
+use crate::protocol::auth::Credentials;
+use crate::router::KnownWrites;
+use crate::session::cancel::CancelRegistry;
+use crate::topology::SharedTopology;
+use crate::topology::catalog::FunctionSets;
+use crate::topology::control::Control;
+use crate::topology::gate::Gate;
+
+/// Gauges of the client side, kept by sessions and read by the admin API.
+#[derive(Debug, Default)]
+pub struct ClientGauges {
+    /// Logged-in clients, against `max_client_connections`.
+    pub clients: AtomicUsize,
+    /// Clients pinned to one server connection (LISTEN, temp tables, session advisory locks, WITH HOLD cursors).
+    pub pinned: AtomicUsize,
+}
+
+/// What every client session reads.
+pub struct SessionContext {
+    /// The cluster and the config it was built from; every decision loads it once.
+    pub topology: SharedTopology,
+    /// Paused directions: every unit passes it before it is routed.
+    pub gate: Arc<Gate>,
+    /// Per user: what a client must prove. Replaced by a reload.
+    pub credentials: ArcSwap<HashMap<String, Credentials>>,
+    /// Per database, the functions that make a SELECT a write.
+    pub functions: FunctionSets,
+    /// Statement shapes a follower refused as writes (25006): they go to the leader from then on.
+    pub known_writes: KnownWrites,
+    /// Server-side names of the statements clients prepare.
+    pub statements: StatementTable,
+    pub cancels: CancelRegistry,
+    pub gauges: Arc<ClientGauges>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl SessionContext {
+    /// The config in use now.
+    pub fn config(&self) -> Arc<Config> {
+        self.topology.load().config.clone()
+    }
+}
+
+/// What the admin API reads and steers.
+pub struct AdminContext {
+    pub topology: SharedTopology,
+    /// Reload, pause/resume, promotion: everything that changes the topology.
+    pub control: Arc<Control>,
+    pub gauges: Arc<ClientGauges>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AdminContext {
+    /// The config in use now.
+    pub fn config(&self) -> Arc<Config> {
+        self.topology.load().config.clone()
+    }
+}
+
+/// Which listener a client came in on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The read/write endpoint: writes to the leader, reads over the read pool.
+    Main,
+    /// A follower pool's own endpoint: everything to that pool's instances.
+    Pool(Arc<str>),
+}
