@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -27,6 +27,34 @@ pub struct ClientGauges {
     pub clients: AtomicUsize,
     /// Clients pinned to one server connection (LISTEN, temp tables, session advisory locks, WITH HOLD cursors).
     pub pinned: AtomicUsize,
+}
+
+/// One on a gauge for as long as it lives: released by ownership, so a session that ends any way at all (a
+/// panic or a cancelled task included) leaves the gauge right.
+pub struct GaugeCount {
+    gauges: Arc<ClientGauges>,
+    gauge: fn(&ClientGauges) -> &AtomicUsize,
+}
+
+impl GaugeCount {
+    /// Counts one pinned client.
+    pub fn pinned(gauges: &Arc<ClientGauges>) -> GaugeCount {
+        Self::take(gauges, |g| &g.pinned)
+    }
+
+    fn take(gauges: &Arc<ClientGauges>, gauge: fn(&ClientGauges) -> &AtomicUsize) -> GaugeCount {
+        gauge(gauges).fetch_add(1, Ordering::Relaxed);
+        GaugeCount {
+            gauges: gauges.clone(),
+            gauge,
+        }
+    }
+}
+
+impl Drop for GaugeCount {
+    fn drop(&mut self) {
+        (self.gauge)(&self.gauges).fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What every client session reads.

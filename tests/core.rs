@@ -4,6 +4,8 @@ mod support;
 
 #[path = "core/auth.rs"]
 mod auth;
+#[path = "core/hostile.rs"]
+mod hostile;
 #[path = "core/lifecycle.rs"]
 mod lifecycle;
 #[path = "core/limits.rs"]

@@ -4,12 +4,16 @@
 //! its own (under load most checkouts wait, and a timer per checkout cost as much as routing it).
 //!
 //! A returned connection is handed straight to the oldest waiter of the same user/database; a waiter of another
-//! user/database gets the slot instead (the connection is closed to make room). The pool never parses SQL and
-//! never looks at a connection's traffic: the session decides whether a connection is clean enough to return.
+//! user/database gets the slot instead (the connection is closed to make room). Every connection carries its
+//! [`Slot`]: dropping a connection anywhere gives its place back, so the count cannot leak. A retired pool lends
+//! nothing: waiters and new checkouts fail at once and the session routes again. The pool never parses SQL and
+//! never looks at a connection's traffic: the session decides whether a connection is clean enough to return (and
+//! drops it otherwise).
 
 pub mod prepared;
 pub mod server;
 pub mod settings;
+mod slot;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +23,7 @@ use tokio::sync::oneshot;
 
 pub use server::{CancelTarget, ConnKey, ConnectError, LoginInfo, ServerConn};
 pub use settings::Settings;
+pub use slot::Slot;
 
 use crate::protocol::error::SqlError;
 
@@ -38,9 +43,9 @@ struct PoolState {
     /// The cap; a reload may change it.
     max_connections: usize,
     connect_timeout: Duration,
-    /// The instance left the topology: connections coming back are closed, not kept.
+    /// The instance left the topology: nothing is lent; connections coming back are closed, not kept.
     retired: bool,
-    /// Connections open or being opened (idle + lent out + connecting).
+    /// Places taken ([`Slot`]s alive): connections idle, lent out, or being opened.
     total: usize,
     /// Most recently returned last. Boxed, like every connection lent or kept: a lent connection moves pool →
     /// session → pool on every transaction, and a pointer moves cheaper than the connection.
@@ -60,19 +65,21 @@ struct Waiter {
     deadline: Instant,
 }
 
-/// What a waiter receives.
+/// What a waiter receives. A grant carries its place: dropped unreceived (the waiter gave up after it was sent),
+/// the place goes back.
 enum Grant {
     Conn(Box<ServerConn>),
-    /// Permission to open a connection of its own; `total` already counts it.
-    Slot,
+    /// A place to open a connection of its own.
+    Slot(Slot),
 }
 
 /// What a checkout does once the lock is released.
 enum Next {
     Ready(Box<ServerConn>),
     Open {
-        evicted: Option<Box<ServerConn>>,
+        slot: Slot,
     },
+    Retired,
     /// Queued at `started` (taken only here: the other ways need no clock).
     Wait {
         receiver: oneshot::Receiver<Grant>,
@@ -90,6 +97,9 @@ pub enum CheckoutError {
     },
     #[error("cannot connect to instance {instance}: {source}")]
     Connect { instance: Arc<str>, source: ConnectError },
+    /// The instance left the topology: route again on the current one.
+    #[error("instance {instance} left the topology")]
+    Retired { instance: Arc<str> },
 }
 
 impl CheckoutError {
@@ -103,6 +113,7 @@ impl CheckoutError {
                 waited,
             } => SqlError::checkout_timeout(instance, *pool_size, waited.as_millis()),
             CheckoutError::Connect { instance, source } => source.to_sql_error(instance),
+            CheckoutError::Retired { instance } => SqlError::server_unavailable(instance, "it left the topology"),
         }
     }
 }
@@ -155,50 +166,23 @@ impl InstancePool {
     /// Lends a connection for `login.key`, opening one if the cap allows, else waiting up to `timeout`.
     pub async fn checkout(&self, login: &LoginInfo, timeout: Duration) -> Result<Box<ServerConn>, CheckoutError> {
         let next = loop {
-            let mut state = self.lock();
-            if let Some(i) = state.idle.iter().rposition(|c| c.key == login.key) {
-                let conn = state.idle.swap_remove(i);
-                if conn.is_idle_and_open() {
-                    break Next::Ready(conn);
-                }
-                // Closed by the server (restart, idle timeout, terminate) while pooled: free its slot, try again.
-                state.total -= 1;
-                drop(state);
-                drop(conn);
-                continue;
+            match self.next_for(&login.key, timeout) {
+                Ok(next) => break next,
+                // An idle connection the server closed meanwhile: its place goes back as it drops, outside the
+                // lock; then look again.
+                Err(closed) => drop(closed),
             }
-            break if state.total < state.max_connections {
-                state.total += 1;
-                Next::Open { evicted: None }
-            } else if let Some(i) = state.idle.iter().position(|c| c.key != login.key) {
-                Next::Open {
-                    evicted: Some(state.idle.remove(i)),
-                }
-            } else {
-                let (grant, receiver) = oneshot::channel();
-                let started = Instant::now();
-                state.waiters.push_back(Waiter {
-                    key: login.key.clone(),
-                    grant,
-                    deadline: started + timeout,
-                });
-                if !std::mem::replace(&mut state.sweeping, true) {
-                    tokio::spawn(sweep(self.state.clone()));
-                }
-                Next::Wait { receiver, started }
-            };
         };
         match next {
             Next::Ready(conn) => Ok(conn),
-            Next::Open { evicted } => {
-                drop(evicted);
-                Box::pin(self.open(login)).await
-            }
+            Next::Open { slot } => Box::pin(self.open(login, slot)).await,
+            Next::Retired => Err(self.retired_error()),
             Next::Wait { receiver, started } => {
                 // Grants are sent and expired waiters dropped under the lock: a waiter gets one or the other.
                 match receiver.await.ok() {
                     Some(Grant::Conn(conn)) => Ok(conn),
-                    Some(Grant::Slot) => Box::pin(self.open(login)).await,
+                    Some(Grant::Slot(slot)) => Box::pin(self.open(login, slot)).await,
+                    None if self.lock().retired => Err(self.retired_error()),
                     None => Err(CheckoutError::Timeout {
                         instance: self.name.clone(),
                         pool_size: self.lock().max_connections,
@@ -209,11 +193,56 @@ impl InstancePool {
         }
     }
 
-    /// Opens a connection for a slot already counted in `total`; gives the slot back on failure. Callers box this
-    /// future: a login's state is large, and unboxed it would sit in every session's task for its whole life.
-    async fn open(&self, login: &LoginInfo) -> Result<Box<ServerConn>, CheckoutError> {
+    /// What a checkout for `key` does, decided under the lock; Err: an idle connection the server closed while
+    /// pooled (restart, idle timeout, terminate), for the caller to drop.
+    fn next_for(&self, key: &ConnKey, timeout: Duration) -> Result<Next, Box<ServerConn>> {
+        let mut state = self.lock();
+        if state.retired {
+            return Ok(Next::Retired);
+        }
+        if let Some(i) = state.idle.iter().rposition(|c| c.key == *key) {
+            let conn = state.idle.swap_remove(i);
+            return if conn.is_idle_and_open() {
+                Ok(Next::Ready(conn))
+            } else {
+                Err(conn)
+            };
+        }
+        if state.total < state.max_connections {
+            state.total += 1;
+            return Ok(Next::Open {
+                slot: Slot::counted(&self.state),
+            });
+        }
+        if let Some(i) = state.idle.iter().position(|c| c.key != *key) {
+            // That connection closes, and its place is the new one's.
+            let slot = state.idle.remove(i).into_slot();
+            return Ok(Next::Open { slot });
+        }
+        let (grant, receiver) = oneshot::channel();
+        let started = Instant::now();
+        state.waiters.push_back(Waiter {
+            key: key.clone(),
+            grant,
+            deadline: started + timeout,
+        });
+        if !std::mem::replace(&mut state.sweeping, true) {
+            tokio::spawn(sweep(self.state.clone()));
+        }
+        Ok(Next::Wait { receiver, started })
+    }
+
+    fn retired_error(&self) -> CheckoutError {
+        CheckoutError::Retired {
+            instance: self.name.clone(),
+        }
+    }
+
+    /// Opens a connection in `slot`; the slot goes back if it fails. Callers box this future: a login's state is
+    /// large, and unboxed it would sit in every session's task for its whole life.
+    async fn open(&self, login: &LoginInfo, slot: Slot) -> Result<Box<ServerConn>, CheckoutError> {
         let connect_timeout = self.lock().connect_timeout;
-        match ServerConn::connect(&self.host, self.port, login, connect_timeout).await {
+        match ServerConn::connect(&self.host, self.port, login, connect_timeout, slot).await {
             Ok(conn) => {
                 let mut state = self.lock();
                 if !state.server_params.contains_key(&conn.key) {
@@ -223,52 +252,33 @@ impl InstancePool {
                 }
                 Ok(conn)
             }
-            Err(source) => {
-                self.forget_one();
-                Err(CheckoutError::Connect {
-                    instance: self.name.clone(),
-                    source,
-                })
-            }
+            Err(source) => Err(CheckoutError::Connect {
+                instance: self.name.clone(),
+                source,
+            }),
         }
     }
 
-    /// Takes back a clean, idle connection.
+    /// Takes back a clean, idle connection. A connection that is not clean is dropped instead, which closes it and
+    /// gives its place back.
     pub fn release(&self, mut conn: Box<ServerConn>) {
         conn.returned();
         let mut state = self.lock();
         if state.retired || state.total > state.max_connections {
-            // Retired, or over a cap a reload lowered: close it rather than keep it.
+            // Retired, or over a cap a reload lowered: close it (outside the lock) rather than keep it.
             drop(state);
-            return self.discard(conn);
+            return drop(conn);
         }
-        let mut conn = Some(conn);
-        while let Some(waiter) = state.waiters.pop_front() {
-            let grant = if waiter.key == conn.as_ref().expect("present until handed off").key {
-                Grant::Conn(conn.take().expect("present until handed off"))
-            } else {
-                Grant::Slot
-            };
-            match waiter.grant.send(grant) {
-                Ok(()) if conn.is_none() => return,
-                // Slot granted: this connection is closed to make room for the waiter's own.
-                Ok(()) => return drop(conn),
-                Err(Grant::Conn(back)) => conn = Some(back),
-                Err(Grant::Slot) => {}
-            }
+        if let Some(unwanted) = state.offer(Grant::Conn(conn)) {
+            state.keep(unwanted);
         }
-        state.idle.push(conn.expect("present until handed off"));
     }
 
     /// Closes every idle connection: the monitor calls it when a check of the instance fails. Lent-out ones are
-    /// discarded by their sessions as they fail or finish.
+    /// dropped by their sessions as they fail or finish.
     pub fn close_idle(&self) {
-        let closed: Vec<Box<ServerConn>> = {
-            let mut state = self.lock();
-            let closed: Vec<Box<ServerConn>> = state.idle.drain(..).collect();
-            state.total -= closed.len();
-            closed
-        };
+        let closed: Vec<Box<ServerConn>> = self.lock().idle.drain(..).collect();
+        // Their places go back (to waiters first) as they drop, outside the lock.
         drop(closed);
     }
 
@@ -279,24 +289,30 @@ impl InstancePool {
             let mut state = self.lock();
             state.max_connections = max_connections;
             state.connect_timeout = connect_timeout;
-            while state.total < state.max_connections {
-                let Some(waiter) = state.waiters.pop_front() else { break };
-                if waiter.grant.send(Grant::Slot).is_ok() {
-                    state.total += 1;
+            while state.total < state.max_connections && !state.waiters.is_empty() {
+                state.total += 1;
+                if let Some(untaken) = state.offer(Grant::Slot(Slot::counted(&self.state))) {
+                    // Every waiter had given up.
+                    state.keep(untaken);
+                    break;
                 }
             }
             let over = state.total.saturating_sub(state.max_connections).min(state.idle.len());
-            let closed: Vec<Box<ServerConn>> = state.idle.drain(..over).collect();
-            state.total -= closed.len();
-            closed
+            state.idle.drain(..over).collect()
         };
         drop(closed);
     }
 
-    /// The instance left the topology: idle connections close now, lent-out ones when they come back.
+    /// The instance left the topology: nothing more is lent (waiters fail at once and route again), idle
+    /// connections close now, lent-out ones when they come back.
     pub fn retire(&self) {
-        self.lock().retired = true;
-        self.close_idle();
+        let (closed, waiters): (Vec<Box<ServerConn>>, VecDeque<Waiter>) = {
+            let mut state = self.lock();
+            state.retired = true;
+            (state.idle.drain(..).collect(), std::mem::take(&mut state.waiters))
+        };
+        // Dropping a waiter drops its grant sender: its checkout sees the pool retired.
+        drop((closed, waiters));
     }
 
     /// Forgets the cached login parameters: the instance changed role, and with it `in_hot_standby`.
@@ -304,24 +320,67 @@ impl InstancePool {
         self.lock().server_params.clear();
     }
 
-    /// A lent-out connection is gone (broken, or not clean enough to reuse): free its slot.
-    pub fn discard(&self, conn: Box<ServerConn>) {
-        drop(conn);
-        self.forget_one();
-    }
-
-    fn forget_one(&self) {
-        let mut state = self.lock();
-        while let Some(waiter) = state.waiters.pop_front() {
-            if waiter.grant.send(Grant::Slot).is_ok() {
-                return;
-            }
-        }
-        state.total -= 1;
-    }
-
     fn lock(&self) -> MutexGuard<'_, PoolState> {
         lock(&self.state)
+    }
+}
+
+impl Drop for InstancePool {
+    /// Idle connections hold their slots, and slots hold the pool's state: closing them ends that cycle.
+    fn drop(&mut self) {
+        self.close_idle();
+    }
+}
+
+impl PoolState {
+    /// Offers a returned connection, or a place given back, to the waiters, oldest first: a connection to one of
+    /// its user/database, a place to any other (the connection is then closed to make room). Waiters that gave up
+    /// are skipped. Returns what nobody took.
+    fn offer(&mut self, mut grant: Grant) -> Option<Grant> {
+        if self.retired || self.total > self.max_connections {
+            // Nothing is handed on: the place comes off the count.
+            return Some(grant);
+        }
+        while let Some(waiter) = self.waiters.pop_front() {
+            let offered = match grant {
+                Grant::Conn(conn) if conn.key != waiter.key => {
+                    if waiter.grant.is_closed() {
+                        grant = Grant::Conn(conn);
+                        continue;
+                    }
+                    Grant::Slot(conn.into_slot())
+                }
+                other => other,
+            };
+            match waiter.grant.send(offered) {
+                Ok(()) => return None,
+                Err(refused) => grant = refused,
+            }
+        }
+        Some(grant)
+    }
+
+    /// A place was given back (its slot dropped): the oldest waiter gets it, or it comes off the count.
+    fn give_back(&mut self, shared: &Arc<Mutex<PoolState>>) {
+        if let Some(untaken) = self.offer(Grant::Slot(Slot::counted(shared))) {
+            self.keep(untaken);
+        }
+    }
+
+    /// Keeps what nobody took: a connection goes idle; a bare place comes off the count.
+    fn keep(&mut self, grant: Grant) {
+        match grant {
+            Grant::Conn(conn) if !self.retired && self.total <= self.max_connections => self.idle.push(conn),
+            Grant::Conn(conn) => {
+                // Closed, but under the lock: its place must not be handed on from within.
+                conn.into_slot().disarm();
+                self.total -= 1;
+            }
+            Grant::Slot(slot) => {
+                slot.disarm();
+                self.total -= 1;
+            }
+        }
     }
 }
 
@@ -419,5 +478,33 @@ mod tests {
             Ok(_) => panic!("nothing listens on port 1"),
         }
         assert_eq!(pool.stats().total, 0, "the failed slot is given back");
+    }
+
+    #[tokio::test]
+    async fn a_retired_pool_fails_its_waiters_at_once_and_lends_nothing() {
+        let pool = Arc::new(full_pool());
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout(&login(), Duration::from_secs(30)).await }
+        });
+        while pool.stats().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        pool.retire();
+        let retired =
+            |result: Result<Box<ServerConn>, CheckoutError>| matches!(result, Err(CheckoutError::Retired { .. }));
+        assert!(
+            retired(waiting.await.expect("checkout task")),
+            "the waiter is told at once"
+        );
+        assert!(retired(pool.checkout(&login(), Duration::from_secs(30)).await));
+        assert_eq!(
+            pool.stats(),
+            PoolStats {
+                total: 0,
+                idle: 0,
+                waiting: 0
+            }
+        );
     }
 }

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use super::prepared::PreparedCache;
 use super::settings::Settings;
+use super::slot::Slot;
 use crate::protocol::error::{Severity, SqlError};
 use crate::protocol::io::read_frame;
 use crate::protocol::login::{self, LoginError};
@@ -55,6 +56,8 @@ pub struct ServerConn {
     pub cancel: CancelTarget,
     /// When an idle connection is next probed before reuse ([`PROBE_AFTER`] after it went back to the pool).
     probe_at: Instant,
+    /// Its place in the instance's pool, given back when the connection drops.
+    slot: Slot,
 }
 
 /// Idle time after which a pooled connection is checked before reuse.
@@ -87,18 +90,20 @@ impl ConnectError {
 pub const READ_CHUNK: usize = 16 * 1024;
 
 impl ServerConn {
-    pub async fn connect(
+    /// Opens a connection in `slot` (which goes back if this fails).
+    pub(super) async fn connect(
         host: &Arc<str>,
         port: u16,
         login: &LoginInfo,
         timeout: Duration,
+        slot: Slot,
     ) -> Result<Box<Self>, ConnectError> {
-        crate::runtime::timeout(timeout, Self::open(host, port, login))
+        crate::runtime::timeout(timeout, Self::open(host, port, login, slot))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
     }
 
-    async fn open(host: &Arc<str>, port: u16, login: &LoginInfo) -> Result<Box<Self>, ConnectError> {
+    async fn open(host: &Arc<str>, port: u16, login: &LoginInfo, slot: Slot) -> Result<Box<Self>, ConnectError> {
         let mut stream = TcpStream::connect((&**host, port)).await?;
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -118,7 +123,14 @@ impl ServerConn {
                 pid: greeting.pid,
                 secret: greeting.secret,
             },
+            slot,
         }))
+    }
+
+    /// Closes the connection but keeps its place, for the pool to hand on.
+    pub(super) fn into_slot(self: Box<Self>) -> Slot {
+        let ServerConn { slot, .. } = *self;
+        slot
     }
 
     /// An idle pooled connection should have nothing to say; readable bytes or EOF mean the server closed it or

@@ -40,12 +40,15 @@ impl Relay {
                     b'Q' => body.split_last().filter(|(nul, _)| **nul == 0).map(|(_, sql)| sql),
                     _ => extended::parse_fields(body).map(|(_, definition)| extended::definition_query(definition)),
                 };
-                let Some((sql, mut analysis)) =
-                    sql.and_then(|sql| Some((sql, self.analyses.analyze(sql, &self.functions)?)))
-                else {
+                let Some(sql) = sql else {
+                    // No closing NUL, or a Parse whose fields do not add up: the server refuses it (08P01).
                     intent.wants = Wants::Leader(RouteReason::Write(Reason::Unparsable));
                     return intent;
                 };
+                let mut analysis = self
+                    .analyses
+                    .analyze(sql, &self.functions)
+                    .unwrap_or_else(|| Analysis::unreadable(self.wanted.client_sends_utf8()));
                 if header.tag == b'P' {
                     analysis.pin_if_prepares();
                 }

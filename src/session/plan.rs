@@ -180,6 +180,27 @@ pub fn analyze(sql: &str, functions: &FunctionSet) -> Analysis {
 }
 
 impl Analysis {
+    /// A text pgsplit cannot read (not valid in the client's encoding): it runs on the leader, where the server says
+    /// what, if anything, is wrong with it. What it does to the session is unknown, so unless the server is sure to
+    /// refuse it (`refused`: the text is not UTF-8 and the client says it sends UTF-8), the session keeps its
+    /// connection from then on, as if pinned: nothing it might have set can leak to another client.
+    pub fn unreadable(refused: bool) -> Analysis {
+        Analysis {
+            summary: Classification {
+                access: Access::Write,
+                reason: Reason::Unparsable,
+                statements: 1,
+                session_advisory_lock: false,
+            },
+            first_is_begin: false,
+            writes_are_plain_begins: false,
+            effects: if refused { Vec::new() } else { vec![Effect::Pin] },
+            local: None,
+            prepared: None,
+            known_write: false,
+        }
+    }
+
     /// Where the unit should run given the session as it is, and the session as it is after the unit: `state`
     /// is updated as the stream passes this statement.
     pub fn plan(&self, settings: &Settings, state: &mut StreamState) -> Plan {

@@ -72,7 +72,7 @@ impl Relay {
         };
         self.cancel.set(None);
         let owed: BytesMut = self.to_client.take(&mut conn.buf);
-        instance.pool.discard(conn);
+        drop(conn);
         self.replies = Replies::default();
         self.server_framer = Framer::default();
         self.floor.commit_unknown();
@@ -132,9 +132,9 @@ impl Relay {
                 }
                 Err(error) => {
                     tracing::debug!(instance = %attached.instance.name, %error, "asking a follower its replay position");
-                    if let Some(Attached { conn, instance, .. }) = self.server.take() {
+                    // Dropped, not returned: its place in the pool goes back as it closes.
+                    if self.server.take().is_some() {
                         self.cancel.set(None);
-                        instance.pool.discard(conn);
                     }
                     return false;
                 }

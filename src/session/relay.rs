@@ -16,7 +16,6 @@
 
 use std::io::ErrorKind;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,7 @@ use super::retry::Retry;
 use super::statements::{Statements, ToServer};
 use super::stop::StopSignal;
 use crate::config::PoolMode;
-use crate::context::{Endpoint, SessionContext};
+use crate::context::{Endpoint, GaugeCount, SessionContext};
 use crate::pool::server::READ_CHUNK;
 use crate::pool::{LoginInfo, ServerConn, Settings};
 use crate::protocol::error::SqlError;
@@ -119,6 +118,8 @@ pub struct Relay {
     pub(super) tx_status: TxStatus,
     /// Transaction and pin state as of the last message forwarded.
     pub(super) stream: StreamState,
+    /// Counts the client as pinned while `stream.pinned`.
+    pin_count: Option<GaugeCount>,
     /// Client messages wait (see [`Hold`]).
     pub(super) held: Option<Hold>,
     /// Changes of the Binds in the current extended-protocol batch, until its Sync.
@@ -204,6 +205,7 @@ impl Relay {
             batch_open: false,
             tx_status: TxStatus::Idle,
             stream: StreamState::default(),
+            pin_count: None,
             held: None,
             batch_changes: Vec::new(),
             batch_discards: false,
@@ -232,7 +234,6 @@ impl Relay {
             let _ = self.client.write_all(&self.out).await;
         }
         self.return_server().await;
-        self.set_stream(StreamState::default());
         end
     }
 
@@ -461,16 +462,18 @@ impl Relay {
         let table = &self.ctx.statements;
         match header.tag {
             b'Q' => {
-                let analysis = intent.analysis.expect("a Query is analysed");
                 let changes = intent.plan.map(|(plan, _)| plan.changes).unwrap_or_default();
                 let mut expected = Expected::ready(changes);
-                if analysis.discards_statements() {
+                let analysis = intent.analysis.as_ref();
+                if analysis.is_some_and(|a| a.discards_statements()) {
                     expected = expected.discarding_statements();
                 }
-                let undo = match &analysis.prepared {
-                    Some(prepared) => self
-                        .statements
-                        .sql(&mut to, len, table, prepared, &analysis, self.batch_open),
+                let undo = match analysis.and_then(|a| a.prepared.as_ref().map(|prepared| (a, prepared))) {
+                    Some((analysis, prepared)) => {
+                        self.statements
+                            .sql(&mut to, len, table, prepared, analysis, self.batch_open)
+                    }
+                    // Not analysed (no closing NUL): the server says what is wrong with it.
                     None => {
                         to.pass(len);
                         None
@@ -481,10 +484,7 @@ impl Relay {
                     None => expected,
                 });
             }
-            b'P' => {
-                let analysis = intent.analysis.expect("a Parse is analysed");
-                self.statements.parse(&mut to, len, table, analysis);
-            }
+            b'P' => self.statements.parse(&mut to, len, table, intent.analysis),
             b'B' => {
                 self.batch_discards |= intent.discards;
                 self.statements.bind(&mut to, len);
@@ -523,11 +523,9 @@ impl Relay {
 
     /// The stream moves past a statement; a client that becomes pinned, or stops being pinned, is counted.
     fn set_stream(&mut self, stream: StreamState) {
-        match (self.stream.pinned, stream.pinned) {
-            (false, true) => self.ctx.gauges.pinned.fetch_add(1, Ordering::Relaxed),
-            (true, false) => self.ctx.gauges.pinned.fetch_sub(1, Ordering::Relaxed),
-            _ => 0,
-        };
+        if stream.pinned != self.pin_count.is_some() {
+            self.pin_count = stream.pinned.then(|| GaugeCount::pinned(&self.ctx.gauges));
+        }
         self.stream = stream;
     }
 

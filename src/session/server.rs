@@ -55,7 +55,11 @@ impl Relay {
             let (decision, pool) = {
                 let (pool, fallback) = match &self.endpoint {
                     Endpoint::Main => (topology.read_pool.map(|i| &topology.pools[i]), config.routing.fallback),
-                    Endpoint::Pool(name) => (topology.pools.iter().find(|p| p.name == *name), Fallback::Error),
+                    Endpoint::Pool(name) => match topology.pools.iter().find(|p| p.name == *name) {
+                        Some(pool) => (Some(pool), Fallback::Error),
+                        // Its clients stay connected, but a pool endpoint never serves anything but its pool.
+                        None => return Err(pool_removed(name)),
+                    },
                 };
                 let wants = match needs {
                     Needs::Leader => Wants::Leader(RouteReason::ReadYourWrites),
@@ -99,10 +103,18 @@ impl Relay {
                     crate::runtime::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
                     continue;
                 }
+                // The instance left the topology while this unit queued for it: route again on the new one.
+                Err(_) if decision.instance.is_retired() => continue,
                 Err(error) => return Err(error),
             };
             if self.ctx.gate.is_paused(direction) {
                 // Paused after this unit passed the gate but before it was counted: it waits like the rest.
+                self.detach();
+                continue;
+            }
+            if !self.role_still_holds(topology.generation) {
+                // A swap while this unit waited for a connection: it must not run on a leader that was replaced
+                // (never two leaders), nor read on an instance that is no longer a follower.
                 self.detach();
                 continue;
             }
@@ -114,6 +126,17 @@ impl Relay {
             self.last_route = Some((instance.name.clone(), reason));
             return Ok(());
         }
+    }
+
+    /// The attached instance still has the role it was attached for: nothing was swapped since generation
+    /// `routed_on`, or the current topology gives it the same role.
+    fn role_still_holds(&self, routed_on: u64) -> bool {
+        let now = self.ctx.topology.load();
+        now.generation == routed_on
+            || self
+                .server
+                .as_ref()
+                .is_some_and(|s| now.role_of(&s.instance) == Some(s.role))
     }
 
     fn may_fall_back(&self, config: &crate::config::Config) -> bool {
@@ -183,7 +206,7 @@ impl Relay {
             if self.is_quiet() && conn.buf.is_empty() {
                 instance.pool.release(conn);
             } else {
-                instance.pool.discard(conn);
+                drop(conn);
             }
         }
     }
@@ -203,7 +226,7 @@ impl Relay {
                 instance.pool.release(conn);
             } else {
                 // Unsolicited bytes after ReadyForQuery belong to nobody; never hand them to another client.
-                instance.pool.discard(conn);
+                drop(conn);
             }
         } else if let Some(attached) = self.server.as_mut() {
             attached.work = None;
@@ -238,16 +261,16 @@ impl Relay {
             }
             instance.pool.release(conn);
         } else {
-            instance.pool.discard(conn);
+            drop(conn);
         }
     }
 
     /// The server connection failed: it is closed, never returned, and the client is told.
     pub(super) fn lose_server(&mut self) -> SessionEnd {
         let instance = match self.server.take() {
-            Some(Attached { conn, instance, .. }) => {
+            // Dropped, never returned: its place in the pool goes back as it closes.
+            Some(Attached { instance, .. }) => {
                 self.cancel.set(None);
-                instance.pool.discard(conn);
                 instance.name.clone()
             }
             None => "?".into(),
@@ -274,6 +297,15 @@ fn count_fresh_read(pool: Option<&FollowerPool>, reason: RouteReason, confirmed:
     }
 }
 
+/// What a client of a follower pool's own endpoint is told once that pool is gone from the config.
+fn pool_removed(name: &str) -> SqlError {
+    SqlError::new(
+        Severity::Error,
+        code::CANNOT_CONNECT_NOW,
+        format!("follower pool \"{name}\" is no longer in the configuration; connect to another endpoint"),
+    )
+}
+
 /// Writes wait at a write pause; reads at a read pause.
 fn direction_of(wants: Wants) -> Direction {
     match wants {
@@ -298,7 +330,7 @@ pub async fn borrow(
             Err(error.to_sql_error(pool.name()))
         }
         Err(error) => {
-            pool.discard(conn);
+            drop(conn);
             Err(error.to_sql_error(pool.name()))
         }
     }

@@ -228,9 +228,10 @@ impl Statements {
         }
     }
 
-    /// A Parse of `len` bytes at the scan position, whose query string is `analysis`.
-    pub fn parse(&mut self, to: &mut ToServer, len: usize, table: &StatementTable, analysis: Analysis) {
-        let Some((name, definition)) = extended::parse_fields(to.body(len)) else {
+    /// A Parse of `len` bytes at the scan position, whose query string is `analysis` (None: its fields could not
+    /// be read).
+    pub fn parse(&mut self, to: &mut ToServer, len: usize, table: &StatementTable, analysis: Option<Analysis>) {
+        let (Some((name, definition)), Some(analysis)) = (extended::parse_fields(to.body(len)), analysis) else {
             // Malformed: the server says what is wrong with it.
             to.pass(len);
             to.replies.push(Expected::new(Request::Parse, Answer::Server));

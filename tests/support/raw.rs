@@ -50,6 +50,26 @@ pub async fn read_until(stream: &mut TcpStream, tag: u8) -> Vec<(u8, Vec<u8>)> {
     }
 }
 
+/// Reads messages until an ErrorResponse arrives or the connection closes; returns all read so far.
+pub async fn read_until_error_or_close(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut bytes = Vec::new();
+    loop {
+        let messages = split_messages(&bytes);
+        if messages.iter().any(|(t, _)| *t == b'E') {
+            return messages;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap_or(0);
+        if n == 0 {
+            return messages;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+}
+
 fn split_messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut messages = Vec::new();
     while bytes.len() >= 5 {
