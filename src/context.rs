@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::pool::prepared::StatementTable;
 use crate::protocol::auth::Credentials;
 use crate::router::KnownWrites;
+use crate::session::admission::PendingLogins;
 use crate::session::cancel::CancelRegistry;
 use crate::topology::SharedTopology;
 use crate::topology::catalog::FunctionSets;
@@ -37,6 +38,18 @@ pub struct GaugeCount {
 }
 
 impl GaugeCount {
+    /// Counts one logged-in client, if fewer than `max` are.
+    pub fn client(gauges: &Arc<ClientGauges>, max: usize) -> Option<GaugeCount> {
+        gauges
+            .clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        Some(GaugeCount {
+            gauges: gauges.clone(),
+            gauge: |g| &g.clients,
+        })
+    }
+
     /// Counts one pinned client.
     pub fn pinned(gauges: &Arc<ClientGauges>) -> GaugeCount {
         Self::take(gauges, |g| &g.pinned)
@@ -72,6 +85,8 @@ pub struct SessionContext {
     /// Server-side names of the statements clients prepare.
     pub statements: StatementTable,
     pub cancels: CancelRegistry,
+    /// Connections that have not logged in yet (`proxy.max_pending_logins`).
+    pub logins: Arc<PendingLogins>,
     pub gauges: Arc<ClientGauges>,
     pub shutdown: watch::Receiver<bool>,
 }

@@ -17,4 +17,5 @@ pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod session;
+pub mod tcp;
 pub mod topology;

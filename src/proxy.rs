@@ -30,6 +30,7 @@ use crate::pool::prepared::StatementTable;
 use crate::protocol::auth::Credentials;
 use crate::router::KnownWrites;
 use crate::runtime::SessionRuntime;
+use crate::session::admission::PendingLogins;
 use crate::session::{self, cancel::CancelRegistry};
 use crate::topology::catalog::{FunctionCatalog, FunctionSets};
 use crate::topology::control::Control;
@@ -48,6 +49,7 @@ pub struct Proxy {
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
     admin: Arc<AdminContext>,
+    logins: Arc<PendingLogins>,
     listeners: Arc<Mutex<Listeners>>,
     shutdown: watch::Sender<bool>,
     /// Monitor, promotion follower, swap follower, reload triggers, admin API.
@@ -111,6 +113,7 @@ impl Proxy {
         let catalog = FunctionCatalog::new(topology.clone(), &config.health, user, password);
         let control = Arc::new(Control::new(topology.clone(), path));
         let gauges = Arc::new(ClientGauges::default());
+        let logins = Arc::new(PendingLogins::default());
         let admin_ctx = Arc::new(AdminContext {
             topology: topology.clone(),
             control: control.clone(),
@@ -129,6 +132,7 @@ impl Proxy {
             known_writes: KnownWrites::default(),
             statements: StatementTable::default(),
             cancels: CancelRegistry::default(),
+            logins: logins.clone(),
             gauges,
             shutdown: shutdown_rx,
         });
@@ -164,6 +168,7 @@ impl Proxy {
             local_addr,
             admin_addr,
             admin: admin_ctx,
+            logins,
             listeners,
             shutdown,
             tasks,
@@ -185,6 +190,11 @@ impl Proxy {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Connections accepted that have not logged in yet.
+    pub fn pending_logins(&self) -> usize {
+        self.logins.pending()
     }
 
     /// What the admin API sees: the topology, the control plane and the client gauges.
@@ -332,11 +342,13 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
+                // Admitted before its task exists: the newest connection pushes the oldest pending login out.
+                let ticket = ctx.logins.admit(ctx.config().proxy.max_pending_logins);
                 let ctx = ctx.clone();
                 let token = session_token.clone();
                 let endpoint = endpoint.clone();
                 tokio::spawn(async move {
-                    session::serve(stream, ctx, endpoint).await;
+                    session::serve(stream, ctx, endpoint, ticket).await;
                     drop(token);
                 });
             }

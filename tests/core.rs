@@ -10,6 +10,10 @@ mod hostile;
 mod lifecycle;
 #[path = "core/limits.rs"]
 mod limits;
+#[path = "core/logins.rs"]
+mod logins;
+#[path = "core/memory.rs"]
+mod memory;
 #[path = "core/relay.rs"]
 mod relay;
 

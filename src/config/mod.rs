@@ -39,6 +39,7 @@ pub struct Config {
     pub follower_pools: Vec<FollowerPoolConfig>,
     pub routing: RoutingConfig,
     pub health: HealthConfig,
+    pub tcp: TcpConfig,
 }
 
 impl Config {
@@ -135,7 +136,26 @@ pub struct ProxyConfig {
     /// Threads that run sessions; read when pgsplit starts.
     pub workers: usize,
     pub admin_token: Option<String>,
+    /// A client that has not finished startup and authentication by then is closed.
+    pub login_timeout: Duration,
+    /// Connections that have not logged in yet; past it, the oldest of them is closed to make room.
+    pub max_pending_logins: usize,
+    /// Named prepared statements one client may hold; past it, ERROR 53400.
+    pub max_prepared_statements: usize,
     pub tls: Option<ClientTlsConfig>,
+}
+
+/// TCP keepalives and the user timeout, on every socket pgsplit accepts or opens: a peer that vanished without a
+/// word (a crashed host, a dropped NAT entry) is noticed and its session and pool slot freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpConfig {
+    /// Idle time before the first keepalive probe.
+    pub keepalive_idle: Duration,
+    pub keepalive_interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub keepalive_count: u32,
+    /// How long sent data may stay unacknowledged before the connection is dropped (`TCP_USER_TIMEOUT`).
+    pub user_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -32,6 +32,8 @@ pub(super) struct RawConfig {
     pub routing: RawRouting,
     #[serde(default)]
     pub health: RawHealth,
+    #[serde(default)]
+    pub tcp: RawTcp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +46,9 @@ pub(super) struct RawProxy {
     pub max_message_size: Option<Spanned<Scalar>>,
     pub workers: Option<Spanned<i64>>,
     pub admin_token: Option<Spanned<String>>,
+    pub login_timeout: Option<Spanned<Scalar>>,
+    pub max_pending_logins: Option<Spanned<i64>>,
+    pub max_prepared_statements: Option<Spanned<i64>>,
     pub tls: Option<Spanned<RawClientTls>>,
 }
 
@@ -121,6 +126,15 @@ pub(super) struct RawRouting {
 pub(super) struct RawHealth {
     pub interval: Option<Spanned<Scalar>>,
     pub timeout: Option<Spanned<Scalar>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTcp {
+    pub keepalive_idle: Option<Spanned<Scalar>>,
+    pub keepalive_interval: Option<Spanned<Scalar>>,
+    pub keepalive_count: Option<Spanned<i64>>,
+    pub user_timeout: Option<Spanned<Scalar>>,
 }
 
 /// A duration or size as written: a string with a unit, or a bare integer (bytes for sizes; an error for

@@ -630,3 +630,50 @@ fn debug_output_never_shows_passwords() {
     let printed = format!("{config:?}");
     assert!(printed.contains("app") && !printed.contains("s3cret"), "{printed}");
 }
+
+#[test]
+fn login_limits_and_keepalives_have_defaults_and_are_checked() {
+    let config = parse(MINIMAL).expect("minimal config");
+    assert_eq!(config.proxy.login_timeout, Duration::from_secs(60));
+    assert_eq!(config.proxy.max_pending_logins, 1000);
+    assert_eq!(config.proxy.max_prepared_statements, 1000);
+    assert_eq!(config.tcp.keepalive_idle, Duration::from_secs(60));
+    assert_eq!(config.tcp.keepalive_interval, Duration::from_secs(10));
+    assert_eq!(config.tcp.keepalive_count, 6);
+    assert_eq!(config.tcp.user_timeout, Duration::from_secs(60));
+    let set = parse(&minimal_plus(
+        "[proxy]\nlogin_timeout = \"5s\"\nmax_pending_logins = 10\nmax_prepared_statements = 7\n\n\
+         [tcp]\nkeepalive_idle = \"1s\"\nkeepalive_interval = \"2s\"\nkeepalive_count = 3\nuser_timeout = \"4s\"\n",
+    ))
+    .expect("valid");
+    assert_eq!(set.proxy.login_timeout, Duration::from_secs(5));
+    assert_eq!(
+        (set.proxy.max_pending_logins, set.proxy.max_prepared_statements),
+        (10, 7)
+    );
+    assert_eq!(
+        (
+            set.tcp.keepalive_idle,
+            set.tcp.keepalive_interval,
+            set.tcp.keepalive_count,
+            set.tcp.user_timeout
+        ),
+        (
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            3,
+            Duration::from_secs(4)
+        )
+    );
+    expect(
+        &minimal_plus("[proxy]\nlogin_timeout = \"0s\"\n"),
+        "login_timeout = ",
+        "greater than zero",
+    );
+    expect(
+        &minimal_plus("[tcp]\nkeepalive_count = 0\n"),
+        "keepalive_count = 0",
+        "at least 1",
+    );
+    expect(&minimal_plus("[tcp]\nkeepalives = 1\n"), "keepalives", "unknown field");
+}

@@ -16,12 +16,12 @@ use toml::Spanned;
 use super::error::Problem;
 use super::raw::{
     RawClientTls, RawConfig, RawFollower, RawFollowerPool, RawHealth, RawLeader, RawProxy, RawRouting, RawServer,
-    RawUser, Span,
+    RawTcp, RawUser, Span,
 };
 use super::values::{Checker, POOL_NAME_RULE, pool_name_problem};
 use super::{
     AuthMethod, ClientTlsConfig, ClientTlsMode, Config, Fallback, FollowerConfig, FollowerPoolConfig, HealthConfig,
-    LeaderConfig, PoolMode, ProxyConfig, RoutingConfig, ServerConfig, ServerTlsMode, UserConfig,
+    LeaderConfig, PoolMode, ProxyConfig, RoutingConfig, ServerConfig, ServerTlsMode, TcpConfig, UserConfig,
 };
 
 /// Reads an environment variable (`std::env::var` in production, a fixed map in tests).
@@ -47,6 +47,15 @@ const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_FOLLOWER_POOLS: usize = 5;
 const MAX_FOLLOWER_INSTANCES: usize = 13;
+/// PostgreSQL's own `authentication_timeout` default.
+const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_PENDING_LOGINS: usize = 1000;
+const DEFAULT_MAX_PREPARED_STATEMENTS: usize = 1000;
+/// A dead peer is noticed within idle + interval × count = 2 minutes, instead of the kernel's 2 hours and more.
+const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_KEEPALIVE_COUNT: u32 = 6;
+const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds the `Config`, or returns every problem found. `base_dir` resolves relative TLS file paths.
 pub(super) fn build(raw: &RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<Config, Vec<Problem>> {
@@ -58,6 +67,7 @@ pub(super) fn build(raw: &RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Res
     let follower_pools = check.follower_pools(&raw.follower_pools);
     let routing = check.routing(&raw.routing, &follower_pools);
     let health = check.health(&raw.health);
+    let tcp = check.tcp(&raw.tcp);
     if check.problems.is_empty() {
         Ok(Config {
             proxy,
@@ -67,6 +77,7 @@ pub(super) fn build(raw: &RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Res
             follower_pools,
             routing,
             health,
+            tcp,
         })
     } else {
         Err(check.problems)
@@ -118,6 +129,21 @@ impl Checker {
             max_message_size: usize::try_from(max_message_size).unwrap_or(usize::MAX),
             workers,
             admin_token,
+            login_timeout: self.nonzero_duration(
+                raw.login_timeout.as_ref(),
+                "proxy.login_timeout",
+                DEFAULT_LOGIN_TIMEOUT,
+            ),
+            max_pending_logins: self.count(
+                raw.max_pending_logins.as_ref(),
+                "proxy.max_pending_logins",
+                DEFAULT_MAX_PENDING_LOGINS,
+            ),
+            max_prepared_statements: self.count(
+                raw.max_prepared_statements.as_ref(),
+                "proxy.max_prepared_statements",
+                DEFAULT_MAX_PREPARED_STATEMENTS,
+            ),
             tls: raw.tls.as_ref().map(|tls| self.client_tls(tls, base_dir)),
         }
     }
@@ -414,6 +440,27 @@ impl Checker {
             self.report(Some(name.span()), format!("{key}: function names must not be empty"));
         }
         raw.iter().map(|name| name.get_ref().clone()).collect()
+    }
+
+    fn tcp(&mut self, raw: &RawTcp) -> TcpConfig {
+        TcpConfig {
+            keepalive_idle: self.nonzero_duration(
+                raw.keepalive_idle.as_ref(),
+                "tcp.keepalive_idle",
+                DEFAULT_KEEPALIVE_IDLE,
+            ),
+            keepalive_interval: self.nonzero_duration(
+                raw.keepalive_interval.as_ref(),
+                "tcp.keepalive_interval",
+                DEFAULT_KEEPALIVE_INTERVAL,
+            ),
+            keepalive_count: self.count(
+                raw.keepalive_count.as_ref(),
+                "tcp.keepalive_count",
+                DEFAULT_KEEPALIVE_COUNT,
+            ),
+            user_timeout: self.nonzero_duration(raw.user_timeout.as_ref(), "tcp.user_timeout", DEFAULT_USER_TIMEOUT),
+        }
     }
 
     fn health(&mut self, raw: &RawHealth) -> HealthConfig {

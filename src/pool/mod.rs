@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-pub use server::{CancelTarget, ConnKey, ConnectError, LoginInfo, ServerConn};
+pub use server::{CancelTarget, ConnKey, ConnectError, ConnectOptions, LoginInfo, ServerConn};
 pub use settings::Settings;
 pub use slot::Slot;
 
@@ -42,7 +42,7 @@ pub struct InstancePool {
 struct PoolState {
     /// The cap; a reload may change it.
     max_connections: usize,
-    connect_timeout: Duration,
+    connect: ConnectOptions,
     /// The instance left the topology: nothing is lent; connections coming back are closed, not kept.
     retired: bool,
     /// Places taken ([`Slot`]s alive): connections idle, lent out, or being opened.
@@ -127,14 +127,14 @@ pub struct PoolStats {
 }
 
 impl InstancePool {
-    pub fn new(name: &str, host: &str, port: u16, max_connections: usize, connect_timeout: Duration) -> Self {
+    pub fn new(name: &str, host: &str, port: u16, max_connections: usize, connect: ConnectOptions) -> Self {
         InstancePool {
             name: name.into(),
             host: host.into(),
             port,
             state: Arc::new(Mutex::new(PoolState {
                 max_connections,
-                connect_timeout,
+                connect,
                 retired: false,
                 total: 0,
                 idle: Vec::new(),
@@ -241,8 +241,8 @@ impl InstancePool {
     /// Opens a connection in `slot`; the slot goes back if it fails. Callers box this future: a login's state is
     /// large, and unboxed it would sit in every session's task for its whole life.
     async fn open(&self, login: &LoginInfo, slot: Slot) -> Result<Box<ServerConn>, CheckoutError> {
-        let connect_timeout = self.lock().connect_timeout;
-        match ServerConn::connect(&self.host, self.port, login, connect_timeout, slot).await {
+        let connect = self.lock().connect;
+        match ServerConn::connect(&self.host, self.port, login, connect, slot).await {
             Ok(conn) => {
                 let mut state = self.lock();
                 if !state.server_params.contains_key(&conn.key) {
@@ -282,13 +282,13 @@ impl InstancePool {
         drop(closed);
     }
 
-    /// Applies a reloaded cap and connect timeout: a higher cap lets waiters open connections now; a lower one
+    /// Applies a reloaded cap and connect options: a higher cap lets waiters open connections now; a lower one
     /// closes idle connections over it now and busy ones as they come back.
-    pub fn set_limits(&self, max_connections: usize, connect_timeout: Duration) {
+    pub fn set_limits(&self, max_connections: usize, connect: ConnectOptions) {
         let closed: Vec<Box<ServerConn>> = {
             let mut state = self.lock();
             state.max_connections = max_connections;
-            state.connect_timeout = connect_timeout;
+            state.connect = connect;
             while state.total < state.max_connections && !state.waiters.is_empty() {
                 state.total += 1;
                 if let Some(untaken) = state.offer(Grant::Slot(Slot::counted(&self.state))) {
@@ -426,9 +426,21 @@ mod tests {
         }
     }
 
+    fn connect_options() -> ConnectOptions {
+        ConnectOptions {
+            timeout: Duration::from_secs(1),
+            tcp: crate::config::TcpConfig {
+                keepalive_idle: Duration::from_secs(60),
+                keepalive_interval: Duration::from_secs(10),
+                keepalive_count: 6,
+                user_timeout: Duration::from_secs(60),
+            },
+        }
+    }
+
     /// A pool that can never lend a connection (cap 0), so every checkout waits.
     fn full_pool() -> InstancePool {
-        InstancePool::new("leader", "127.0.0.1", 1, 0, Duration::from_secs(1))
+        InstancePool::new("leader", "127.0.0.1", 1, 0, connect_options())
     }
 
     #[tokio::test]
@@ -471,7 +483,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // A raised cap grants the waiter a slot: it tries to connect (port 1 refuses) instead of waiting on.
-        pool.set_limits(1, Duration::from_secs(1));
+        pool.set_limits(1, connect_options());
         match waiting.await.expect("checkout task") {
             Err(CheckoutError::Connect { .. }) => {}
             Err(other) => panic!("expected a connect error, got {other}"),

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use super::prepared::PreparedCache;
 use super::settings::Settings;
 use super::slot::Slot;
+use crate::config::{Config, TcpConfig};
 use crate::protocol::error::{Severity, SqlError};
 use crate::protocol::io::read_frame;
 use crate::protocol::login::{self, LoginError};
@@ -30,6 +31,23 @@ pub struct ConnKey {
 pub struct LoginInfo {
     pub key: ConnKey,
     pub password: Arc<str>,
+}
+
+/// How connections to servers are opened: the connect-and-login deadline and the socket options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Connecting and logging in must finish within this (`server.connect_timeout`).
+    pub timeout: Duration,
+    pub tcp: TcpConfig,
+}
+
+impl ConnectOptions {
+    pub fn of(config: &Config) -> ConnectOptions {
+        ConnectOptions {
+            timeout: config.server.connect_timeout,
+            tcp: config.tcp,
+        }
+    }
 }
 
 /// Where to send a CancelRequest for the query running on a server connection.
@@ -65,7 +83,7 @@ pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("connect timed out after {0:?}")]
+    #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -95,17 +113,23 @@ impl ServerConn {
         host: &Arc<str>,
         port: u16,
         login: &LoginInfo,
-        timeout: Duration,
+        options: ConnectOptions,
         slot: Slot,
     ) -> Result<Box<Self>, ConnectError> {
-        crate::runtime::timeout(timeout, Self::open(host, port, login, slot))
+        crate::runtime::timeout(options.timeout, Self::open(host, port, login, &options.tcp, slot))
             .await
-            .map_err(|_| ConnectError::Timeout(timeout))?
+            .map_err(|_| ConnectError::Timeout(options.timeout))?
     }
 
-    async fn open(host: &Arc<str>, port: u16, login: &LoginInfo, slot: Slot) -> Result<Box<Self>, ConnectError> {
+    async fn open(
+        host: &Arc<str>,
+        port: u16,
+        login: &LoginInfo,
+        tcp: &TcpConfig,
+        slot: Slot,
+    ) -> Result<Box<Self>, ConnectError> {
         let mut stream = TcpStream::connect((&**host, port)).await?;
-        stream.set_nodelay(true)?;
+        crate::tcp::configure(&stream, tcp)?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let params = [("user", &*login.key.user), ("database", &*login.key.database)];
         let greeting = login::login(&mut stream, &mut buf, &params, &login.key.user, &login.password).await?;
@@ -150,25 +174,33 @@ impl ServerConn {
         self.probe_at = Instant::now() + PROBE_AFTER;
     }
 
-    /// Applies `wanted` if this connection's settings differ (one round trip), else does nothing.
-    pub async fn sync_settings(&mut self, wanted: &Settings) -> Result<(), ConnectError> {
+    /// Applies `wanted` if this connection's settings differ (one round trip, within `deadline`), else does
+    /// nothing.
+    pub async fn sync_settings(&mut self, wanted: &Settings, deadline: Duration) -> Result<(), ConnectError> {
         if let Some(sql) = wanted.sync_sql(&self.settings) {
             // Boxed: rarely needed, and its state would otherwise weigh on every session's task.
-            Box::pin(self.run_own(&sql)).await?;
+            Box::pin(self.run_own(&sql, deadline)).await?;
             self.settings.clone_from(wanted);
         }
         Ok(())
     }
 
-    /// Runs `sql` (pgsplit's own statement, e.g. `DISCARD ALL`) and reads to ReadyForQuery. Ok only if it
-    /// succeeded and left the connection idle; a server error comes back as `LoginError::Refused`.
-    pub async fn run_own(&mut self, sql: &str) -> Result<(), ConnectError> {
-        self.query_own(sql).await.map(drop)
+    /// Runs `sql` (pgsplit's own statement, e.g. `DISCARD ALL`) and reads to ReadyForQuery, within `deadline`. Ok
+    /// only if it succeeded and left the connection idle; a server error comes back as `LoginError::Refused`. On
+    /// any other error the connection is in an unknown state: the caller must drop it.
+    pub async fn run_own(&mut self, sql: &str, deadline: Duration) -> Result<(), ConnectError> {
+        self.query_own(sql, deadline).await.map(drop)
     }
 
     /// Like [`run_own`](Self::run_own), for a query of pgsplit's own returning one value: the first column of
     /// its first row, as text (None for NULL or no row).
-    pub async fn query_own(&mut self, sql: &str) -> Result<Option<String>, ConnectError> {
+    pub async fn query_own(&mut self, sql: &str, deadline: Duration) -> Result<Option<String>, ConnectError> {
+        crate::runtime::timeout(deadline, self.exchange_own(sql))
+            .await
+            .map_err(|_| ConnectError::Timeout(deadline))?
+    }
+
+    async fn exchange_own(&mut self, sql: &str) -> Result<Option<String>, ConnectError> {
         let mut value = None;
         let mut out = BytesMut::new();
         messages::query(&mut out, sql.as_bytes());

@@ -106,29 +106,29 @@ impl From<SqlError> for AuthError {
     }
 }
 
-/// Runs the exchange for `user_name` and sends AuthenticationOk on success. `credentials` is `None` for an unknown
-/// user. On rejection nothing has been sent yet about why: the caller sends the returned error and closes.
-pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+/// Runs the exchange for `user_name` and sends AuthenticationOk on success, returning the user's credentials.
+/// `credentials` is `None` for an unknown user. On rejection nothing has been sent yet about why: the caller sends
+/// the returned error and closes.
+pub async fn authenticate<'a, S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     user_name: &str,
-    credentials: Option<&Credentials>,
-) -> Result<(), AuthError> {
+    credentials: Option<&'a Credentials>,
+) -> Result<&'a Credentials, AuthError> {
     let mut out = BytesMut::new();
-    match credentials.map(|c| c.method) {
-        Some(AuthMethod::Trust) => {}
-        Some(AuthMethod::Md5) => {
-            let credentials = credentials.expect("md5 implies known user");
-            md5(stream, buf, &mut out, credentials).await?;
-        }
-        Some(AuthMethod::ScramSha256) | None => {
+    match credentials {
+        Some(known) if known.method == AuthMethod::Trust => {}
+        Some(known) if known.method == AuthMethod::Md5 => md5(stream, buf, &mut out, known).await?,
+        _ => {
             let verifier = credentials.map_or_else(Verifier::impossible, |c| c.verifier.clone());
             scram(stream, buf, &mut out, user_name, verifier).await?;
         }
     }
+    // An unknown user cannot have passed the exchange; this only makes that plain.
+    let known = credentials.ok_or_else(|| SqlError::auth_failed(user_name))?;
     messages::authentication_ok(&mut out);
     stream.write_all(&out).await.map_err(IoError::from)?;
-    Ok(())
+    Ok(known)
 }
 
 async fn md5<S: AsyncRead + AsyncWrite + Unpin>(

@@ -1,9 +1,11 @@
 //! Message framing after startup: `[tag: u8][length: u32 BE, counting itself][body]`.
 //!
-//! The relay never decodes what it does not need. [`Framer`] walks a buffer and says, per step, either "these bytes
-//! can be forwarded blind" (a whole frame, or as much of a large one as has arrived) or "here is a complete frame you
-//! asked to look at". Bodies larger than the read buffer (a 1 GiB DataRow, a long COPY) stream through in pieces.
-//! Lengths are checked here, before anything looks inside a body.
+//! The relay never decodes what it does not need. [`Framer`] walks a buffer and says, per step, "these bytes can be
+//! forwarded blind" (a whole frame, or as much of a large one as has arrived), "here is a complete frame you asked
+//! to look at", or "a frame starts here whose header alone you asked to see" (its bytes then follow blind). Bodies
+//! larger than the read buffer (a 1 GiB DataRow, a long COPY, a huge notice) stream through in pieces, so what the
+//! caller must hold whole is bounded by what it asks to see whole. Lengths are checked here, before anything looks
+//! inside a body.
 
 use thiserror::Error;
 
@@ -51,10 +53,24 @@ pub fn peek_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
 pub enum Step {
     /// Forward this many bytes without looking at them.
     Pass(usize),
-    /// A complete frame of a tag the caller inspects; it spans `header.frame_len()` bytes.
+    /// A complete frame the caller looks at; it spans `header.frame_len()` bytes.
     Whole(Header),
+    /// A frame starts here whose header alone the caller sees; nothing is consumed: its bytes come as `Pass`
+    /// steps next.
+    Head(Header),
     /// The next step needs more bytes than the buffer holds; at most this many bytes in all.
     NeedMore(usize),
+}
+
+/// How much of a frame the caller needs, decided from its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// Nothing: forward it blind.
+    Blind,
+    /// Its header: what it is, not what it says.
+    Head,
+    /// All of it, in one piece.
+    Whole,
 }
 
 /// Walks one direction of a stream frame by frame, remembering how much of a partly forwarded frame is still to come.
@@ -64,8 +80,8 @@ pub struct Framer {
 }
 
 impl Framer {
-    /// `inspect(tag)` says which frames must be seen whole; `max_len` bounds every frame's body.
-    pub fn step(&mut self, buf: &[u8], inspect: impl Fn(u8) -> bool, max_len: usize) -> Result<Step, FrameError> {
+    /// `look(header)` says how much of each frame the caller needs; `max_len` bounds every frame's body.
+    pub fn step(&mut self, buf: &[u8], look: impl Fn(Header) -> Look, max_len: usize) -> Result<Step, FrameError> {
         if self.pass_left > 0 {
             if buf.is_empty() {
                 return Ok(Step::NeedMore(1));
@@ -84,15 +100,19 @@ impl Framer {
             });
         }
         let frame_len = header.frame_len();
-        if inspect(header.tag) {
-            if buf.len() < frame_len {
-                return Ok(Step::NeedMore(frame_len));
+        match look(header) {
+            Look::Whole if buf.len() < frame_len => Ok(Step::NeedMore(frame_len)),
+            Look::Whole => Ok(Step::Whole(header)),
+            Look::Head => {
+                self.pass_left = frame_len;
+                Ok(Step::Head(header))
             }
-            return Ok(Step::Whole(header));
+            Look::Blind => {
+                let n = frame_len.min(buf.len());
+                self.pass_left = frame_len - n;
+                Ok(Step::Pass(n))
+            }
         }
-        let n = frame_len.min(buf.len());
-        self.pass_left = frame_len - n;
-        Ok(Step::Pass(n))
     }
 
     /// True between frames (nothing of a partly forwarded frame is outstanding).
@@ -126,7 +146,7 @@ mod tests {
     fn small_pass_through_frames_are_forwarded_whole() {
         let buf = frame(b'D', b"row");
         let mut f = Framer::default();
-        assert_eq!(f.step(&buf, |_| false, 100), Ok(Step::Pass(8)));
+        assert_eq!(f.step(&buf, |_| Look::Blind, 100), Ok(Step::Pass(8)));
         assert!(f.at_boundary());
     }
 
@@ -134,10 +154,26 @@ mod tests {
     fn large_pass_through_frame_streams_in_pieces() {
         let buf = frame(b'D', &[7u8; 20]);
         let mut f = Framer::default();
-        assert_eq!(f.step(&buf[..10], |_| false, 100), Ok(Step::Pass(10)));
+        assert_eq!(f.step(&buf[..10], |_| Look::Blind, 100), Ok(Step::Pass(10)));
         assert!(!f.at_boundary());
-        assert_eq!(f.step(&buf[10..12], |_| false, 100), Ok(Step::Pass(2)));
-        assert_eq!(f.step(&buf[12..], |_| false, 100), Ok(Step::Pass(13)));
+        assert_eq!(f.step(&buf[10..12], |_| Look::Blind, 100), Ok(Step::Pass(2)));
+        assert_eq!(f.step(&buf[12..], |_| Look::Blind, 100), Ok(Step::Pass(13)));
+        assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn a_frame_seen_by_its_head_then_streams_through() {
+        let buf = frame(b'N', &[7u8; 20]);
+        let mut f = Framer::default();
+        let head = Header {
+            tag: b'N',
+            body_len: 20,
+        };
+        assert_eq!(f.step(&buf[..3], |_| Look::Head, 100), Ok(Step::NeedMore(HEADER_LEN)));
+        assert_eq!(f.step(&buf[..7], |_| Look::Head, 100), Ok(Step::Head(head)));
+        assert!(!f.at_boundary(), "the frame's bytes are still to come");
+        assert_eq!(f.step(&buf[..7], |_| Look::Head, 100), Ok(Step::Pass(7)));
+        assert_eq!(f.step(&buf[7..], |_| Look::Head, 100), Ok(Step::Pass(18)));
         assert!(f.at_boundary());
     }
 
@@ -145,9 +181,10 @@ mod tests {
     fn inspected_frames_wait_until_complete() {
         let buf = frame(b'Z', b"I");
         let mut f = Framer::default();
-        assert_eq!(f.step(&buf[..5], |t| t == b'Z', 100), Ok(Step::NeedMore(6)));
+        let look = |h: Header| if h.tag == b'Z' { Look::Whole } else { Look::Blind };
+        assert_eq!(f.step(&buf[..5], look, 100), Ok(Step::NeedMore(6)));
         assert_eq!(
-            f.step(&buf, |t| t == b'Z', 100),
+            f.step(&buf, look, 100),
             Ok(Step::Whole(Header { tag: b'Z', body_len: 1 }))
         );
     }
@@ -155,10 +192,13 @@ mod tests {
     #[test]
     fn lengths_below_four_and_over_the_limit_are_errors() {
         let mut f = Framer::default();
-        assert_eq!(f.step(b"Q\0\0\0\x03", |_| true, 100), Err(FrameError::BadLength(3)));
+        assert_eq!(
+            f.step(b"Q\0\0\0\x03", |_| Look::Whole, 100),
+            Err(FrameError::BadLength(3))
+        );
         let huge = [b'Q', 0x40, 0, 0, 0];
         assert_eq!(
-            f.step(&huge, |_| true, 64 << 20),
+            f.step(&huge, |_| Look::Whole, 64 << 20),
             Err(FrameError::TooLong {
                 len: (1 << 30) - 4,
                 max: 64 << 20

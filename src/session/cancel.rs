@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use rand::RngExt;
@@ -68,8 +69,9 @@ impl CancelRegistry {
         Registration { registry: self, slot }
     }
 
-    /// Forwards a client's CancelRequest to the server connection it is using, if the key matches.
-    pub async fn cancel(&self, pid: u32, secret: u32) {
+    /// Forwards a client's CancelRequest to the server connection it is using, if the key matches; connecting to
+    /// the server may take up to `connect_timeout`.
+    pub async fn cancel(&self, pid: u32, secret: u32, connect_timeout: Duration) {
         let target = self
             .lock()
             .get(&pid)
@@ -77,7 +79,8 @@ impl CancelRegistry {
             .and_then(|slot| slot.target());
         match target {
             Some(target) => {
-                if let Err(error) = send_cancel(&target).await {
+                let sent = crate::runtime::timeout(connect_timeout, send_cancel(&target)).await;
+                if let Err(error) = sent.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
                     tracing::warn!(%error, host = %target.host, port = target.port, "forwarding a cancel request failed");
                 }
             }

@@ -8,10 +8,16 @@ use bytes::BytesMut;
 
 use super::outflow::Outflow;
 use super::relay::{Relay, SessionEnd};
-use super::replies::{Replies, Verdict};
+
+/// Server messages larger than this are known by their header alone and stream through: a session never holds more
+/// of one in memory. The ones pgsplit reads (ReadyForQuery, ParameterStatus, its own queries' rows, an error's
+/// SQLSTATE) are far smaller.
+const MAX_INSPECTED: usize = 64 * 1024;
+use super::replies::{Refusal, Replies, Verdict};
+use super::statements::{Statements, prepared_statement_limit};
 use crate::protocol::error::SqlError;
 use crate::protocol::extended;
-use crate::protocol::frame::{HEADER_LEN, Step};
+use crate::protocol::frame::{HEADER_LEN, Header, Look, Step};
 use crate::protocol::messages::{self, TxStatus};
 use crate::topology::monitor::parse_lsn;
 
@@ -23,31 +29,53 @@ impl Relay {
     }
 
     fn relay_server_messages(&mut self) -> Result<(), SessionEnd> {
-        let attached = self.server.as_mut().expect("server data implies a server");
+        let Some(attached) = self.server.as_mut() else {
+            return Ok(());
+        };
         let (server, instance) = (&mut attached.conn, &attached.instance);
         loop {
             // Every reply but rows and COPY data is matched to its request; while a read may still be re-run,
-            // every reply is looked at until its first result.
+            // a row's header is enough to know it has a result. What is looked at whole is small: a larger frame
+            // is known by its header and streams through.
             let armed = self.retry.is_some();
             let probing = self.replies.probing();
+            let look = |header: Header| match header.tag {
+                _ if header.body_len > MAX_INSPECTED => Look::Head,
+                b'D' if probing => Look::Whole,
+                b'D' if armed => Look::Head,
+                b'D' | b'd' => Look::Blind,
+                _ => Look::Whole,
+            };
             let step = self
                 .server_framer
-                .step(
-                    &server.buf[self.to_client.scanned()..],
-                    |tag| armed || probing || !matches!(tag, b'D' | b'd'),
-                    usize::MAX,
-                )
+                .step(&server.buf[self.to_client.scanned()..], look, usize::MAX)
                 .map_err(|e| SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, e)))?;
-            let header = match step {
+            let (header, body) = match step {
                 Step::NeedMore(_) => return Ok(()),
                 Step::Pass(n) => {
-                    self.to_client.pass(&mut server.buf, n);
+                    match self.streaming {
+                        Some(Verdict::Drop | Verdict::Replace(_)) => self.to_client.skip(&mut server.buf, n),
+                        Some(Verdict::Forward) | None => self.to_client.pass(&mut server.buf, n),
+                    }
+                    if self.streaming.is_some() && self.server_framer.at_boundary() {
+                        // A frame known by its header has gone through: answers due after it come now.
+                        self.streaming = None;
+                        write_made(&mut self.replies, &mut self.to_client, &mut server.buf);
+                    }
                     continue;
                 }
-                Step::Whole(header) => header,
+                Step::Head(header) => (header, &[][..]),
+                Step::Whole(header) => {
+                    let at = self.to_client.scanned();
+                    (header, &server.buf[at + HEADER_LEN..at + header.frame_len()])
+                }
             };
-            let at = self.to_client.scanned();
-            let body = &server.buf[at + HEADER_LEN..at + header.frame_len()];
+            let whole = matches!(step, Step::Whole(_));
+            if !whole && matches!(header.tag, b'Z' | b'S') {
+                // Small by the protocol's own rules: a server that sends one this large is not a server.
+                let error = format!("message '{}' of {} bytes", header.tag as char, header.body_len);
+                return Err(SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, error)));
+            }
             if let Some(retry) = self.retry.as_mut()
                 && !retry.observe(header.tag, body)
             {
@@ -95,9 +123,17 @@ impl Relay {
                     self.statements.undo(undo, Some(&mut server.prepared));
                 }
             }
+            if let Verdict::Replace(refusal) = verdict {
+                refused(refusal, &self.statements).encode(self.to_client.insert(&mut server.buf));
+            }
+            if !whole {
+                // Its bytes follow, forwarded or dropped as the reply's verdict says.
+                self.streaming = Some(verdict);
+                continue;
+            }
             match verdict {
                 Verdict::Forward => self.to_client.pass(&mut server.buf, header.frame_len()),
-                Verdict::Drop => self.to_client.skip(&mut server.buf, header.frame_len()),
+                Verdict::Drop | Verdict::Replace(_) => self.to_client.skip(&mut server.buf, header.frame_len()),
             }
             write_made(&mut self.replies, &mut self.to_client, &mut server.buf);
             if self.retry.as_ref().is_some_and(|r| r.due) {
@@ -118,6 +154,13 @@ impl Relay {
             return;
         };
         write_made(&mut self.replies, &mut self.to_client, &mut server.conn.buf);
+    }
+}
+
+/// The error a client gets for a request pgsplit refused.
+fn refused(refusal: Refusal, statements: &Statements) -> SqlError {
+    match refusal {
+        Refusal::PreparedStatementLimit => prepared_statement_limit(statements.max()),
     }
 }
 

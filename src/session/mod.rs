@@ -3,6 +3,7 @@
 //! Owns the per-client state; borrows server connections from the pool through the relay. Never parses SQL
 //! itself (that is the router's job) and never holds a server connection longer than the pool mode allows.
 
+pub mod admission;
 mod analyses;
 pub mod cancel;
 pub mod floor;
@@ -20,68 +21,144 @@ pub mod statements;
 mod stop;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::context::{Endpoint, SessionContext};
+use crate::context::{Endpoint, GaugeCount, SessionContext};
 use crate::pool::{ConnKey, LoginInfo, Settings};
 use crate::protocol::auth::{self, AuthError};
 use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::messages::{self, TxStatus};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
+use admission::LoginTicket;
+use cancel::Registration;
 use relay::{Relay, SessionEnd};
 
-/// Serves one accepted client connection to the end.
-pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: Endpoint) {
-    let _ = stream.set_nodelay(true);
-    let params = match negotiate(&mut stream, &ctx).await {
-        Ok(Some(params)) => params,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::debug!(%error, "client startup failed");
-            return reject(stream, error).await;
+/// Serves one accepted client connection to the end. The login — startup, authentication, the greeting — must
+/// finish within `proxy.login_timeout` and before `ticket` is evicted; only then does the client count against
+/// `max_client_connections`.
+pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: Endpoint, ticket: LoginTicket) {
+    let config = ctx.config();
+    if let Err(error) = crate::tcp::configure(&stream, &config.tcp) {
+        tracing::debug!(%error, "client socket options not set");
+    }
+    let login_timeout = config.proxy.login_timeout;
+    drop(config);
+    let outcome = {
+        // Boxed: a login's state is large, and the session's task keeps its size for the client's whole life.
+        let login = Box::pin(crate::runtime::timeout(login_timeout, log_in(&mut stream, &ctx)));
+        tokio::select! {
+            biased;
+            () = ticket.evicted() => Err(LoginEnd::Refused(SqlError::new(
+                Severity::Fatal,
+                code::TOO_MANY_CONNECTIONS,
+                "too many connections are logging in at once (proxy.max_pending_logins); this one waited longest",
+            ))),
+            finished = login => finished.unwrap_or(Err(LoginEnd::TimedOut)),
         }
     };
-    let Some(_client_slot) = ClientSlot::take(&ctx) else {
-        return reject(
-            stream,
-            SqlError::too_many_clients(ctx.config().proxy.max_client_connections),
-        )
-        .await;
+    drop(ticket);
+    let session = match outcome {
+        Ok(session) => session,
+        Err(LoginEnd::Cancel) => return,
+        Err(LoginEnd::Gone(error)) => return tracing::debug!(%error, "client left while logging in"),
+        Err(LoginEnd::TimedOut) => {
+            tracing::info!(timeout = ?login_timeout, "client did not finish logging in in time (proxy.login_timeout)");
+            let error = SqlError::new(
+                Severity::Fatal,
+                code::QUERY_CANCELED,
+                "canceling authentication due to timeout (proxy.login_timeout)",
+            );
+            return reject(stream, error).await;
+        }
+        Err(LoginEnd::Refused(error)) => return reject(stream, error).await,
     };
-    let registration = ctx.cancels.register();
+    let LoggedIn {
+        login,
+        wanted,
+        min_lsn,
+        cancel,
+        client_slot,
+    } = session;
+    let user = login.key.user.clone();
+    // Boxed: a catalog load's state is large and would otherwise stay in the task's size after the login.
+    let functions = Box::pin(ctx.functions.for_database(&login.key.database)).await;
+    let mut relay = Relay::new(
+        ctx.clone(),
+        endpoint,
+        login,
+        wanted,
+        functions,
+        cancel.slot.clone(),
+        stream,
+    );
+    relay.floor.set_min(min_lsn.as_deref());
+    match relay.run().await {
+        SessionEnd::ClientGone => tracing::debug!(%user, "client left"),
+        end => tracing::info!(%user, reason = %end, "client session ended"),
+    }
+    drop((cancel, client_slot));
+}
+
+/// How a login ended without a session.
+enum LoginEnd {
+    /// The connection carried a CancelRequest, now forwarded.
+    Cancel,
+    Gone(std::io::Error),
+    TimedOut,
+    /// Told to the client, then closed.
+    Refused(SqlError),
+}
+
+impl From<SqlError> for LoginEnd {
+    fn from(error: SqlError) -> Self {
+        LoginEnd::Refused(error)
+    }
+}
+
+/// A logged-in client: who it is, its settings, and what it holds for as long as it stays.
+struct LoggedIn<'a> {
+    login: LoginInfo,
+    wanted: Settings,
+    /// `-c pgsplit.min_lsn=…` from the startup packet: the read-your-writes floor to start from.
+    min_lsn: Option<String>,
+    cancel: Registration<'a>,
+    /// Counts the client against `max_client_connections`.
+    client_slot: GaugeCount,
+}
+
+/// Startup, authentication, the client slot, and the greeting (the server's parameters, a cancel key, ready).
+async fn log_in<'a>(stream: &mut TcpStream, ctx: &'a SessionContext) -> Result<LoggedIn<'a>, LoginEnd> {
+    let params = negotiate(stream, ctx).await?;
     let user = params.get("user").unwrap_or_default().to_owned();
     let mut buf = BytesMut::new();
     let users = ctx.credentials.load_full();
-    let credentials = users.get(&user);
-    match auth::authenticate(&mut stream, &mut buf, &user, credentials).await {
-        Ok(()) => {}
+    let credentials = match auth::authenticate(stream, &mut buf, &user, users.get(&user)).await {
+        Ok(credentials) => credentials,
         Err(AuthError::Rejected(error)) => {
             tracing::info!(user, code = %error.code, "client authentication failed");
-            return reject(stream, error).await;
+            return Err(error.into());
         }
-        Err(AuthError::Io(error)) => return tracing::debug!(%error, "client left during authentication"),
-    }
-    let credentials = credentials.expect("authentication succeeds only for known users");
+        Err(AuthError::Io(error)) => return Err(LoginEnd::Gone(std::io::Error::other(error))),
+    };
+    let config = ctx.config();
+    let client_slot = GaugeCount::client(&ctx.gauges, config.proxy.max_client_connections)
+        .ok_or_else(|| SqlError::too_many_clients(config.proxy.max_client_connections))?;
     let database = params
         .get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or(&user)
         .to_owned();
-    let mut wanted = match Settings::from_startup(&params.params) {
-        Ok(wanted) => wanted,
-        Err(message) => return reject(stream, SqlError::protocol_violation(message)).await,
-    };
+    let mut wanted = Settings::from_startup(&params.params).map_err(SqlError::protocol_violation)?;
     // pgsplit's own setting never reaches a server.
     let min_lsn = wanted.get(plan::MIN_LSN).map(str::to_owned);
     wanted.reset(plan::MIN_LSN);
     if let Some(value) = min_lsn.as_deref().filter(|v| floor::parse_setting(v).is_none()) {
         let mut error = floor::invalid_min_lsn(value);
         error.severity = Severity::Fatal;
-        return reject(stream, error).await;
+        return Err(error.into());
     }
     let login = LoginInfo {
         key: ConnKey {
@@ -96,7 +173,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: En
         Some(p) => p,
         // First client of this user and database: log in to the server once now, so the client hears the
         // server's real parameters and a bad database name fails at login as it would without pgsplit.
-        None => match server::borrow(&pool, &login, &wanted, ctx.config().server.checkout_timeout).await {
+        None => match server::borrow(&pool, &login, &wanted, &config).await {
             Ok(conn) => {
                 let params = Arc::new(conn.params.clone());
                 pool.release(conn);
@@ -104,58 +181,43 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: En
             }
             Err(mut error) => {
                 error.severity = Severity::Fatal;
-                return reject(stream, error).await;
+                return Err(error.into());
             }
         },
     };
+    let cancel = ctx.cancels.register();
     let mut greeting = BytesMut::new();
     for (name, value) in server_params.iter() {
         let value = wanted.get(name).unwrap_or(value);
         messages::parameter_status(&mut greeting, name, value);
     }
-    messages::backend_key_data(&mut greeting, registration.slot.pid, registration.slot.secret);
+    messages::backend_key_data(&mut greeting, cancel.slot.pid, cancel.slot.secret);
     messages::ready_for_query(&mut greeting, TxStatus::Idle);
-    if stream.write_all(&greeting).await.is_err() {
-        return;
-    }
+    stream.write_all(&greeting).await.map_err(LoginEnd::Gone)?;
     tracing::debug!(user, database, "client logged in");
-    // What only the login needed is freed: the session's task keeps its memory for the client's whole life.
-    drop((params, buf, greeting));
-    // Boxed: a catalog load's state is large and would otherwise stay in the task's size after the login.
-    let functions = Box::pin(ctx.functions.for_database(&database)).await;
-    let mut relay = Relay::new(
-        ctx.clone(),
-        endpoint,
+    Ok(LoggedIn {
         login,
         wanted,
-        functions,
-        registration.slot.clone(),
-        stream,
-    );
-    relay.floor.set_min(min_lsn.as_deref());
-    match relay.run().await {
-        SessionEnd::ClientGone => tracing::debug!(user, "client left"),
-        end => tracing::info!(user, reason = %end, "client session ended"),
-    }
+        min_lsn,
+        cancel,
+        client_slot,
+    })
 }
 
-/// Answers SSL/GSS requests (`N`: no encryption offered yet) and cancel requests; returns the StartupMessage, or
-/// None when the connection carried a cancel request.
-async fn negotiate(stream: &mut TcpStream, ctx: &SessionContext) -> Result<Option<StartupParams>, SqlError> {
+/// Answers SSL/GSS requests (`N`: no encryption offered yet) and cancel requests; returns the StartupMessage.
+async fn negotiate(stream: &mut TcpStream, ctx: &SessionContext) -> Result<StartupParams, LoginEnd> {
     loop {
         let packet = startup::read_packet(stream)
             .await
             .map_err(|e| SqlError::protocol_violation(e.to_string()))?;
         match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                stream
-                    .write_all(b"N")
-                    .await
-                    .map_err(|e| SqlError::protocol_violation(e.to_string()))?;
+                stream.write_all(b"N").await.map_err(LoginEnd::Gone)?;
             }
             StartupPacket::Cancel { pid, secret } => {
-                ctx.cancels.cancel(pid, secret).await;
-                return Ok(None);
+                let connect_timeout = ctx.config().server.connect_timeout;
+                ctx.cancels.cancel(pid, secret, connect_timeout).await;
+                return Err(LoginEnd::Cancel);
             }
             StartupPacket::Startup(params) => {
                 if params
@@ -166,17 +228,15 @@ async fn negotiate(stream: &mut TcpStream, ctx: &SessionContext) -> Result<Optio
                         Severity::Fatal,
                         code::FEATURE_NOT_SUPPORTED,
                         "replication connections are not supported through pgsplit; connect to the server directly",
-                    ));
+                    )
+                    .into());
                 }
                 if params.minor_version > 0 || params.protocol_options().next().is_some() {
                     let mut out = BytesMut::new();
                     startup::negotiate_protocol_version(&mut out, &params);
-                    stream
-                        .write_all(&out)
-                        .await
-                        .map_err(|e| SqlError::protocol_violation(e.to_string()))?;
+                    stream.write_all(&out).await.map_err(LoginEnd::Gone)?;
                 }
-                return Ok(Some(params));
+                return Ok(params);
             }
         }
     }
@@ -187,26 +247,6 @@ async fn reject(mut stream: TcpStream, error: SqlError) {
     error.encode(&mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
-}
-
-/// Counts a logged-in client against `max_client_connections` for as long as it lives.
-struct ClientSlot<'a>(&'a SessionContext);
-
-impl<'a> ClientSlot<'a> {
-    fn take(ctx: &'a SessionContext) -> Option<Self> {
-        let max = ctx.config().proxy.max_client_connections;
-        ctx.gauges
-            .clients
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .ok()
-            .map(|_| ClientSlot(ctx))
-    }
-}
-
-impl Drop for ClientSlot<'_> {
-    fn drop(&mut self) {
-        self.0.gauges.clients.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 #[cfg(test)]
@@ -221,7 +261,7 @@ mod tests {
     #[test]
     #[allow(unreachable_code)]
     fn a_session_task_stays_small() {
-        let size = future_size(|| super::serve(unimplemented!(), unimplemented!(), unimplemented!()));
+        let size = future_size(|| super::serve(unimplemented!(), unimplemented!(), unimplemented!(), unimplemented!()));
         // 2,752 bytes when this bound was set.
         assert!(size <= 3072, "the session future is {size} bytes");
     }

@@ -28,6 +28,9 @@ use crate::topology::monitor::parse_lsn;
 /// The first pause between two questions to a follower that has not caught up yet; it doubles up to the cap.
 const FIRST_PAUSE: Duration = Duration::from_micros(500);
 const MAX_PAUSE: Duration = Duration::from_millis(8);
+/// The shortest time one replay question may take, even when the wait is all but over: a round trip on a busy
+/// machine.
+const MIN_ASK: Duration = Duration::from_millis(5);
 
 impl Relay {
     /// Sends the probe if a unit that may write has ended on the leader connection and nothing of the client's
@@ -75,6 +78,7 @@ impl Relay {
         drop(conn);
         self.replies = Replies::default();
         self.server_framer = Framer::default();
+        self.streaming = None;
         self.floor.commit_unknown();
         tracing::info!(
             instance = %instance.name,
@@ -114,7 +118,9 @@ impl Relay {
             let Some(attached) = self.server.as_mut() else {
                 return false;
             };
-            match attached.conn.query_own(REPLAY_SQL).await {
+            // Asked within what is left of the wait: a follower that stalls must not hold the read longer.
+            let left = floor.deadline.saturating_duration_since(Instant::now()).max(MIN_ASK);
+            match attached.conn.query_own(REPLAY_SQL, left).await {
                 Ok(value) => {
                     let Some(lsn) = value.as_deref().and_then(parse_lsn) else {
                         return false;

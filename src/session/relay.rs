@@ -31,7 +31,7 @@ use super::intent::Intent;
 use super::local::LocalStatements;
 use super::outflow::Outflow;
 use super::plan::{Change, StreamState};
-use super::replies::{Answer, Expected, Replies, Request, Undo};
+use super::replies::{Answer, Expected, Replies, Request, Undo, Verdict};
 use super::retry::Retry;
 use super::statements::{Statements, ToServer};
 use super::stop::StopSignal;
@@ -40,7 +40,7 @@ use crate::context::{Endpoint, GaugeCount, SessionContext};
 use crate::pool::server::READ_CHUNK;
 use crate::pool::{LoginInfo, ServerConn, Settings};
 use crate::protocol::error::SqlError;
-use crate::protocol::frame::{FrameError, Framer, HEADER_LEN, Header, Step};
+use crate::protocol::frame::{FrameError, Framer, HEADER_LEN, Header, Look, Step};
 use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
 use crate::router::{FunctionSet, RouteReason, Wants};
@@ -48,6 +48,9 @@ use crate::topology::{Instance, Role, WorkGuard};
 
 /// Stop reading a side while this much of its data waits to be written to the other.
 const BACKPRESSURE: usize = 256 * 1024;
+
+/// Requests whose answers may be owed at once; past it, the client's next messages wait for answers to come.
+const MAX_OWED: usize = 2048;
 
 /// How often a session looks for new writing functions in its database's catalog.
 const FUNCTIONS_RECHECK: Duration = Duration::from_secs(1);
@@ -100,12 +103,16 @@ pub struct Relay {
     pub(super) client: TcpStream,
     /// Bytes from the client, scanned up to `to_server.scanned()`.
     pub(super) client_buf: BytesMut,
+    /// The length of the client message being read, once its header is in: reading goes on until it is whole.
+    client_need: usize,
     pub(super) client_framer: Framer,
     /// Client bytes due to the server.
     pub(super) to_server: Outflow,
 
     pub(super) server: Option<Attached>,
     pub(super) server_framer: Framer,
+    /// A server message known by its header is streaming through: forwarded or dropped.
+    pub(super) streaming: Option<Verdict>,
     /// Server bytes due to the client (the source is the server connection's buffer).
     pub(super) to_client: Outflow,
 
@@ -195,13 +202,15 @@ impl Relay {
             cancel,
             client,
             client_buf: BytesMut::new(),
+            client_need: 0,
             client_framer: Framer::default(),
             to_server: Outflow::default(),
             server: None,
             server_framer: Framer::default(),
+            streaming: None,
             to_client: Outflow::default(),
             replies: Replies::default(),
-            statements: Statements::default(),
+            statements: Statements::new(config.proxy.max_prepared_statements),
             batch_open: false,
             tx_status: TxStatus::Idle,
             stream: StreamState::default(),
@@ -296,9 +305,7 @@ impl Relay {
     /// the server, then from the client. Readiness is polled on the sockets themselves (one waker slot per
     /// direction), not through futures made anew each turn.
     async fn next_event(&mut self) -> Event {
-        let read_client = !self.terminating
-            && self.to_server.pending() < BACKPRESSURE
-            && !(self.held.is_some() && self.client_buf.len() >= BACKPRESSURE);
+        let read_client = self.reads_client();
         let quiet = self.is_quiet();
         // Replies held for a possible re-run are not due yet: waiting to write them would spin.
         let client_due = !self.to_client.is_empty() && self.retry.is_none();
@@ -335,6 +342,24 @@ impl Relay {
         .await
     }
 
+    /// The one rule for reading the client: only while what it sent and pgsplit has not dealt with stays small.
+    /// Bytes due to the server are bounded by `BACKPRESSURE`; so are bytes not yet scanned — except, while scanning
+    /// goes on, the rest of the one message being read (`client_need`, at most `max_message_size`). While scanning
+    /// waits (a unit held back, an armed read's outcome, too many answers owed or due to the client), the client
+    /// is simply not read further: its own socket buffer and then TCP hold it back.
+    fn reads_client(&self) -> bool {
+        if self.terminating || self.to_server.pending() >= BACKPRESSURE {
+            return false;
+        }
+        let unscanned = self.client_buf.len() - self.to_server.scanned();
+        let room = if self.scan_paused() {
+            BACKPRESSURE
+        } else {
+            BACKPRESSURE.max(self.client_need)
+        };
+        unscanned < room
+    }
+
     /// Reads what the client sent. The buffer grows only once there is something to read: an idle client holds
     /// no read buffer until its first message.
     fn read_from_client(&mut self) -> std::io::Result<usize> {
@@ -347,14 +372,19 @@ impl Relay {
         while !self.terminating && !self.scan_paused() {
             let step = self.client_framer.step(
                 &self.client_buf[self.to_server.scanned()..],
-                |tag| tag != b'd',
+                |header| if header.tag == b'd' { Look::Blind } else { Look::Whole },
                 self.max_message_size,
             )?;
             match step {
-                Step::NeedMore(_) => return Ok(()),
+                Step::NeedMore(frame_len) => {
+                    self.client_need = frame_len;
+                    return Ok(());
+                }
                 Step::Pass(n) if self.server.is_some() => self.to_server.pass(&mut self.client_buf, n),
                 // CopyData with no COPY running: a server ignores it, and so do we.
                 Step::Pass(n) => self.client_buf.advance(n),
+                // Not asked for on this side; its bytes come as Pass steps.
+                Step::Head(_) => {}
                 Step::Whole(header) => self.on_client_frame(header).await?,
             }
         }
@@ -542,10 +572,14 @@ impl Relay {
         }
     }
 
-    /// Client messages wait: for the follower running the previous unit to be released, or for an armed read's
-    /// outcome.
+    /// Client messages wait: for the follower running the previous unit to be released, for an armed read's
+    /// outcome, or while too many answers are owed (each costs memory until the server answers) or due to a client
+    /// that does not read them (answers pgsplit makes up, such as CloseComplete, need no server to pile up).
     fn scan_paused(&self) -> bool {
-        self.held.is_some() || self.retry.as_ref().is_some_and(|r| r.complete)
+        self.held.is_some()
+            || self.retry.as_ref().is_some_and(|r| r.complete)
+            || self.replies.len() >= MAX_OWED
+            || self.to_client.pending() >= BACKPRESSURE
     }
 
     /// Between units: no extended batch open and no transaction open at this point of the stream.

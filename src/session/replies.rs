@@ -55,6 +55,17 @@ pub enum Answer {
     Made,
     /// The server, to pgsplit alone, errors included: pgsplit's own query after a commit (`floor::PROBE_SQL`).
     Probe,
+    /// pgsplit refuses the client's request: it sends the server one that fails (so the server skips the rest of
+    /// the batch, as it would have after the client's own request failed), and the client gets pgsplit's error in
+    /// place of the server's.
+    Refused(Refusal),
+}
+
+/// Why pgsplit refused a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client holds `proxy.max_prepared_statements` named statements already.
+    PreparedStatementLimit,
 }
 
 /// What to take back when a request fails or is dropped unanswered (an earlier message in its batch failed).
@@ -125,10 +136,12 @@ impl Expected {
 }
 
 /// What to do with one reply message.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Forward,
     Drop,
+    /// Drop it and send pgsplit's error in its place.
+    Replace(Refusal),
 }
 
 /// A unit of work ended (ReadyForQuery) without an error: what it changed.
@@ -153,6 +166,11 @@ impl Replies {
             (true, Request::CopyEnd) => self.copy_in = false,
             _ => self.queue.push_back(expected),
         }
+    }
+
+    /// Requests still owed an answer.
+    pub fn len(&self) -> usize {
+        self.queue.len()
     }
 
     /// Nothing owed: every request sent has been answered.
@@ -207,10 +225,11 @@ impl Replies {
         let Some(head) = self.queue.front_mut() else {
             return Verdict::Forward;
         };
-        let verdict = if (head.answer == Answer::Hidden && tag != b'E') || head.answer == Answer::Probe {
-            Verdict::Drop
-        } else {
-            Verdict::Forward
+        let verdict = match head.answer {
+            Answer::Refused(refusal) if tag == b'E' => Verdict::Replace(refusal),
+            Answer::Hidden | Answer::Refused(_) if tag != b'E' => Verdict::Drop,
+            Answer::Probe => Verdict::Drop,
+            _ => Verdict::Forward,
         };
         if tag == b'G' {
             self.copy_in_started();

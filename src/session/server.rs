@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::floor::Needs;
 use super::relay::{Attached, Relay, SessionEnd};
-use crate::config::{Fallback, PoolMode};
+use crate::config::{Config, Fallback, PoolMode};
 use crate::context::Endpoint;
 use crate::pool::{ConnectError, InstancePool, LoginInfo, ServerConn, Settings};
 use crate::protocol::error::{Severity, SqlError, code};
@@ -74,14 +74,13 @@ impl Relay {
                 Wants::Follower(_) => Role::Follower,
             };
             let writes = direction == Direction::Writes;
-            let checkout_timeout = config.server.checkout_timeout;
-            let (instance, reason) = match self.attach(&decision.instance, role, writes, checkout_timeout).await {
+            let (instance, reason) = match self.attach(&decision.instance, role, writes, config).await {
                 Ok(()) => match (decision.confirm, &floor) {
                     (Some(expected), Some(floor)) if !self.confirm_replayed(floor, expected).await => {
                         // Not caught up in time: the read runs on the leader.
                         self.detach();
                         let leader = self.ctx.topology.load().leader.clone();
-                        self.attach(&leader, Role::Leader, false, checkout_timeout).await?;
+                        self.attach(&leader, Role::Leader, false, config).await?;
                         (leader, RouteReason::ReadYourWrites)
                     }
                     _ => (decision.instance, decision.reason),
@@ -90,7 +89,7 @@ impl Relay {
                 Err(error) if role == Role::Follower && self.may_fall_back(config) => {
                     tracing::debug!(instance = %decision.instance.name, %error, "follower unavailable; reading on the leader");
                     let leader = self.ctx.topology.load().leader.clone();
-                    self.attach(&leader, Role::Leader, false, checkout_timeout).await?;
+                    self.attach(&leader, Role::Leader, false, config).await?;
                     (leader, RouteReason::Fallback)
                 }
                 // The leader is down: a promotion may come, or the leader may return, before the deadline.
@@ -149,9 +148,9 @@ impl Relay {
         instance: &Arc<Instance>,
         role: Role,
         writes: bool,
-        checkout_timeout: Duration,
+        config: &Config,
     ) -> Result<(), SqlError> {
-        let conn = borrow(&instance.pool, &self.login, &self.wanted, checkout_timeout).await?;
+        let conn = borrow(&instance.pool, &self.login, &self.wanted, config).await?;
         self.cancel.set(Some(conn.cancel.clone()));
         self.server = Some(Attached {
             conn,
@@ -160,6 +159,7 @@ impl Relay {
             work: Some(instance.begin_work(writes)),
         });
         self.server_framer = Framer::default();
+        self.streaming = None;
         Ok(())
     }
 
@@ -253,7 +253,8 @@ impl Relay {
         self.cancel.set(None);
         let clean = self.is_quiet() && conn.buf.is_empty();
         let keeps_state = self.pool_mode == PoolMode::Session || self.stream.pinned;
-        let reusable = clean && (!keeps_state || conn.run_own("DISCARD ALL").await.is_ok());
+        let deadline = self.ctx.config().health.timeout;
+        let reusable = clean && (!keeps_state || conn.run_own("DISCARD ALL", deadline).await.is_ok());
         if reusable {
             if keeps_state {
                 conn.settings = Settings::default();
@@ -314,16 +315,20 @@ fn direction_of(wants: Wants) -> Direction {
     }
 }
 
-/// Borrows a connection from `pool` and gives it `wanted`'s settings. A setting the server refuses comes back as
-/// the server's own error; the connection goes back to the pool untouched.
+/// Borrows a connection from `pool` (waiting up to `server.checkout_timeout`) and gives it `wanted`'s settings
+/// (within `health.timeout`, the deadline of every statement pgsplit runs itself). A setting the server refuses
+/// comes back as the server's own error; the connection goes back to the pool untouched.
 pub async fn borrow(
     pool: &InstancePool,
     login: &LoginInfo,
     wanted: &Settings,
-    timeout: std::time::Duration,
+    config: &Config,
 ) -> Result<Box<ServerConn>, SqlError> {
-    let mut conn = pool.checkout(login, timeout).await.map_err(|e| e.to_sql_error())?;
-    match conn.sync_settings(wanted).await {
+    let mut conn = pool
+        .checkout(login, config.server.checkout_timeout)
+        .await
+        .map_err(|e| e.to_sql_error())?;
+    match conn.sync_settings(wanted, config.health.timeout).await {
         Ok(()) => Ok(conn),
         Err(error @ ConnectError::Login(LoginError::Refused { .. })) => {
             pool.release(conn);

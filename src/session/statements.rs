@@ -14,11 +14,12 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use super::outflow::Outflow;
 use super::plan::{Analysis, SqlPrepared};
-use super::replies::{Answer, Expected, Replies, Request, Undo};
+use super::replies::{Answer, Expected, Refusal, Replies, Request, Undo};
 use crate::fast_hash::FastHashMap;
 use crate::pool::prepared::{
     Definition, NAME_PREFIX, PreparedCache, ServerStatement, StatementTable, put_name, put_sql_name,
 };
+use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::extended::{self, Target};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::{self, put_cstr};
@@ -31,11 +32,28 @@ pub struct ClientStatement {
 }
 
 /// The client's prepared statements by the client's names, and its unnamed statement's analysis.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Statements {
     /// FxHash: the names are this client's own; colliding ones would slow only its own session.
     named: FastHashMap<Box<[u8]>, ClientStatement>,
     unnamed: Option<Analysis>,
+    /// At most this many named statements (`proxy.max_prepared_statements`): what a client keeps here is
+    /// pgsplit's memory, not a server's.
+    max: usize,
+}
+
+/// A server-side statement name no client can create (clients' names with pgsplit's prefix are renamed) and
+/// pgsplit never uses: a Describe of it fails, which is how a refused request makes the server skip to Sync.
+const NEVER_PREPARED: &[u8] = b"pgsplit_never_prepared";
+
+/// What a client is told when it would hold more named statements than pgsplit keeps.
+pub fn prepared_statement_limit(max: usize) -> SqlError {
+    SqlError::new(
+        Severity::Error,
+        code::CONFIGURATION_LIMIT_EXCEEDED,
+        format!("too many prepared statements: pgsplit keeps at most {max} per client (proxy.max_prepared_statements)"),
+    )
+    .with_hint("Close or DEALLOCATE statements no longer used, or raise proxy.max_prepared_statements.")
 }
 
 /// Where the client's messages go: the outflow to the server over the client's read buffer, what the server will
@@ -147,6 +165,24 @@ fn unknown_name(name: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Statements {
+    pub fn new(max: usize) -> Statements {
+        Statements {
+            named: FastHashMap::default(),
+            unnamed: None,
+            max,
+        }
+    }
+
+    /// The most named statements the client may hold.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Whether one more named statement would be past the limit.
+    fn full(&self) -> bool {
+        self.named.len() >= self.max
+    }
+
     /// What running the statement a Bind names does; `None` if the client has no such statement.
     pub fn for_bind(&self, body: &[u8]) -> Option<&Analysis> {
         let (_, name, _) = extended::bind_fields(body)?;
@@ -253,6 +289,18 @@ impl Statements {
                 extended::put_parse(out, |o| server.put_name(o), definition);
             });
             to.replies.push(Expected::new(Request::Parse, Answer::Server));
+            return;
+        }
+        if self.full() {
+            // In the Parse's place the server gets a request that fails, so it skips the rest of the batch as it
+            // would after a failed Parse; the client gets the limit's error.
+            to.replace(len, |out, _| {
+                extended::put_describe_statement(out, |o| put_cstr(o, NEVER_PREPARED))
+            });
+            to.replies.push(Expected::new(
+                Request::Describe,
+                Answer::Refused(Refusal::PreparedStatementLimit),
+            ));
             return;
         }
         let server = table.intern(definition);
@@ -376,6 +424,12 @@ impl Statements {
                         to.replace(len, |out, _| messages::query(out, &prepare_sql(server.id, rest)));
                         return None;
                     }
+                    None if self.full() => {
+                        // A statement that fails in the PREPARE's place, with the limit's error.
+                        let refuse = refuse_in_sql(&prepared_statement_limit(self.max));
+                        to.replace(len, |out, _| messages::query(out, refuse.as_bytes()));
+                        return None;
+                    }
                     None => table.sql(rest),
                 };
                 to.record(&server);
@@ -430,6 +484,16 @@ impl Statements {
             }
         }
     }
+}
+
+/// SQL that fails with `error`'s SQLSTATE and message wherever it runs (a standby too). The message is pgsplit's
+/// own text: no quote in it can end the literal early, which the assertion checks.
+fn refuse_in_sql(error: &SqlError) -> String {
+    debug_assert!(!error.message.contains('\''));
+    format!(
+        "DO $pgsplit$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'; END$pgsplit$",
+        error.code, error.message
+    )
 }
 
 /// A Query whose text has the name at `at` (byte range of the SQL text) replaced by what `name` writes.

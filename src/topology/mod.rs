@@ -29,7 +29,7 @@ pub use counters::{FreshnessCounts, RouteCounters, Served};
 pub use health::Health;
 
 use crate::config::Config;
-use crate::pool::InstancePool;
+use crate::pool::{ConnectOptions, InstancePool};
 use crate::router::RouteReason;
 
 /// The shared, swappable current topology.
@@ -72,7 +72,7 @@ impl Instance {
                 host,
                 port,
                 max_connections,
-                config.server.connect_timeout,
+                ConnectOptions::of(config),
             )),
             health: Health::default(),
             retired: AtomicBool::new(false),
@@ -196,7 +196,7 @@ impl Topology {
             match known {
                 Some(known) => {
                     known.weight.store(weight, Ordering::Relaxed);
-                    known.pool.set_limits(max_connections, config.server.connect_timeout);
+                    known.pool.set_limits(max_connections, ConnectOptions::of(config));
                     known.clone()
                 }
                 None => Arc::new(Instance::new(name, host, port, weight, max_connections, config)),

@@ -113,3 +113,51 @@ async fn truncated_extended_messages_are_answered_for_that_client_alone() {
     drop(client);
     p.stop().await;
 }
+
+/// Past `proxy.max_prepared_statements`, a Parse (or SQL `PREPARE`) of one more named statement gets ERROR 53400
+/// and the rest of its batch is skipped, as after any failed Parse; the session goes on, and closing a statement
+/// makes room again.
+#[tokio::test]
+async fn named_statements_past_the_limit_get_53400_and_the_session_goes_on() {
+    let c = cluster();
+    let mut config = proxy::config_for(c);
+    config.users[0].auth = AuthMethod::Trust;
+    config.proxy.max_prepared_statements = 3;
+    let p = proxy::TestProxy::start(config, c).await;
+    let mut s = raw::login(p.port(), "app", "app").await;
+    for name in ["s1", "s2", "s3"] {
+        let answer = raw::exchange(&mut s, &[raw::parse(name, "SELECT 1"), raw::sync()]).await;
+        assert_eq!(raw::tags(&answer), "1Z", "{name}: {answer:?}");
+    }
+    let answer = raw::exchange(
+        &mut s,
+        &[
+            raw::parse("s4", "SELECT 4"),
+            raw::bind("s4"),
+            raw::execute(),
+            raw::sync(),
+        ],
+    )
+    .await;
+    assert_eq!(raw::tags(&answer), "EZ", "{answer:?}");
+    assert_eq!(raw::error_code(&answer).as_deref(), Some("53400"));
+    let answer = raw::exchange(&mut s, &[raw::message(b'Q', b"PREPARE p4 AS SELECT 4\0")]).await;
+    assert_eq!(raw::error_code(&answer).as_deref(), Some("53400"), "{answer:?}");
+    assert_eq!(raw::tags(&answer).chars().last(), Some('Z'));
+
+    let answer = raw::exchange(&mut s, &[raw::close_statement("s1"), raw::sync()]).await;
+    assert_eq!(raw::tags(&answer), "3Z", "{answer:?}");
+    let answer = raw::exchange(
+        &mut s,
+        &[
+            raw::parse("s4", "SELECT 4"),
+            raw::bind("s4"),
+            raw::execute(),
+            raw::sync(),
+        ],
+    )
+    .await;
+    assert_eq!(raw::first_columns(&answer), ["4"], "{answer:?}");
+    drop(s);
+    p.stop().await;
+}

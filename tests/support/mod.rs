@@ -7,6 +7,7 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses its own subset of the harness and its re-exports
 
+pub mod process;
 pub mod proxy;
 pub mod raw;
 

@@ -70,7 +70,7 @@ pub async fn read_until_error_or_close(stream: &mut TcpStream) -> Vec<(u8, Vec<u
     }
 }
 
-fn split_messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+pub fn split_messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut messages = Vec::new();
     while bytes.len() >= 5 {
         let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
