@@ -49,7 +49,7 @@ pub struct Proxy {
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
     admin: Arc<AdminContext>,
-    logins: Arc<PendingLogins>,
+    sessions_ctx: Arc<SessionContext>,
     listeners: Arc<Mutex<Listeners>>,
     shutdown: watch::Sender<bool>,
     /// Monitor, promotion follower, swap follower, reload triggers, admin API.
@@ -113,7 +113,6 @@ impl Proxy {
         let catalog = FunctionCatalog::new(topology.clone(), &config.health, user, password);
         let control = Arc::new(Control::new(topology.clone(), path));
         let gauges = Arc::new(ClientGauges::default());
-        let logins = Arc::new(PendingLogins::default());
         let admin_ctx = Arc::new(AdminContext {
             topology: topology.clone(),
             control: control.clone(),
@@ -132,7 +131,7 @@ impl Proxy {
             known_writes: KnownWrites::default(),
             statements: StatementTable::default(),
             cancels: CancelRegistry::default(),
-            logins: logins.clone(),
+            logins: Arc::new(PendingLogins::default()),
             gauges,
             shutdown: shutdown_rx,
         });
@@ -168,7 +167,7 @@ impl Proxy {
             local_addr,
             admin_addr,
             admin: admin_ctx,
-            logins,
+            sessions_ctx: ctx,
             listeners,
             shutdown,
             tasks,
@@ -192,9 +191,14 @@ impl Proxy {
         self.admin_addr
     }
 
+    /// Ends the session of the client pgsplit gave `pid` (its BackendKeyData) at once; false if there is none.
+    pub fn terminate_client(&self, pid: u32) -> bool {
+        self.sessions_ctx.cancels.terminate(pid)
+    }
+
     /// Connections accepted that have not logged in yet.
     pub fn pending_logins(&self) -> usize {
-        self.logins.pending()
+        self.sessions_ctx.logins.pending()
     }
 
     /// What the admin API sees: the topology, the control plane and the client gauges.

@@ -14,6 +14,8 @@ mod limits;
 mod logins;
 #[path = "core/memory.rs"]
 mod memory;
+#[path = "core/ownership.rs"]
+mod ownership;
 #[path = "core/relay.rs"]
 mod relay;
 

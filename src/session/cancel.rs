@@ -1,5 +1,6 @@
 //! Cancel keys. Each client gets a (pid, secret) from pgsplit; while it borrows a server connection, its slot
-//! points at that connection's own key, so a CancelRequest reaches whichever server runs the client's query.
+//! points at that connection's own key, so a CancelRequest reaches whichever server runs the client's query. The
+//! pid also names the session to end when someone terminates it (as `pg_terminate_backend` ends a backend).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use bytes::{BufMut, BytesMut};
 use rand::RngExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::pool::CancelTarget;
 
@@ -24,6 +26,8 @@ pub struct CancelSlot {
     pub pid: u32,
     pub secret: u32,
     target: Mutex<Option<CancelTarget>>,
+    /// Told when the session is to end at once, wherever it is.
+    terminate: Notify,
 }
 
 impl CancelSlot {
@@ -33,6 +37,11 @@ impl CancelSlot {
 
     fn target(&self) -> Option<CancelTarget> {
         self.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Completes once the session is to be terminated.
+    pub async fn terminated(&self) {
+        self.terminate.notified().await;
     }
 }
 
@@ -64,6 +73,7 @@ impl CancelRegistry {
             pid,
             secret: rng.random(),
             target: Mutex::new(None),
+            terminate: Notify::new(),
         });
         clients.insert(pid, slot.clone());
         Registration { registry: self, slot }
@@ -85,6 +95,19 @@ impl CancelRegistry {
                 }
             }
             None => tracing::debug!(pid, "cancel request with no matching running query"),
+        }
+    }
+
+    /// Ends the session of the client that holds `pid`, wherever it is: whatever it holds is given back as it
+    /// drops. Returns whether such a session exists.
+    pub fn terminate(&self, pid: u32) -> bool {
+        match self.lock().get(&pid) {
+            Some(slot) => {
+                // Kept as a permit if the session is not waiting on it this instant.
+                slot.terminate.notify_one();
+                true
+            }
+            None => false,
         }
     }
 

@@ -95,11 +95,18 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: En
         stream,
     );
     relay.floor.set_min(min_lsn.as_deref());
-    match relay.run().await {
+    let end = tokio::select! {
+        biased;
+        // Ends the relay wherever it is waiting: what it holds (a server connection, a pool place, a pin) is
+        // given back as it drops, never returned half-used.
+        () = cancel.slot.terminated() => SessionEnd::Terminated,
+        end = relay.run() => end,
+    };
+    match end {
         SessionEnd::ClientGone => tracing::debug!(%user, "client left"),
         end => tracing::info!(%user, reason = %end, "client session ended"),
     }
-    drop((cancel, client_slot));
+    drop((relay, cancel, client_slot));
 }
 
 /// How a login ended without a session.

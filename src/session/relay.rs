@@ -64,6 +64,8 @@ pub enum SessionEnd {
     Fatal(SqlError),
     #[error("client connection: {0}")]
     ClientIo(std::io::Error),
+    #[error("terminated")]
+    Terminated,
 }
 
 impl From<FrameError> for SessionEnd {

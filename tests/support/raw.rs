@@ -155,6 +155,17 @@ pub fn first_columns(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
         .collect()
 }
 
+/// Logs in as a `trust` user and reads up to the first ReadyForQuery; returns the stream and the pid pgsplit gave
+/// the client (BackendKeyData).
+pub async fn login_with_pid(port: u16, user: &str, database: &str) -> (TcpStream, u32) {
+    let mut stream = connect(port).await;
+    send(&mut stream, &startup(user, database)).await;
+    let greeting = read_until(&mut stream, b'Z').await;
+    assert!(greeting.iter().all(|(tag, _)| *tag != b'E'), "login: {greeting:?}");
+    let (_, key) = greeting.iter().find(|(tag, _)| *tag == b'K').expect("BackendKeyData");
+    (stream, u32::from_be_bytes([key[0], key[1], key[2], key[3]]))
+}
+
 /// Logs in as a `trust` user and reads up to the first ReadyForQuery.
 pub async fn login(port: u16, user: &str, database: &str) -> TcpStream {
     let mut stream = connect(port).await;
