@@ -5,6 +5,8 @@ mod support;
 
 #[path = "routing/corpus.rs"]
 mod corpus;
+#[path = "routing/encodings.rs"]
+mod encodings;
 #[path = "routing/monitor.rs"]
 mod monitor;
 #[path = "routing/read_your_writes.rs"]

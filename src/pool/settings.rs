@@ -103,20 +103,6 @@ impl Settings {
         })
     }
 
-    /// Whether the client's text is UTF-8 by its own account: `client_encoding` unset (the server's, UTF-8 on every
-    /// database pgsplit serves by default) or one of UTF-8's names.
-    pub fn client_sends_utf8(&self) -> bool {
-        self.get("client_encoding").is_none_or(|v| {
-            let name: String = v
-                .trim()
-                .trim_matches('\'')
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .collect();
-            name.eq_ignore_ascii_case("utf8") || name.eq_ignore_ascii_case("unicode")
-        })
-    }
-
     /// The statement that turns `server`'s settings into these, or None when they already match.
     pub fn sync_sql(&self, server: &Settings) -> Option<String> {
         // The usual checkout: the connection last served a client with the same settings, recorded in the same order.

@@ -8,6 +8,7 @@
 
 mod classify;
 mod cursor;
+pub mod encoding;
 pub mod functions;
 mod grammar;
 pub mod lexer;
@@ -16,6 +17,7 @@ pub mod shapes;
 mod statement;
 
 pub use classify::{Statements, classify, statements};
+pub use encoding::ClientEncoding;
 pub use functions::{FunctionSet, parse_function_name};
 pub use lexer::{LexError, Lexer, Span, Token, TokenKind};
 pub use route::{Decision, Floor, RouteReason, Wants, route};

@@ -5,6 +5,12 @@
 //! analysis that holds text of the query (a setting's value) is kept only for its exact text. A key is kept when it
 //! comes a second time, so a stream of texts that never repeat costs a scan and a hash per query and nothing more.
 //! A few slots, searched by hash and replaced oldest first: the memory a session spends on this stays small.
+//!
+//! Text is lexed as bytes under the session's [`TextRules`] (its client encoding and `standard_conforming_strings`,
+//! both part of every key): non-ASCII text in an ASCII-safe encoding is classified through a copy with those bytes
+//! as ASCII letters (same shape, same offsets), unless its analysis would keep text of the query, which would then
+//! not be the client's bytes: such a text, like any non-ASCII text in an encoding that is not ASCII-safe, runs on
+//! the leader and keeps the session on its connection (`Analysis::unreadable`).
 
 use std::cell::RefCell;
 use std::hash::BuildHasher;
@@ -12,8 +18,8 @@ use std::sync::Arc;
 
 use super::plan::{Analysis, analyze};
 use crate::fast_hash::FastBuildHasher;
-use crate::router::FunctionSet;
 use crate::router::shapes::mask_numbers;
+use crate::router::{ClientEncoding, FunctionSet};
 
 const SLOTS: usize = 16;
 /// Longer texts are analysed every time: rarely repeated, and not worth their memory.
@@ -21,6 +27,55 @@ const MAX_TEXT: usize = 2048;
 /// The last byte of a key: the text with its numbers' values hidden, or the text as it is.
 const MASKED: u8 = b'~';
 const EXACT: u8 = b'=';
+
+/// How the session's text is to be read: what the server would make of the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextRules {
+    pub encoding: ClientEncoding,
+    /// `standard_conforming_strings`: when off, plain `'…'` strings take backslash escapes.
+    pub standard_conforming_strings: bool,
+}
+
+impl Default for TextRules {
+    fn default() -> Self {
+        TextRules {
+            encoding: ClientEncoding::Utf8,
+            standard_conforming_strings: true,
+        }
+    }
+}
+
+impl TextRules {
+    /// The rules given the session's reported parameters (`reported(name)`: its value, if known).
+    pub fn from_reported<'a>(reported: impl Fn(&str) -> Option<&'a str>) -> TextRules {
+        let mut rules = TextRules::default();
+        for name in ["client_encoding", "standard_conforming_strings"] {
+            if let Some(value) = reported(name) {
+                rules.follow(name, value);
+            }
+        }
+        rules
+    }
+
+    /// Takes a reported parameter into account (ParameterStatus); others change nothing.
+    pub fn follow(&mut self, name: &str, value: &str) {
+        if name.eq_ignore_ascii_case("client_encoding") {
+            self.encoding = ClientEncoding::named(value);
+        } else if name.eq_ignore_ascii_case("standard_conforming_strings") {
+            self.standard_conforming_strings = !value.eq_ignore_ascii_case("off");
+        }
+    }
+
+    /// The byte that ends every key: analyses made under other rules are never shared.
+    fn mark(self) -> u8 {
+        let encoding = match self.encoding {
+            ClientEncoding::Utf8 => 0,
+            ClientEncoding::AsciiSafe => 1,
+            ClientEncoding::AsciiUnsafe => 2,
+        };
+        encoding | (u8::from(self.standard_conforming_strings) << 2)
+    }
+}
 
 /// Boxed, and only once the session sends its first query: an idle client's session task carries a pointer, not
 /// the slots.
@@ -46,12 +101,12 @@ struct Slots {
 }
 
 impl Analyses {
-    /// `analyze(sql, functions)`, from a slot if a text of this shape was kept with this function set; None for
-    /// text that is not UTF-8, which no server takes. A kept text is UTF-8, and a text with the same key differs
-    /// from it only in ASCII digits: only texts analysed afresh are checked.
-    pub fn analyze(&self, sql: &[u8], functions: &Arc<FunctionSet>) -> Option<Analysis> {
+    /// `analyze(sql, functions)` under `rules`, from a slot if a text of this shape was kept with this function set
+    /// and these rules. A kept text has the same non-ASCII bytes as any text of its key (keys differ only in ASCII
+    /// digits), so how non-ASCII text is read is decided once, when a text is analysed afresh.
+    pub fn analyze(&self, sql: &[u8], functions: &Arc<FunctionSet>, rules: TextRules) -> Analysis {
         if sql.len() > MAX_TEXT {
-            return Some(analyze(std::str::from_utf8(sql).ok()?, functions));
+            return analyze_fresh(sql, functions, rules);
         }
         let mut slots = self.inner.borrow_mut();
         let slots = &mut **slots.get_or_insert_with(Box::default);
@@ -66,15 +121,15 @@ impl Analyses {
                 ..Slots::default()
             };
         }
-        let masked = slots.make_key(sql);
+        let masked = slots.make_key(sql, rules);
         let hash = FastBuildHasher::default().hash_one(&slots.key[..]);
         if let Some(analysis) = slots.find(hash) {
-            return Some(analysis.clone());
+            return analysis.clone();
         }
-        let analysis = analyze(std::str::from_utf8(sql).ok()?, functions);
+        let analysis = analyze_fresh(sql, functions, rules);
         if masked && analysis.holds_text() {
             // Another text of this shape may hold other text: this analysis is for this text only.
-            return Some(analysis);
+            return analysis;
         }
         match slots.seen.iter().position(|&seen| seen == hash) {
             Some(at) => {
@@ -86,14 +141,44 @@ impl Analyses {
                 slots.next_seen = (slots.next_seen + 1) % SLOTS;
             }
         }
-        Some(analysis)
+        analysis
+    }
+}
+
+/// Analyses `sql` under `rules`, reading non-ASCII bytes as the client's encoding allows.
+fn analyze_fresh(sql: &[u8], functions: &FunctionSet, rules: TextRules) -> Analysis {
+    let conforming = rules.standard_conforming_strings;
+    if let Ok(text) = std::str::from_utf8(sql)
+        && (text.is_ascii() || rules.encoding != ClientEncoding::AsciiUnsafe)
+    {
+        // Valid UTF-8 holds the client's exact bytes, whatever its encoding: any text kept from it is byte-exact.
+        return analyze(text, functions, conforming);
+    }
+    match rules.encoding {
+        // The server refuses text that is not UTF-8 from a UTF-8 client: nothing of it takes effect.
+        ClientEncoding::Utf8 => Analysis::unreadable(true),
+        ClientEncoding::AsciiUnsafe => Analysis::unreadable(false),
+        ClientEncoding::AsciiSafe => {
+            let stand_in: String = sql
+                .iter()
+                .map(|&b| if b.is_ascii() { b as char } else { 'x' })
+                .collect();
+            let analysis = analyze(&stand_in, functions, conforming);
+            if analysis.holds_text() {
+                // Text taken from the stand-in would not be the client's own bytes.
+                Analysis::unreadable(false)
+            } else {
+                analysis
+            }
+        }
     }
 }
 
 impl Slots {
-    /// Fills `key` for `sql`; true if it hides the values of numbers.
-    fn make_key(&mut self, sql: &[u8]) -> bool {
+    /// Fills `key` for `sql` under `rules`; true if it hides the values of numbers.
+    fn make_key(&mut self, sql: &[u8], rules: TextRules) -> bool {
         let masked = mask_numbers(sql, &mut self.key);
+        self.key.push(rules.mark());
         self.key.push(if masked { MASKED } else { EXACT });
         masked
     }
@@ -129,7 +214,14 @@ mod tests {
     use crate::session::plan::StreamState;
 
     fn analysis(analyses: &Analyses, sql: &str, functions: &Arc<FunctionSet>) -> Analysis {
-        analyses.analyze(sql.as_bytes(), functions).expect("the text is UTF-8")
+        analyses.analyze(sql.as_bytes(), functions, TextRules::default())
+    }
+
+    fn rules(encoding: ClientEncoding) -> TextRules {
+        TextRules {
+            encoding,
+            ..TextRules::default()
+        }
     }
 
     fn wants(analysis: &Analysis) -> Wants {
@@ -148,6 +240,7 @@ mod tests {
             .flatten()
             .map(|(key, _)| {
                 let (mark, text) = key.split_last().expect("a key has its mark");
+                let (_, text) = text.split_last().expect("a key has its rules");
                 (String::from_utf8(text.to_vec()).expect("UTF-8"), *mark == MASKED)
             })
             .collect()
@@ -189,16 +282,84 @@ mod tests {
     }
 
     #[test]
-    fn text_that_is_not_utf8_has_no_analysis_even_beside_kept_shapes() {
+    fn text_a_utf8_client_sends_that_is_not_utf8_is_unreadable_even_beside_kept_shapes() {
         let analyses = Analyses::default();
         let functions = Arc::new(FunctionSet::default());
         for _ in 0..2 {
             analysis(&analyses, "SELECT 'é', 5", &functions);
         }
         assert_eq!(kept(&analyses), [("SELECT 'é', 2".to_string(), true)]);
-        assert!(analyses.analyze("SELECT 'é', 7".as_bytes(), &functions).is_some());
+        assert!(matches!(
+            wants(&analysis(&analyses, "SELECT 'é', 7", &functions)),
+            Wants::Follower(_)
+        ));
         for text in [&b"SELECT '\xc3', 7"[..], b"SELECT '\xc3\xa9\xff', 7", b"SELECT \xff"] {
-            assert!(analyses.analyze(text, &functions).is_none(), "{text:?}");
+            let analysis = analyses.analyze(text, &functions, TextRules::default());
+            assert_eq!(
+                format!("{analysis:?}"),
+                format!("{:?}", Analysis::unreadable(true)),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn latin_text_is_classified_by_its_shape_unless_its_text_would_be_kept() {
+        let analyses = Analyses::default();
+        let functions = Arc::new(FunctionSet::default());
+        let latin9 = rules(ClientEncoding::AsciiSafe);
+        // 'café' in LATIN9: é is 0xE9, not UTF-8.
+        let read = analyses.analyze(b"SELECT 'caf\xe9' AS x, count(*) FROM t", &functions, latin9);
+        assert!(matches!(wants(&read), Wants::Follower(_)), "{read:?}");
+        let write = analyses.analyze(b"INSERT INTO t VALUES ('caf\xe9')", &functions, latin9);
+        assert!(matches!(wants(&write), Wants::Leader(_)), "{write:?}");
+        // A quote-like byte pair cannot hide a write: only ASCII bytes give the text its shape.
+        let hidden = analyses.analyze(b"SELECT '\xe9'; DELETE FROM t", &functions, latin9);
+        assert!(matches!(wants(&hidden), Wants::Leader(_)), "{hidden:?}");
+        // A setting's value would be kept as text that is not the client's bytes: leader, and the session stays.
+        let set = analyses.analyze(b"SET application_name = 'caf\xe9'", &functions, latin9);
+        assert_eq!(format!("{set:?}"), format!("{:?}", Analysis::unreadable(false)));
+    }
+
+    #[test]
+    fn non_ascii_text_in_an_encoding_that_is_not_ascii_safe_is_not_lexed() {
+        let analyses = Analyses::default();
+        let functions = Arc::new(FunctionSet::default());
+        let sjis = rules(ClientEncoding::AsciiUnsafe);
+        // 表 in Shift JIS is 0x95 0x5C: its second byte is a backslash.
+        let read = analyses.analyze(b"SELECT '\x95\x5c'", &functions, sjis);
+        assert_eq!(format!("{read:?}"), format!("{:?}", Analysis::unreadable(false)));
+        // Valid UTF-8 by chance is no exception: 0xC3 0x95 0x5C reads as 'Õ\\' in UTF-8, 'ﾃ表' in Shift JIS.
+        let chance = analyses.analyze(b"SELECT '\xc3\x95\x5c'", &functions, sjis);
+        assert_eq!(format!("{chance:?}"), format!("{:?}", Analysis::unreadable(false)));
+        let ascii = analyses.analyze(b"SELECT 1", &functions, sjis);
+        assert!(
+            matches!(wants(&ascii), Wants::Follower(_)),
+            "plain ASCII is lexed in any encoding"
+        );
+    }
+
+    #[test]
+    fn analyses_under_other_rules_are_not_shared() {
+        let analyses = Analyses::default();
+        let functions = Arc::new(FunctionSet::default());
+        // With standard_conforming_strings on, both quoted parts are strings; off, the backslash escapes the first
+        // closing quote and the DELETE is a statement of its own.
+        let sql = b"SELECT 'x\\' AS a, ' ; DELETE FROM t; --' AS b";
+        let conforming = TextRules::default();
+        let escaping = TextRules {
+            standard_conforming_strings: false,
+            ..conforming
+        };
+        for _ in 0..3 {
+            assert!(matches!(
+                wants(&analyses.analyze(sql, &functions, conforming)),
+                Wants::Follower(_)
+            ));
+            assert!(matches!(
+                wants(&analyses.analyze(sql, &functions, escaping)),
+                Wants::Leader(_)
+            ));
         }
     }
 
@@ -253,7 +414,7 @@ mod tests {
                 "SET LOCAL transaction_read_only = 0",
             ] {
                 let kept = analysis(&analyses, sql, &functions);
-                let fresh = analyze(sql, &functions);
+                let fresh = analyze(sql, &functions, true);
                 assert_eq!(format!("{kept:?}"), format!("{fresh:?}"), "{sql} in round {round}");
             }
         }
@@ -281,7 +442,7 @@ mod tests {
             let cached = analysis(&analyses, &other, &functions);
             assert_eq!(
                 format!("{cached:?}"),
-                format!("{:?}", analyze(&other, &functions)),
+                format!("{:?}", analyze(&other, &functions, true)),
                 "{sql}\n  against\n{other}"
             );
         }

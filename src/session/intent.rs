@@ -45,10 +45,7 @@ impl Relay {
                     intent.wants = Wants::Leader(RouteReason::Write(Reason::Unparsable));
                     return intent;
                 };
-                let mut analysis = self
-                    .analyses
-                    .analyze(sql, &self.functions)
-                    .unwrap_or_else(|| Analysis::unreadable(self.wanted.client_sends_utf8()));
+                let mut analysis = self.analyses.analyze(sql, &self.functions, self.text_rules);
                 if header.tag == b'P' {
                     analysis.pin_if_prepares();
                 }
@@ -128,9 +125,11 @@ impl Relay {
                 b'P' => match extended::parse_fields(body) {
                     Some((name, definition)) => {
                         parsed.push(name);
-                        self.analyses
-                            .analyze(extended::definition_query(definition), &self.functions)
-                            .is_some_and(|analysis| reads(&analysis, &mut stream))
+                        let sql = extended::definition_query(definition);
+                        reads(
+                            &self.analyses.analyze(sql, &self.functions, self.text_rules),
+                            &mut stream,
+                        )
                     }
                     None => false,
                 },

@@ -156,7 +156,8 @@ impl LocalBatch {
                     return false;
                 };
                 let sql = std::str::from_utf8(extended::definition_query(definition)).unwrap_or_default();
-                let Some(local) = analyze(sql, functions).local else {
+                // pgsplit's own statements are ASCII and lex alike under any rules.
+                let Some(local) = analyze(sql, functions, true).local else {
                     return false;
                 };
                 match name {

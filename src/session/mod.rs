@@ -33,6 +33,7 @@ use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::messages::{self, TxStatus};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
 use admission::LoginTicket;
+use analyses::TextRules;
 use cancel::Registration;
 use relay::{Relay, SessionEnd};
 
@@ -78,6 +79,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: En
     let LoggedIn {
         login,
         wanted,
+        text_rules,
         min_lsn,
         cancel,
         client_slot,
@@ -90,6 +92,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: En
         endpoint,
         login,
         wanted,
+        text_rules,
         functions,
         cancel.slot.clone(),
         stream,
@@ -129,6 +132,8 @@ impl From<SqlError> for LoginEnd {
 struct LoggedIn<'a> {
     login: LoginInfo,
     wanted: Settings,
+    /// How its text is read, from the settings it logged in with or else the server's.
+    text_rules: TextRules,
     /// `-c pgsplit.min_lsn=…` from the startup packet: the read-your-writes floor to start from.
     min_lsn: Option<String>,
     cancel: Registration<'a>,
@@ -192,6 +197,11 @@ async fn log_in<'a>(stream: &mut TcpStream, ctx: &'a SessionContext) -> Result<L
             }
         },
     };
+    let text_rules = TextRules::from_reported(|name| {
+        wanted
+            .get(name)
+            .or_else(|| server_params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()))
+    });
     let cancel = ctx.cancels.register();
     let mut greeting = BytesMut::new();
     for (name, value) in server_params.iter() {
@@ -205,6 +215,7 @@ async fn log_in<'a>(stream: &mut TcpStream, ctx: &'a SessionContext) -> Result<L
     Ok(LoggedIn {
         login,
         wanted,
+        text_rules,
         min_lsn,
         cancel,
         client_slot,

@@ -102,8 +102,9 @@ pub struct Plan {
     pub changes: Vec<Change>,
 }
 
-/// Classifies one SQL string (a Query's, or a Parse's statement).
-pub fn analyze(sql: &str, functions: &FunctionSet) -> Analysis {
+/// Classifies one SQL string (a Query's, or a Parse's statement), lexed as the server lexes it with the session's
+/// `standard_conforming_strings` (`conforming`).
+pub fn analyze(sql: &str, functions: &FunctionSet, conforming: bool) -> Analysis {
     let mut analysis = Analysis {
         summary: Classification::EMPTY,
         first_is_begin: false,
@@ -114,7 +115,7 @@ pub fn analyze(sql: &str, functions: &FunctionSet) -> Analysis {
         known_write: false,
     };
     let mut local = None;
-    for statement in statements(sql, functions) {
+    for statement in statements(sql, functions).standard_conforming_strings(conforming) {
         let kind = statement.kind;
         if analysis.summary.statements == 0 {
             analysis.first_is_begin = matches!(kind, StatementKind::Begin { .. });
@@ -172,7 +173,7 @@ pub fn analyze(sql: &str, functions: &FunctionSet) -> Analysis {
     }
     // SQL-level prepared statements the session cannot rename (one among several statements) live on one server
     // connection only: keep the client there.
-    if analysis.prepared.is_none() && analysis.mentions_prepare(sql, functions) {
+    if analysis.prepared.is_none() && analysis.mentions_prepare(sql, functions, conforming) {
         analysis.effects.push(Effect::Pin);
     }
     analysis.local = local.filter(|_| analysis.summary.statements == 1);
@@ -271,14 +272,18 @@ impl Analysis {
     }
 
     /// Some statement of a multi-statement text is a PREPARE, EXECUTE or DEALLOCATE.
-    fn mentions_prepare(&self, sql: &str, functions: &FunctionSet) -> bool {
+    fn mentions_prepare(&self, sql: &str, functions: &FunctionSet, conforming: bool) -> bool {
         self.summary.statements > 1
-            && statements(sql, functions).any(|s| {
-                matches!(
-                    s.kind,
-                    StatementKind::Prepare { .. } | StatementKind::Execute { .. } | StatementKind::Deallocate { .. }
-                )
-            })
+            && statements(sql, functions)
+                .standard_conforming_strings(conforming)
+                .any(|s| {
+                    matches!(
+                        s.kind,
+                        StatementKind::Prepare { .. }
+                            | StatementKind::Execute { .. }
+                            | StatementKind::Deallocate { .. }
+                    )
+                })
     }
 }
 
@@ -325,7 +330,7 @@ mod tests {
     }
 
     fn plan(sql: &str, settings: &Settings, state: &mut StreamState) -> Plan {
-        analyze(sql, &functions()).plan(settings, state)
+        analyze(sql, &functions(), true).plan(settings, state)
     }
 
     #[test]
@@ -415,7 +420,7 @@ mod tests {
     #[test]
     fn pgsplit_settings_are_recognised_only_alone() {
         let f = functions();
-        let local = |sql| analyze(sql, &f).local;
+        let local = |sql| analyze(sql, &f, true).local;
         assert_eq!(local("SHOW pgsplit.route"), Some(Local::ShowRoute));
         assert_eq!(local("show \"pgsplit.route\";"), Some(Local::ShowRoute));
         assert_eq!(local("SHOW pgsplit.route; SELECT 1"), None);
@@ -437,7 +442,7 @@ mod tests {
     #[test]
     fn sql_prepared_statements_are_named_as_the_server_knows_them() {
         let f = functions();
-        let prepare = analyze("PREPARE Q1 (int) AS SELECT $1;", &f);
+        let prepare = analyze("PREPARE Q1 (int) AS SELECT $1;", &f, true);
         assert_eq!(
             prepare.prepared,
             Some(SqlPrepared::Prepare {
@@ -451,19 +456,19 @@ mod tests {
             "a PREPARE is as read-only as its statement"
         );
         let sql = "EXECUTE \"My\"\"Q\"(1, 2)";
-        let Some(SqlPrepared::Execute { name, at }) = analyze(sql, &f).prepared else {
+        let Some(SqlPrepared::Execute { name, at }) = analyze(sql, &f, true).prepared else {
             panic!("an EXECUTE")
         };
         assert_eq!((name.as_str(), &sql[at.0..at.1]), ("My\"Q", "\"My\"\"Q\""));
         assert_eq!(
-            analyze("DEALLOCATE ALL", &f).prepared,
+            analyze("DEALLOCATE ALL", &f, true).prepared,
             Some(SqlPrepared::Deallocate { name: None })
         );
     }
 
     #[test]
     fn a_parse_of_a_sql_prepare_pins_when_bound() {
-        let mut analysis = analyze("PREPARE q AS SELECT 1", &functions());
+        let mut analysis = analyze("PREPARE q AS SELECT 1", &functions(), true);
         analysis.pin_if_prepares();
         let mut state = StreamState::default();
         let plan = analysis.plan(&Settings::default(), &mut state);
@@ -474,7 +479,7 @@ mod tests {
     #[test]
     fn prepared_statements_among_other_statements_pin() {
         let mut state = StreamState::default();
-        let analysis = analyze("PREPARE q AS SELECT 1; EXECUTE q", &functions());
+        let analysis = analyze("PREPARE q AS SELECT 1; EXECUTE q", &functions(), true);
         assert_eq!(analysis.prepared, None);
         analysis.plan(&Settings::default(), &mut state);
         assert!(state.pinned);

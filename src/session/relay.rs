@@ -24,7 +24,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::analyses::Analyses;
+use super::analyses::{Analyses, TextRules};
 use super::cancel::CancelSlot;
 use super::floor::ReadFloor;
 use super::intent::Intent;
@@ -99,6 +99,8 @@ pub struct Relay {
     pub(super) functions_recheck_at: Instant,
     /// Analyses of the texts this client repeats.
     pub(super) analyses: Analyses,
+    /// How the client's text is read: its encoding and `standard_conforming_strings`, as the server reports them.
+    pub(super) text_rules: TextRules,
     pub(super) cancel: Arc<CancelSlot>,
     pub(super) stop: StopSignal,
 
@@ -185,6 +187,7 @@ impl Relay {
         endpoint: Endpoint,
         login: LoginInfo,
         wanted: Settings,
+        text_rules: TextRules,
         functions: Arc<FunctionSet>,
         cancel: Arc<CancelSlot>,
         client: TcpStream,
@@ -196,6 +199,7 @@ impl Relay {
             functions,
             functions_recheck_at: Instant::now() + FUNCTIONS_RECHECK,
             analyses: Analyses::default(),
+            text_rules,
             stop: StopSignal::new(ctx.shutdown.clone()),
             ctx,
             endpoint,

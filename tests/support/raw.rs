@@ -11,8 +11,14 @@ pub async fn connect(port: u16) -> TcpStream {
 
 /// A StartupMessage (protocol 3.0) for `user` on `database`.
 pub fn startup(user: &str, database: &str) -> Vec<u8> {
+    startup_with(user, database, &[])
+}
+
+/// A StartupMessage for `user` on `database` with more parameters (`("client_encoding", "LATIN9")`).
+pub fn startup_with(user: &str, database: &str, params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = 196608u32.to_be_bytes().to_vec();
-    for s in ["user", user, "database", database] {
+    let params = params.iter().flat_map(|(name, value)| [*name, *value]);
+    for s in ["user", user, "database", database].into_iter().chain(params) {
         body.extend_from_slice(s.as_bytes());
         body.push(0);
     }
