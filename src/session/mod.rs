@@ -35,7 +35,7 @@ use crate::protocol::startup::{self, StartupPacket, StartupParams};
 use admission::LoginTicket;
 use analyses::TextRules;
 use cancel::Registration;
-use relay::{Relay, SessionEnd};
+use relay::{Arrival, Relay, SessionEnd};
 
 /// Serves one accepted client connection to the end. The login — startup, authentication, the greeting — must
 /// finish within `proxy.login_timeout` and before `ticket` is evicted; only then does the client count against
@@ -87,16 +87,13 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: En
     let user = login.key.user.clone();
     // Boxed: a catalog load's state is large and would otherwise stay in the task's size after the login.
     let functions = Box::pin(ctx.functions.for_database(&login.key.database)).await;
-    let mut relay = Relay::new(
-        ctx.clone(),
-        endpoint,
+    let arrival = Arrival {
         login,
         wanted,
         text_rules,
         functions,
-        cancel.slot.clone(),
-        stream,
-    );
+    };
+    let mut relay = Relay::new(ctx.clone(), endpoint, arrival, cancel.slot.clone(), stream);
     relay.floor.set_min(min_lsn.as_deref());
     let end = tokio::select! {
         biased;

@@ -181,17 +181,30 @@ enum Event {
     Shutdown,
 }
 
+/// What a client brings from its login to the relay.
+pub struct Arrival {
+    pub login: LoginInfo,
+    /// Its settings (startup parameters and `options`).
+    pub wanted: Settings,
+    pub text_rules: TextRules,
+    /// Which functions write, in its database.
+    pub functions: Arc<FunctionSet>,
+}
+
 impl Relay {
     pub fn new(
         ctx: Arc<SessionContext>,
         endpoint: Endpoint,
-        login: LoginInfo,
-        wanted: Settings,
-        text_rules: TextRules,
-        functions: Arc<FunctionSet>,
+        arrival: Arrival,
         cancel: Arc<CancelSlot>,
         client: TcpStream,
     ) -> Self {
+        let Arrival {
+            login,
+            wanted,
+            text_rules,
+            functions,
+        } = arrival;
         let config = ctx.topology.load().config.clone();
         Relay {
             pool_mode: config.proxy.pool_mode,
