@@ -374,8 +374,9 @@ impl LocalCluster {
         write(&leader.data_dir.join("pg_hba.conf"), PG_HBA)?;
         start_fresh(&self.tools, &mut self.leader, fixed_port)?;
 
-        // The app user is also pgsplit's control login: the changeover promotes, fences and reloads with it, and
-        // the monitor reads every session's transaction and each follower's WAL receiver (pg_read_all_stats).
+        // The app user is also pgsplit's control login: the changeover promotes, fences and reloads with it and
+        // watches every session's transaction, and the monitor reads each follower's WAL receiver (the last two
+        // need pg_read_all_stats).
         let user = quote_ident(&self.app_user);
         let setup = format!(
             "SET password_encryption = 'scram-sha-256';\n\
