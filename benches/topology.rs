@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use common::env_number;
 use pgsplit::demo::cluster::{ClusterOptions, LocalCluster, Toolbox, Watchdog, unique_base_dir};
 use pgsplit::proxy::Proxy;
-use pgsplit::topology::changeover::{Outcome, PromoteRequest};
+use pgsplit::topology::changeover::{self, Outcome, PromoteRequest};
 
 fn main() -> ExitCode {
     common::bench_main_async("topology", run)
@@ -119,7 +119,7 @@ async fn with_cluster(cluster: &LocalCluster, base_dir: &Path, secs: u64, reload
         tokio::time::sleep(Duration::from_secs(5)).await;
         let mut request = PromoteRequest::new(target);
         request.repoint = repoint;
-        let progress = ctx.control.promote(request).await;
+        let progress = changeover::run(&ctx.control, &request).await?;
         let (processed, failed) = run.await??;
         if progress.outcome != Outcome::Done {
             bail!("changeover to {target}: {progress:#?}");

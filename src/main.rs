@@ -61,11 +61,15 @@ enum Command {
     /// Orchestrated changeover: make a follower the leader while clients see a pause, not an error
     Promote {
         /// The follower to promote
-        instance: String,
+        #[arg(required_unless_present = "abort")]
+        instance: Option<String>,
+        /// Stop the running changeover and roll back to the old leader (refused once the promotion was asked for)
+        #[arg(long, conflicts_with_all = ["instance", "repoint", "drain_timeout", "catchup_timeout"])]
+        abort: bool,
         /// Also point the other followers at the new leader
         #[arg(long)]
         repoint: bool,
-        /// How long running writes on the old leader may take before they are cancelled [default: 5s]
+        /// How long running transactions on the old leader may take before they are cancelled [default: 5s]
         #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         drain_timeout: Option<Duration>,
         /// How long the follower may take to replay the old leader's last WAL [default: 30s]
@@ -106,12 +110,18 @@ fn main() -> ExitCode {
         Command::Reload => pgsplit::cli::reload(&admin()),
         Command::Pause { writes, reads } => pgsplit::cli::pause(&admin(), writes, reads),
         Command::Resume => pgsplit::cli::resume(&admin()),
+        Command::Promote { abort: true, .. } => pgsplit::cli::abort_promote(&admin()),
         Command::Promote {
             instance,
             repoint,
             drain_timeout,
             catchup_timeout,
-        } => pgsplit::cli::promote(&admin(), &instance, repoint, drain_timeout, catchup_timeout),
+            abort: false,
+        } => {
+            // clap requires an instance without --abort.
+            let instance = instance.unwrap_or_default();
+            pgsplit::cli::promote(&admin(), &instance, repoint, drain_timeout, catchup_timeout)
+        }
         Command::Wait { max_lag, timeout } => pgsplit::cli::wait(&admin(), max_lag, timeout),
     }
 }

@@ -175,6 +175,20 @@ async fn promoting_an_unknown_instance_is_accepted_then_rolls_back() {
 
     assert_eq!(post(admin, "/promote", "{}").await.code, 400);
 
+    let abort = post(admin, "/promote/abort", "").await;
+    assert_eq!(abort.code, 409, "nothing runs: {}", abort.body);
+    assert!(
+        abort.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no changeover is running")
+    );
+    assert_eq!(
+        call(admin, "POST", "/promote/abort", None, "").await.code,
+        401,
+        "needs the token"
+    );
+
     assert!(proxy.shutdown(Duration::from_secs(1)).await);
 }
 
@@ -250,6 +264,12 @@ async fn the_cli_prints_status_and_reports_refusals() {
         err.contains("changeover rolled_back: no instance named \"nobody\""),
         "{err}"
     );
+
+    let (code, _, err) = pgsplit(admin, &["promote", "--abort", "--admin-token", "t"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("409") && err.contains("no changeover is running"), "{err}");
+    let (code, _, err) = pgsplit(admin, &["promote", "f1", "--abort"]).await;
+    assert_eq!(code, 1, "--abort takes no instance: {err}");
 
     let (code, out, _) = pgsplit(admin, &["wait", "--timeout", "1s"]).await;
     assert_eq!(

@@ -4,11 +4,19 @@
 
 mod support;
 
+#[path = "topology/abort.rs"]
+mod abort;
 #[path = "topology/changeover.rs"]
 mod changeover;
 #[path = "topology/failover.rs"]
 mod failover;
 #[path = "topology/files.rs"]
 mod files;
+#[path = "topology/identity.rs"]
+mod identity;
+#[path = "topology/quiesce.rs"]
+mod quiesce;
 #[path = "topology/reload.rs"]
 mod reload;
+#[path = "topology/repoint.rs"]
+mod repoint;

@@ -18,8 +18,9 @@ use super::body::{self, BodyError, PauseBody, PromoteBody};
 use super::metrics;
 use super::status::{Paused, PausedAnswer, Status};
 use crate::context::AdminContext;
-use crate::topology::changeover::Refused;
+use crate::topology::changeover;
 use crate::topology::control::ReloadError;
+use crate::topology::progress::{AbortRefused, Refused};
 
 pub type Answer = Response<Full<Bytes>>;
 
@@ -32,6 +33,7 @@ enum Endpoint {
     Pause,
     Resume,
     Promote,
+    PromoteAbort,
 }
 
 impl Endpoint {
@@ -44,6 +46,7 @@ impl Endpoint {
             "/pause" => Endpoint::Pause,
             "/resume" => Endpoint::Resume,
             "/promote" => Endpoint::Promote,
+            "/promote/abort" => Endpoint::PromoteAbort,
             _ => return None,
         })
     }
@@ -52,7 +55,9 @@ impl Endpoint {
     fn method(self) -> Method {
         match self {
             Endpoint::Healthz | Endpoint::Status | Endpoint::Metrics => Method::GET,
-            Endpoint::Reload | Endpoint::Pause | Endpoint::Resume | Endpoint::Promote => Method::POST,
+            Endpoint::Reload | Endpoint::Pause | Endpoint::Resume | Endpoint::Promote | Endpoint::PromoteAbort => {
+                Method::POST
+            }
         }
     }
 }
@@ -71,7 +76,12 @@ pub enum ApiError {
     Reload(#[from] ReloadError),
     #[error("{0}; follow it in GET /status")]
     Refused(#[from] Refused),
-    #[error("a changeover is running; it releases the writes it holds itself")]
+    #[error("{0}")]
+    AbortRefused(#[from] AbortRefused),
+    #[error(
+        "a changeover is running; it releases the writes it holds itself (to stop it and roll back: POST \
+         /promote/abort, `pgsplit promote --abort`)"
+    )]
     ChangeoverRunning,
     #[error("cannot encode the answer: {0}")]
     Encode(#[from] serde_json::Error),
@@ -87,7 +97,7 @@ impl ApiError {
             ApiError::Body(_) => StatusCode::BAD_REQUEST,
             ApiError::Reload(ReloadError::NoFile) => StatusCode::CONFLICT,
             ApiError::Reload(ReloadError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Refused(_) | ApiError::ChangeoverRunning => StatusCode::CONFLICT,
+            ApiError::Refused(_) | ApiError::AbortRefused(_) | ApiError::ChangeoverRunning => StatusCode::CONFLICT,
             ApiError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -161,7 +171,7 @@ async fn answer(request: Request<Incoming>, ctx: &Arc<AdminContext>) -> Result<A
             )
         }
         Endpoint::Resume => {
-            if control.changeover().is_some_and(|p| p.is_running()) {
+            if control.board().is_running() {
                 return Err(ApiError::ChangeoverRunning);
             }
             control.gate.resume();
@@ -174,9 +184,12 @@ async fn answer(request: Request<Incoming>, ctx: &Arc<AdminContext>) -> Result<A
         }
         Endpoint::Promote => {
             let body = body::read(request.into_body()).await?;
-            control.start_promote(PromoteBody::parse(&body)?)?;
-            let progress = control.changeover();
-            json(StatusCode::ACCEPTED, &progress)
+            changeover::start(control, PromoteBody::parse(&body)?)?;
+            json(StatusCode::ACCEPTED, &control.board().current())
+        }
+        Endpoint::PromoteAbort => {
+            // Answered at once: the rollback goes on in the changeover's own task, shown in GET /status.
+            json(StatusCode::ACCEPTED, &changeover::abort(control)?)
         }
     }
 }
@@ -272,6 +285,8 @@ mod tests {
         assert_eq!(Endpoint::find("/nope"), None);
         assert_eq!(Endpoint::Metrics.method(), Method::GET);
         assert_eq!(Endpoint::Promote.method(), Method::POST);
+        assert_eq!(Endpoint::find("/promote/abort"), Some(Endpoint::PromoteAbort));
+        assert_eq!(Endpoint::PromoteAbort.method(), Method::POST);
     }
 
     #[test]
@@ -283,6 +298,8 @@ mod tests {
             (ApiError::Body(BodyError::Invalid("x".into())), StatusCode::BAD_REQUEST),
             (ApiError::Reload(ReloadError::NoFile), StatusCode::CONFLICT),
             (ApiError::Refused(Refused::Running), StatusCode::CONFLICT),
+            (ApiError::AbortRefused(AbortRefused::NotRunning), StatusCode::CONFLICT),
+            (ApiError::AbortRefused(AbortRefused::TooLate), StatusCode::CONFLICT),
         ];
         for (error, status) in cases {
             assert_eq!(error.status(), status, "{error}");

@@ -11,9 +11,9 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::context::AdminContext;
-use crate::topology::changeover::Progress;
 use crate::topology::gate::{Direction, Gate};
 use crate::topology::monitor::format_lsn;
+use crate::topology::progress::Progress;
 use crate::topology::{FreshnessCounts, Instance, Role, Topology};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +74,13 @@ pub struct InstanceStatus {
     pub lsn: String,
     /// The timeline a primary writes on; 0 for a standby.
     pub timeline: u32,
+    /// The cluster it belongs to (`pg_control_system().system_identifier`, a 64-bit number as a string: JSON
+    /// readers lose digits of larger numbers); None until it has answered.
+    #[serde(default)]
+    pub system_identifier: Option<String>,
+    /// Why pgsplit does not use it now (down, another cluster, another timeline, behind…); None while it does.
+    #[serde(default)]
+    pub reason: Option<String>,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
     pub lag_commits: u64,
@@ -112,7 +119,7 @@ impl Status {
             &ctx.control.gate,
             ctx.gauges.clients.load(Ordering::Relaxed),
             ctx.gauges.pinned.load(Ordering::Relaxed),
-            ctx.control.changeover().as_ref(),
+            ctx.control.board().current().as_ref(),
         )
     }
 
@@ -168,6 +175,8 @@ fn instance_status(instance: &Instance, role: Role, pool: Option<&str>, max: usi
         in_recovery: health.in_recovery,
         lsn: format_lsn(health.lsn),
         timeline: health.timeline,
+        system_identifier: (health.system_identifier != 0).then(|| health.system_identifier.to_string()),
+        reason: instance.health.reason().map(|r| r.to_string()),
         lag_bytes: health.lag_bytes,
         lag_seconds: health.lag.as_secs_f64(),
         lag_commits: health.lag_commits,
@@ -202,6 +211,8 @@ impl InstanceStatus {
             in_recovery: follower,
             lsn: "0/3000060".into(),
             timeline: if follower { 0 } else { 1 },
+            system_identifier: Some("7312345678901234567".into()),
+            reason: None,
             lag_bytes: 0,
             lag_seconds: 0.0,
             lag_commits: 0,
@@ -230,8 +241,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::router::RouteReason;
-    use crate::topology::changeover::{Outcome, Step, StepReport, StepState};
     use crate::topology::health::Observation;
+    use crate::topology::progress::{Outcome, Step, StepReport, StepState};
 
     const CONFIG: &str = r#"
 [leader]
@@ -305,6 +316,27 @@ instances = [{ name = "f1", host = "10.0.0.2", port = 5433, weight = 2 }]
                 writes: true,
                 reads: false
             }
+        );
+    }
+
+    #[test]
+    fn status_says_why_an_instance_is_not_used_and_which_cluster_it_belongs_to() {
+        let topology = topology();
+        let f1 = &topology.pools[0].instances[0];
+        f1.health.set_system_identifier(7_312_345_678_901_234_567);
+        f1.health.set_reason(Some("another cluster"));
+        let status = Status::of(&topology, &Gate::default(), 0, 0, None);
+        let (leader, f1) = (&status.instances[0], &status.instances[1]);
+        assert_eq!(f1.reason.as_deref(), Some("another cluster"));
+        assert_eq!(f1.system_identifier.as_deref(), Some("7312345678901234567"));
+        assert_eq!(
+            (leader.reason.as_deref(), leader.system_identifier.as_deref()),
+            (None, None)
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["instances"][1]["system_identifier"], "7312345678901234567",
+            "a string: no digit lost"
         );
     }
 

@@ -1,4 +1,4 @@
-//! The admin subcommands — `status`, `reload`, `pause`, `resume`, `promote`, `wait` — as an operator runs them:
+//! The admin subcommands — `status`, `reload`, `pause`, `resume`, `promote [--abort]`, `wait` — as an operator runs them:
 //! the calls to the running proxy's admin API, what to print, and the exit code (0 ok; 2 when the API cannot be
 //! reached, refuses, or what was asked for does not happen). Never talks to PostgreSQL or changes anything itself.
 
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::admin_client::{AdminClient, AdminError};
 use super::render;
 use crate::admin::{PauseBody, PauseDirection, PausedAnswer, PromoteBody, Status};
-use crate::topology::changeover::{Outcome, Progress, StepReport};
 use crate::topology::control::SwapOutcome;
+use crate::topology::progress::{Outcome, Progress, StepReport};
 
 /// How often `promote` looks at the changeover's progress.
 const PROMOTE_POLL: Duration = Duration::from_millis(200);
@@ -90,18 +90,8 @@ pub fn promote(
         catchup_timeout_ms: catchup_timeout.map(millis),
     };
     block_on(async {
-        let mut progress: Option<Progress> = client.post("/promote", Some(&body)).await?;
-        let mut printed: Vec<StepReport> = Vec::new();
-        let over = loop {
-            if let Some(current) = &progress {
-                print_new_steps(&current.steps, &mut printed);
-                if !current.is_running() {
-                    break current.clone();
-                }
-            }
-            tokio::time::sleep(PROMOTE_POLL).await;
-            progress = client.get::<Status>("/status").await?.changeover;
-        };
+        let progress: Option<Progress> = client.post("/promote", Some(&body)).await?;
+        let over = follow(client, progress).await?;
         if let Some(ms) = over.write_pause_ms {
             println!("writes were held for {ms} ms");
         }
@@ -117,6 +107,42 @@ pub fn promote(
             Ok(ExitCode::from(2))
         }
     })
+}
+
+/// `pgsplit promote --abort`: asks the running changeover to roll back, then prints its steps until it is over.
+/// Exit 0 when it rolled back, 2 when there was none to abort, it was past the promotion, or it ended otherwise.
+pub fn abort_promote(client: &AdminClient) -> ExitCode {
+    block_on(async {
+        let progress: Progress = client.post("/promote/abort", None::<&()>).await?;
+        println!("abort requested: changeover to {}", progress.target);
+        let over = follow(client, Some(progress)).await?;
+        if let Some(ms) = over.write_pause_ms {
+            println!("writes were held for {ms} ms");
+        }
+        let error = over.error.as_deref().unwrap_or("no reason given");
+        if over.outcome == Outcome::RolledBack {
+            println!("changeover rolled back: {error}");
+            Ok(ExitCode::SUCCESS)
+        } else {
+            eprintln!("changeover {}: {error}", over.outcome);
+            Ok(ExitCode::from(2))
+        }
+    })
+}
+
+/// Prints the changeover's steps as they change until it is over; returns its record then.
+async fn follow(client: &AdminClient, mut progress: Option<Progress>) -> Result<Progress, AdminError> {
+    let mut printed: Vec<StepReport> = Vec::new();
+    loop {
+        if let Some(current) = &progress {
+            print_new_steps(&current.steps, &mut printed);
+            if !current.is_running() {
+                return Ok(current.clone());
+            }
+        }
+        tokio::time::sleep(PROMOTE_POLL).await;
+        progress = client.get::<Status>("/status").await?.changeover;
+    }
 }
 
 /// Prints the steps that are new or changed since the last look (a step is seen running, then ended).

@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::proxy::Proxy;
 
-pub use admin::{pause, promote, reload, resume, status, wait};
+pub use admin::{abort_promote, pause, promote, reload, resume, status, wait};
 pub use admin_client::AdminClient;
 
 /// How long a stopping proxy lets clients finish their transactions.

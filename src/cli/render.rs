@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use crate::admin::{InstanceStatus, Paused, PoolStatus, Status};
-use crate::topology::changeover::{Progress, StepReport};
+use crate::topology::progress::{Progress, StepReport};
 
 /// `pgsplit status`.
 pub fn status(status: &Status) -> String {
@@ -61,6 +61,9 @@ fn block(out: &mut String, instance: &InstanceStatus, leader: &str) {
         let _ = writeln!(out, "{:<17}{value}", format!("{label}:"));
     };
     field("Status", availability(instance).to_owned());
+    if let Some(reason) = &instance.reason {
+        field("Not used", reason.clone());
+    }
     let host = &instance.host;
     let host = if host.contains(':') {
         format!("[{host}]")
@@ -151,8 +154,8 @@ pub fn step_line(step: &StepReport) -> String {
     line.trim_end().to_owned()
 }
 
-/// What keeps `pgsplit wait` waiting: each follower that is down, not following, or more than `max_lag` bytes
-/// behind, with the reason.
+/// What keeps `pgsplit wait` waiting: each follower that is down, not used (another cluster, another timeline,
+/// over its pool's lag limits…), not following, or more than `max_lag` bytes behind, with the reason.
 pub fn behind(status: &Status, max_lag: u64) -> Vec<String> {
     status
         .instances
@@ -161,6 +164,8 @@ pub fn behind(status: &Status, max_lag: u64) -> Vec<String> {
         .filter_map(|f| {
             let why = if !f.healthy {
                 "is unavailable".to_owned()
+            } else if let Some(reason) = &f.reason {
+                format!("is not used: {reason}")
             } else if !f.in_recovery {
                 "is not in recovery (not following)".to_owned()
             } else if f.lag_bytes > max_lag {
@@ -179,7 +184,7 @@ mod tests {
 
     use super::*;
     use crate::admin::Connections;
-    use crate::topology::changeover::{Outcome, Step, StepState};
+    use crate::topology::progress::{Outcome, Step, StepState};
 
     fn fixed() -> Status {
         let mut leader = InstanceStatus::example("leader", None);
@@ -198,6 +203,7 @@ mod tests {
         let mut f2 = InstanceStatus::example("f2", Some("default"));
         f2.healthy = false;
         f2.weight = 2;
+        f2.reason = Some("down: cannot connect: connection refused".into());
         Status {
             generation: 3,
             leader: "leader".into(),
@@ -235,6 +241,7 @@ Connections:     0 active, 2 idle, 0 waiting (2/10)
 Routed:          nothing yet
 === f2 (follower, pool default)
 Status:          unavailable
+Not used:        down: cannot connect: connection refused
 Address:         127.0.0.1:15432
 Following:       leader
 Replay LSN:      0/3000060
@@ -270,6 +277,7 @@ Routed:          nothing yet
             error: None,
             write_pause_ms: Some(120),
             started_unix_ms: 0,
+            abort_requested: false,
         });
         let text = status(&with_changeover);
         let expected = "\
@@ -317,6 +325,12 @@ Writes held:     120 ms
         assert_eq!(behind(&status, 8192), ["f2 is unavailable"]);
         let mut all_up = status;
         all_up.instances[2].healthy = true;
+        all_up.instances[2].reason = Some("receives timeline 1, the leader writes on timeline 2".into());
+        assert_eq!(
+            behind(&all_up, 16384),
+            ["f2 is not used: receives timeline 1, the leader writes on timeline 2"]
+        );
+        all_up.instances[2].reason = None;
         assert!(behind(&all_up, 16384).is_empty());
     }
 }

@@ -374,7 +374,9 @@ impl LocalCluster {
         write(&leader.data_dir.join("pg_hba.conf"), PG_HBA)?;
         start_fresh(&self.tools, &mut self.leader, fixed_port)?;
 
-        // The app user is also pgsplit's control login: the changeover promotes, fences and reloads with it.
+        // The app user is also pgsplit's control login: the changeover promotes, fences and reloads with it and
+        // watches every session's transaction, and the monitor reads each follower's WAL receiver (the last two
+        // need pg_read_all_stats).
         let user = quote_ident(&self.app_user);
         let setup = format!(
             "SET password_encryption = 'scram-sha-256';\n\
@@ -382,7 +384,7 @@ impl LocalCluster {
              CREATE DATABASE {} OWNER {user};\n\
              GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer), pg_reload_conf() TO {user};\n\
              GRANT ALTER SYSTEM ON PARAMETER default_transaction_read_only, primary_conninfo TO {user};\n\
-             GRANT pg_signal_backend, pg_read_all_settings TO {user};\n",
+             GRANT pg_signal_backend, pg_read_all_settings, pg_read_all_stats TO {user};\n",
             quote_literal(&self.app_password),
             quote_ident(&self.app_database),
         );

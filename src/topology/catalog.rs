@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::SharedTopology;
-use super::monitor::{Conn, error_chain};
+use super::conn::{Conn, error_chain, own_login, statement_deadline};
 use crate::config::HealthConfig;
 use crate::router::FunctionSet;
 
@@ -187,14 +187,16 @@ impl Inner {
 
     async fn fetch(&self, database: &str) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
         let leader = self.topology.load_full().leader.clone();
-        let mut config = tokio_postgres::Config::new();
+        let mut config = own_login(
+            &self.user,
+            &self.password,
+            "pgsplit-catalog",
+            statement_deadline(self.timeout),
+        );
         config
             .host(&*leader.host)
             .port(leader.port)
-            .user(&self.user)
-            .password(&self.password)
             .dbname(database)
-            .application_name("pgsplit-catalog")
             .connect_timeout(self.timeout);
         let conn = Conn::open(&config, &leader.name).await?;
         volatile_user_functions(&conn.client).await

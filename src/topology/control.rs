@@ -1,20 +1,24 @@
 //! The control plane: the one place that changes the topology. A reload, an adopted promotion and a changeover
-//! all end in [`Control::swap`], one at a time (the apply lock), and each swap is announced on a watch channel so
-//! the proxy can open or close pool endpoints and refresh credentials.
+//! all end in a swap, one at a time (the apply lock), and each swap is announced on a watch channel so the proxy
+//! can open or close pool endpoints and refresh credentials.
 //!
-//! It also owns the pause [`Gate`] and the progress of the running or last changeover, for `status`. It never
-//! touches client traffic: sessions read the topology snapshot and ask the gate.
+//! It owns the pause [`Gate`] and keeps the record of the running or last orchestrated change ([`Board`]), for
+//! `status`. It knows nothing of how a changeover goes: the orchestrator (`changeover`) drives it through a narrow
+//! port — the gate, [`Control::exclusive`] (the apply lock, under which it may swap in a promotion),
+//! [`Control::connect`] (pgsplit's own login, bounded) and the board. It never touches client traffic: sessions
+//! read the topology snapshot and ask the gate.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::changeover::{self, Progress, PromoteRequest};
+use super::conn::{Conn, error_chain, own_login, statement_deadline};
 use super::gate::Gate;
-use super::monitor::{Conn, error_chain};
+use super::progress::Board;
 use super::{Instance, SharedTopology, Topology};
+use crate::config::rewrite::RewriteError;
 use crate::config::{Config, ConfigErrors};
 
 /// What a swap changed, for the log and the admin API's answer.
@@ -37,6 +41,33 @@ pub enum ReloadError {
     Invalid(ConfigErrors),
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwapError {
+    #[error("no follower named \"{0}\"")]
+    UnknownFollower(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error(transparent)]
+    Swap(#[from] SwapError),
+    #[error("swapped, but {path} was not updated: {source}")]
+    Rewrite {
+        path: PathBuf,
+        /// Boxed: the error is rare and large, the Ok path is every adoption.
+        #[source]
+        source: Box<RewriteError>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {instance}: {reason}")]
+    Failed { instance: String, reason: String },
+    #[error("cannot connect to {instance}: no answer within {after:?}")]
+    Timeout { instance: String, after: Duration },
+}
+
 pub struct Control {
     pub topology: SharedTopology,
     pub gate: Arc<Gate>,
@@ -44,23 +75,36 @@ pub struct Control {
     /// One topology change at a time: a changeover holds it from its first step to its last.
     apply: tokio::sync::Mutex<()>,
     swapped: watch::Sender<u64>,
-    /// The running or last changeover.
-    changeover: Mutex<Option<Progress>>,
+    /// The running or last changeover: written by the orchestrator, read by status, aborts filed here.
+    board: Board,
     /// Login for pgsplit's own queries (fencing, promoting): the first user, database `postgres`.
     login: tokio_postgres::Config,
+}
+
+/// The apply lock, held: the only way to swap in a promotion. Whoever holds it is the one topology change running.
+pub struct Exclusive<'a> {
+    control: &'a Control,
+    _one_at_a_time: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Exclusive<'_> {
+    /// Swaps in the config with follower `name` as the leader; returns the new generation.
+    pub fn swap_promoted(&self, name: &str) -> Result<u64, SwapError> {
+        let current = self.control.topology.load_full();
+        let next = current
+            .config
+            .promoted(name)
+            .ok_or_else(|| SwapError::UnknownFollower(name.to_owned()))?;
+        Ok(self.control.swap(next).generation)
+    }
 }
 
 impl Control {
     pub fn new(topology: SharedTopology, config_path: Option<PathBuf>) -> Control {
         let current = topology.load();
         let user = &current.config.users[0];
-        let mut login = tokio_postgres::Config::new();
-        login
-            .user(&user.name)
-            .password(&user.password)
-            .dbname("postgres")
-            .application_name("pgsplit-control")
-            .connect_timeout(current.config.health.timeout);
+        let deadline = statement_deadline(current.config.health.timeout);
+        let login = own_login(&user.name, &user.password, "pgsplit-control", deadline);
         let (swapped, _) = watch::channel(current.generation);
         drop(current);
         Control {
@@ -69,7 +113,7 @@ impl Control {
             config_path,
             apply: tokio::sync::Mutex::new(()),
             swapped,
-            changeover: Mutex::new(None),
+            board: Board::default(),
             login,
         }
     }
@@ -83,11 +127,31 @@ impl Control {
         self.swapped.subscribe()
     }
 
-    /// Reads and validates the config file and swaps it in; an invalid file changes nothing.
+    /// The running or last changeover's record, and its abort switch.
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
+    /// Waits for the apply lock: no reload, adoption or other changeover runs until it is dropped.
+    pub async fn exclusive(&self) -> Exclusive<'_> {
+        Exclusive {
+            control: self,
+            _one_at_a_time: self.apply.lock().await,
+        }
+    }
+
+    /// How long one statement of pgsplit's own may take (`health.timeout`, at least a second).
+    pub fn deadline(&self) -> Duration {
+        statement_deadline(self.topology.load().config.health.timeout)
+    }
+
+    /// Reads and validates the config file and swaps it in; an invalid file changes nothing. The file is read
+    /// under the apply lock: a reload queued behind a changeover reads what the changeover wrote, not the file as
+    /// it was before (which names the fenced old leader).
     pub async fn reload(&self) -> Result<SwapOutcome, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        let config = Config::load(path).map_err(ReloadError::Invalid)?;
         let _one_at_a_time = self.apply.lock().await;
+        let config = Config::load(path).map_err(ReloadError::Invalid)?;
         Ok(self.swap(config))
     }
 
@@ -128,6 +192,16 @@ impl Control {
                 instance.pool.forget_server_params();
             }
         }
+        if !Arc::ptr_eq(&previous.leader, &next.leader) {
+            // Each follower was judged against the old leader (its timeline above all): none serves reads until
+            // the monitor has judged it against the new one.
+            for follower in next.pools.iter().flat_map(|p| p.instances.iter()) {
+                follower.health.set_usable(false);
+                follower
+                    .health
+                    .set_reason(Some("not yet checked against the new leader"));
+            }
+        }
         self.topology.store(next.clone());
         for instance in gone {
             instance.retire();
@@ -143,75 +217,29 @@ impl Control {
         outcome
     }
 
-    /// The running or last changeover.
-    pub fn changeover(&self) -> Option<Progress> {
-        self.progress().clone()
-    }
-
-    pub(super) fn progress(&self) -> std::sync::MutexGuard<'_, Option<Progress>> {
-        self.changeover.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Starts an orchestrated changeover in the background; its steps show in [`Control::changeover`]. Refused
-    /// while another runs.
-    pub fn start_promote(self: &Arc<Self>, request: PromoteRequest) -> Result<(), changeover::Refused> {
-        {
-            let mut progress = self.progress();
-            if progress.as_ref().is_some_and(Progress::is_running) {
-                return Err(changeover::Refused::Running);
-            }
-            *progress = Some(Progress::new(&request.instance));
-        }
-        let control = self.clone();
-        tokio::spawn(async move { control.promote(request).await });
-        Ok(())
-    }
-
-    /// Runs an orchestrated changeover to completion (SPEC §6) and returns its record.
-    pub async fn promote(&self, request: PromoteRequest) -> Progress {
-        let _one_at_a_time = self.apply.lock().await;
-        // Started by `start_promote` (whose record is in place) or called directly (a fresh record).
-        {
-            let mut progress = self.progress();
-            if progress
-                .as_ref()
-                .is_none_or(|p| p.target != request.instance || !p.is_running())
-            {
-                *progress = Some(Progress::new(&request.instance));
-            }
-        }
-        changeover::run(self, &request).await;
-        self.changeover().expect("set above")
-    }
-
-    /// Swaps in the config with follower `name` as the leader (the caller holds the apply lock); returns the new
-    /// generation.
-    pub(super) fn swap_promoted(&self, name: &str) -> Result<u64, String> {
-        let current = self.topology.load_full();
-        let next = current
-            .config
-            .promoted(name)
-            .ok_or_else(|| format!("no follower named \"{name}\""))?;
-        Ok(self.swap(next).generation)
-    }
-
-    /// A promotion seen from outside: swapped in (the caller holds the apply lock) and written back to the file,
-    /// so that a later reload does not bring the old leader back.
-    fn adopt(&self, name: &str) -> Result<(), String> {
-        self.swap_promoted(name)?;
+    /// A promotion seen from outside: swapped in and written back to the file, so that a later reload does not
+    /// bring the old leader back.
+    fn adopt(&self, exclusive: &Exclusive<'_>, name: &str) -> Result<(), AdoptError> {
+        exclusive.swap_promoted(name)?;
         if let Some(path) = &self.config_path
-            && let Err(error) = crate::config::rewrite::write_promotion(path, name)
+            && let Err(source) = crate::config::rewrite::write_promotion(path, name)
         {
-            tracing::error!(%error, path = %path.display(), "the new leader is in use, but proxy.toml was not updated");
-            return Err(format!("swapped, but proxy.toml was not updated: {error}"));
+            return Err(AdoptError::Rewrite {
+                path: path.clone(),
+                source: Box::new(source),
+            });
         }
         Ok(())
     }
 
     /// After a monitor round: adopts a follower promoted outside pgsplit (`routing.follow_promotions`).
     pub async fn follow_promotion(&self) {
-        let Ok(_one_at_a_time) = self.apply.try_lock() else {
+        let Ok(guard) = self.apply.try_lock() else {
             return; // a reload or changeover is under way; the next round looks again
+        };
+        let exclusive = Exclusive {
+            control: self,
+            _one_at_a_time: guard,
         };
         let topology = self.topology.load_full();
         if !topology.config.routing.follow_promotions {
@@ -219,21 +247,33 @@ impl Control {
         }
         if let Some(name) = super::promotion::promoted(&topology) {
             tracing::warn!(new_leader = %name, old_leader = %topology.leader.name, "adopting a follower promoted outside pgsplit");
-            if let Err(error) = self.adopt(&name) {
-                tracing::error!(error, "adopting the promoted follower");
+            if let Err(error) = self.adopt(&exclusive, &name) {
+                tracing::error!(%error, "adopting the promoted follower");
             }
         }
     }
 
-    /// A connection of pgsplit's own to an instance, for the changeover's queries.
-    pub(super) async fn connect(&self, host: &str, port: u16, name: &str) -> Result<Conn, String> {
+    /// A connection of pgsplit's own to `instance` (keepalives on, every statement bounded by
+    /// [`Control::deadline`]), for the changeover's queries.
+    pub async fn connect(&self, instance: &Instance) -> Result<Conn, ConnectError> {
+        let deadline = self.deadline();
         let mut login = self.login.clone();
-        login.host(host).port(port);
-        let timeout = self.topology.load().config.health.timeout;
-        match tokio::time::timeout(timeout.max(Duration::from_secs(1)), Conn::open(&login, name)).await {
+        login
+            .host(&*instance.host)
+            .port(instance.port)
+            .connect_timeout(deadline)
+            .options(format!("-c statement_timeout={}", deadline.as_millis()));
+        let name = instance.name.to_string();
+        match tokio::time::timeout(deadline, Conn::open(&login, &name)).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(error)) => Err(format!("cannot connect to {name}: {}", error_chain(&error))),
-            Err(_) => Err(format!("cannot connect to {name}: no answer within {timeout:?}")),
+            Ok(Err(error)) => Err(ConnectError::Failed {
+                instance: name,
+                reason: error_chain(&error),
+            }),
+            Err(_) => Err(ConnectError::Timeout {
+                instance: name,
+                after: deadline,
+            }),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! every routing decision.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
@@ -17,10 +18,16 @@ pub struct Health {
     lag_commits: AtomicU64,
     /// The timeline a primary writes on; 0 for a standby or before the first check.
     timeline: AtomicU32,
+    /// `pg_control_system().system_identifier`, read once per monitor connection; 0 = not known yet.
+    system_identifier: AtomicU64,
+    /// Why the instance is not used, in words for `status` and the log (None while it is). Not on the hot path.
+    reason: Mutex<Option<Arc<str>>>,
     /// Millis since `EPOCH` when the instance last became usable for reads (for slow start); 0 = not usable.
     usable_since_millis: AtomicU64,
     /// Millis since `EPOCH` when the last successful check was recorded; 0 = never.
     observed_at_millis: AtomicU64,
+    /// Successful checks recorded so far.
+    checks: AtomicU64,
     /// How long the follower recently took to replay a client's write, counted from when pgsplit learned the
     /// write's position (microseconds, a moving average), and when that was last learned (millis since `EPOCH`).
     catch_up_micros: AtomicU64,
@@ -40,6 +47,8 @@ pub struct HealthSnapshot {
     pub lag: Duration,
     pub lag_commits: u64,
     pub timeline: u32,
+    /// The cluster it belongs to (`system_identifier`); 0 = not known yet.
+    pub system_identifier: u64,
 }
 
 /// What one health check found.
@@ -68,7 +77,28 @@ impl Health {
             lag: Duration::from_millis(self.lag_millis.load(Ordering::Acquire)),
             lag_commits: self.lag_commits.load(Ordering::Acquire),
             timeline: self.timeline.load(Ordering::Acquire),
+            system_identifier: self.system_identifier.load(Ordering::Acquire),
         }
+    }
+
+    /// Records the cluster the instance belongs to, as its `pg_control_system()` says.
+    pub fn set_system_identifier(&self, id: u64) {
+        self.system_identifier.store(id, Ordering::Release);
+    }
+
+    /// Why the instance is not used now (None while it is, or before the first check).
+    pub fn reason(&self) -> Option<Arc<str>> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records why the instance is not used (None: it is); true if that changed.
+    pub fn set_reason(&self, reason: Option<&str>) -> bool {
+        let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_deref() == reason {
+            return false;
+        }
+        *current = reason.map(Arc::from);
+        true
     }
 
     /// Records a successful check.
@@ -81,6 +111,12 @@ impl Health {
         self.timeline.store(seen.timeline, Ordering::Release);
         self.up.store(true, Ordering::Release);
         self.observed_at_millis.store(now_millis(), Ordering::Release);
+        self.checks.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Successful checks recorded so far: a waiter can tell that the monitor has looked again.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Acquire)
     }
 
     /// A replay position learned outside the monitor (a session asked the follower): the known position only

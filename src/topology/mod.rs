@@ -6,15 +6,19 @@
 //! [`Health`] the monitor writes and the router reads. Its role is not its own: it is the leader when the topology
 //! says so, so a promoted follower keeps its pool, counters and health across the swap. Building a topology from
 //! a config reuses the previous topology's instances ([`Topology::rebuild`]); instances left out are retired.
-//! [`control`] makes every change; [`watch`] says when the config file should be reloaded (SIGHUP, file changes).
+//! [`control`] makes every change; [`changeover`] orchestrates a promotion through it and records its steps in
+//! [`progress`]; [`conn`] is how pgsplit's own connections log in and run their bounded statements; [`watch`]
+//! says when the config file should be reloaded (SIGHUP, file changes).
 
 pub mod catalog;
 pub mod changeover;
+pub mod conn;
 pub mod control;
 pub mod counters;
 pub mod gate;
 pub mod health;
 pub mod monitor;
+pub mod progress;
 pub mod promotion;
 pub mod watch;
 

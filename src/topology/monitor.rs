@@ -1,7 +1,9 @@
 //! The health monitor: one task that, every `health.interval`, checks every instance of the current topology and
 //! writes what it found into that instance's [`Health`](super::Health): up or down, role as the server reports it
 //! (`pg_is_in_recovery()`), WAL position, and for a follower its lag behind the leader in bytes, seconds and
-//! commits, plus the verdict whether it may serve reads.
+//! commits, plus the verdict whether it may serve reads and, if not, why ([`verdict`]): a follower must belong to
+//! the leader's cluster (`system_identifier`, read once per connection) and receive the timeline the leader writes
+//! on, besides being in recovery and within its lag limits.
 //!
 //! It owns one tokio-postgres connection per instance (its own, outside the server-connection pools) and the
 //! leader's recent WAL history. It never routes, never touches client traffic or the pools, and never changes the
@@ -9,6 +11,7 @@
 //! demoted — that is for promotion detection and the changeover, which read what the monitor writes.
 
 mod lag;
+mod verdict;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,22 +20,30 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
+use super::conn::{Conn, error_chain, own_login, statement_deadline};
 use super::health::Observation;
 use super::{Instance, Role, SharedTopology};
-use lag::{LeaderHistory, Limits, Reading, follower_observation, usable_for_reads};
+use lag::{LeaderHistory, Limits, Reading, follower_observation};
+use verdict::{Receiver, Reference, verdict};
 
 pub use lag::{format_lsn, parse_lsn};
 
 /// The whole check, one round trip (simple protocol, no prepare). The CASEs keep `pg_current_wal_lsn()`, which a
 /// standby refuses, off standbys; xmax is one past the newest finished transaction that had an xid; a primary's
 /// timeline is the first 8 hex digits of its current WAL file's name (`pg_control_checkpoint()` would lag until
-/// the first checkpoint after a promotion).
+/// the first checkpoint after a promotion). The last column is the WAL receiver's timeline: NULL without a
+/// receiver (a primary, or a standby not streaming now), empty when its details are hidden from the login.
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
      pg_snapshot_xmax(pg_current_snapshot())::text, \
-     CASE WHEN pg_is_in_recovery() THEN '' ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
+     CASE WHEN pg_is_in_recovery() THEN '' ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END, \
+     (SELECT coalesce(received_tli::text, '') FROM pg_stat_wal_receiver LIMIT 1)";
+
+/// The cluster an instance belongs to; it cannot change while a connection lasts, so it is read once per
+/// connection.
+const IDENTITY_SQL: &str = "SELECT system_identifier::text FROM pg_control_system()";
 
 /// Ends the monitor task (and closes its connections) when dropped or [`stop`](MonitorHandle::stop)ped.
 #[must_use = "dropping the handle stops the monitor"]
@@ -70,12 +81,15 @@ pub struct Monitor {
     topology: SharedTopology,
     /// `health.timeout` of the topology's config, read every round.
     timeout: Duration,
-    /// User, password, database `postgres`, connect timeout; host and port are added per instance.
+    /// User, password, database `postgres`, connect timeout, keepalives; host and port are added per instance.
     base: tokio_postgres::Config,
     watched: HashMap<Key, Watched>,
     /// Whose WAL `history` holds; a different leader starts a new history.
     leader: Option<Key>,
     history: LeaderHistory,
+    /// The cluster's `system_identifier`, as the leader last said. Kept across leader changes: a new leader is
+    /// adopted or promoted only from the same cluster.
+    cluster: Option<u64>,
 }
 
 impl Monitor {
@@ -84,12 +98,8 @@ impl Monitor {
     /// and a reloaded `[health]` applies from the next round.
     pub fn spawn(topology: SharedTopology, user: String, password: String) -> MonitorHandle {
         let health = topology.load().config.health.clone();
-        let mut base = tokio_postgres::Config::new();
-        base.user(&user)
-            .password(password)
-            .dbname("postgres")
-            .application_name("pgsplit-monitor")
-            .connect_timeout(health.timeout);
+        let mut base = own_login(&user, &password, "pgsplit-monitor", statement_deadline(health.timeout));
+        base.connect_timeout(health.timeout);
         let monitor = Monitor {
             topology,
             timeout: health.timeout,
@@ -97,6 +107,7 @@ impl Monitor {
             watched: HashMap::new(),
             leader: None,
             history: LeaderHistory::default(),
+            cluster: None,
         };
         let (done, rounds) = watch::channel(0);
         let task = tokio::spawn(monitor.run(done));
@@ -115,8 +126,13 @@ impl Monitor {
             self.round().await;
             done.send_modify(|n| *n += 1);
             let health = self.topology.load().config.health.clone();
-            self.timeout = health.timeout;
-            self.base.connect_timeout(health.timeout);
+            if health.timeout != self.timeout {
+                self.timeout = health.timeout;
+                let deadline = statement_deadline(health.timeout);
+                self.base
+                    .connect_timeout(health.timeout)
+                    .options(format!("-c statement_timeout={}", deadline.as_millis()));
+            }
             if health.interval != interval {
                 (tick, interval) = ticker(health.interval);
                 tick.tick().await; // the first tick is immediate
@@ -171,31 +187,35 @@ impl Monitor {
                 early_followers.push((index, result));
                 continue;
             }
-            self.record(&targets[index], result);
+            let generation = topology.generation;
+            self.record(&targets[index], result, generation);
             recorded[index] = true;
             if index == 0 {
                 for (index, result) in early_followers.drain(..) {
-                    self.record(&targets[index], result);
+                    self.record(&targets[index], result, generation);
                     recorded[index] = true;
                 }
             }
         }
         for (index, result) in early_followers {
-            self.record(&targets[index], result);
+            self.record(&targets[index], result, topology.generation);
             recorded[index] = true;
         }
         for (target, done) in targets.iter().zip(recorded) {
             if !done {
-                self.record(target, Err(CheckError::Task));
+                self.record(target, Err(CheckError::Task), topology.generation);
             }
         }
     }
 
-    /// Writes one check's outcome into the instance's health; `limits` is None for the leader.
+    /// Writes one check's outcome into the instance's health; `limits` is None for the leader. `generation` is the
+    /// topology the round started from: a follower judged against a leader that has since been swapped out is not
+    /// made usable by this round (the swap left it unusable until judged against the new one).
     fn record(
         &mut self,
         (instance, limits): &(Arc<Instance>, Option<Limits>),
-        result: Result<(Conn, Reading), CheckError>,
+        result: Result<(Identified, Reading), CheckError>,
+        generation: u64,
     ) {
         let watched = self.watched.entry(key_of(instance)).or_default();
         let name = &*instance.name;
@@ -207,10 +227,13 @@ impl Monitor {
                 // Its pooled connections are as unreachable as it is: no client should borrow one.
                 instance.pool.close_idle();
                 watched.note_down(name, role, &error);
+                instance.health.set_reason(Some(&format!("down: {error}")));
                 watched.usable = Some(false);
                 return;
             }
         };
+        let identity = conn.identity;
+        instance.health.set_system_identifier(identity);
         watched.conn = Some(conn);
         watched.note_up(name, role, &reading);
         watched.note_role(name, role, reading.in_recovery);
@@ -225,13 +248,35 @@ impl Monitor {
                     lag_commits: 0,
                     timeline: reading.timeline,
                 });
+                if let Some(known) = self.cluster.filter(|&known| known != identity) {
+                    tracing::warn!(
+                        instance = name,
+                        was = known,
+                        now = identity,
+                        "the leader belongs to another cluster than before; followers are judged against it now"
+                    );
+                }
+                self.cluster = Some(identity);
+                let reason = reading
+                    .in_recovery
+                    .then_some("in recovery: a leader must not be (demoted, or a standby's address?)");
+                instance.health.set_reason(reason);
             }
             Some(limits) => {
                 let seen = follower_observation(&reading, &self.history);
                 instance.health.observe(seen);
-                let usable = usable_for_reads(Some(&seen), *limits);
-                instance.health.set_usable(usable);
-                watched.note_usable(name, usable, &seen, *limits);
+                let reference = Reference {
+                    cluster: self.cluster,
+                    timeline: self.history.timeline(),
+                };
+                let judged = verdict(&seen, identity, reading.receiver, reference, *limits);
+                let swapped_meanwhile = self.topology.load().generation != generation;
+                if judged.is_err() || !swapped_meanwhile {
+                    instance.health.set_usable(judged.is_ok());
+                }
+                let reason = judged.as_ref().err().map(ToString::to_string);
+                instance.health.set_reason(reason.as_deref());
+                watched.note_usable(name, &judged, &seen);
             }
         }
     }
@@ -241,10 +286,18 @@ impl Monitor {
 #[derive(Default)]
 struct Watched {
     /// Taken out while a check runs; None after a failure (the next check reconnects).
-    conn: Option<Conn>,
+    conn: Option<Identified>,
     up: Option<bool>,
     role_as_configured: Option<bool>,
     usable: Option<bool>,
+    /// What kind of reason kept it from reads at the last check (None: usable, or not judged yet).
+    unusable: Option<std::mem::Discriminant<verdict::Unusable>>,
+}
+
+/// A connection and the cluster its server belongs to.
+struct Identified {
+    conn: Conn,
+    identity: u64,
 }
 
 impl Watched {
@@ -261,6 +314,7 @@ impl Watched {
             tracing::warn!(instance = name, ?role, %error, "instance down");
         }
         self.up = Some(false);
+        self.unusable = None;
     }
 
     /// A leader must not be in recovery; a follower must be.
@@ -282,32 +336,31 @@ impl Watched {
         self.role_as_configured = Some(as_configured);
     }
 
-    fn note_usable(&mut self, name: &str, usable: bool, seen: &Observation, limits: Limits) {
-        if self.usable != Some(usable) {
-            let (lag_bytes, lag_commits) = (seen.lag_bytes, seen.lag_commits);
-            let (lag, max_lag, max_lag_bytes) = (seen.lag, limits.max_lag, limits.max_lag_bytes);
-            if usable {
-                tracing::info!(
-                    instance = name,
-                    lag_bytes,
-                    ?lag,
-                    lag_commits,
-                    "follower usable for reads"
-                );
-            } else {
-                tracing::info!(
-                    instance = name,
-                    in_recovery = seen.in_recovery,
-                    lag_bytes,
-                    max_lag_bytes,
-                    ?lag,
-                    ?max_lag,
-                    lag_commits,
-                    "follower not usable for reads"
-                );
+    /// Logs when a follower becomes usable or not, and when the kind of reason changes (not every new lag figure).
+    fn note_usable(&mut self, name: &str, judged: &Result<(), verdict::Unusable>, seen: &Observation) {
+        let usable = judged.is_ok();
+        let kind = judged.as_ref().err().map(std::mem::discriminant);
+        if self.usable == Some(usable) && self.unusable == kind {
+            return;
+        }
+        let (lag_bytes, lag, lag_commits) = (seen.lag_bytes, seen.lag, seen.lag_commits);
+        match judged {
+            Ok(()) => tracing::info!(
+                instance = name,
+                lag_bytes,
+                ?lag,
+                lag_commits,
+                "follower usable for reads"
+            ),
+            Err(reason @ (verdict::Unusable::OtherCluster { .. } | verdict::Unusable::OtherTimeline { .. })) => {
+                tracing::warn!(instance = name, %reason, "follower not usable for reads")
+            }
+            Err(reason) => {
+                tracing::info!(instance = name, %reason, lag_bytes, ?lag, lag_commits, "follower not usable for reads")
             }
         }
         self.usable = Some(usable);
+        self.unusable = kind;
     }
 }
 
@@ -325,47 +378,44 @@ enum CheckError {
     Task,
 }
 
-/// A tokio-postgres connection whose background task ends with it: dropping a `Conn` also stops the task, which
-/// would otherwise wait forever for the answer to a query abandoned on a hung server.
-pub(super) struct Conn {
-    pub(super) client: Client,
-    task: JoinHandle<()>,
-}
-
-impl Conn {
-    pub(super) async fn open(config: &tokio_postgres::Config, name: &str) -> Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = config.connect(NoTls).await?;
-        let name = name.to_owned();
-        let task = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(instance = name, %error, "monitoring connection ended");
-            }
-        });
-        Ok(Conn { client, task })
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Reuses `conn` if it is still open, else connects; then runs the check query. The caller bounds it by the
-/// timeout; on any failure the connection is dropped, so the next check starts from a fresh one.
-async fn probe(conn: Option<Conn>, config: &tokio_postgres::Config, name: &str) -> Result<(Conn, Reading), CheckError> {
+/// Reuses `conn` if it is still open, else connects and reads which cluster the server belongs to; then runs the
+/// check query. The caller bounds it by the timeout; on any failure the connection is dropped, so the next check
+/// starts from a fresh one.
+async fn probe(
+    conn: Option<Identified>,
+    config: &tokio_postgres::Config,
+    name: &str,
+) -> Result<(Identified, Reading), CheckError> {
     let conn = match conn {
-        Some(conn) if !conn.client.is_closed() => conn,
-        _ => Conn::open(config, name)
-            .await
-            .map_err(|e| CheckError::Connect(error_chain(&e)))?,
+        Some(known) if !known.conn.is_closed() => known,
+        _ => {
+            let conn = Conn::open(config, name)
+                .await
+                .map_err(|e| CheckError::Connect(error_chain(&e)))?;
+            let answer = first_row(&conn, IDENTITY_SQL).await?;
+            let identity = answer
+                .first()
+                .cloned()
+                .flatten()
+                .and_then(|id| id.parse().ok())
+                .ok_or_else(|| CheckError::Answer(format!("system identifier {answer:?}")))?;
+            Identified { conn, identity }
+        }
     };
+    let row = first_row(&conn.conn, CHECK_SQL).await?;
+    let at = Instant::now();
+    let column = |i: usize| row.get(i).and_then(Option::as_deref);
+    let reading = parse_reading([column(0), column(1), column(2), column(3), column(4)], at)?;
+    Ok((conn, reading))
+}
+
+/// The columns of the first row `sql` answers.
+async fn first_row(conn: &Conn, sql: &str) -> Result<Vec<Option<String>>, CheckError> {
     let messages = conn
         .client
-        .simple_query(CHECK_SQL)
+        .simple_query(sql)
         .await
         .map_err(|e| CheckError::Query(error_chain(&e)))?;
-    let at = Instant::now();
     let row = messages
         .iter()
         .find_map(|m| match m {
@@ -373,26 +423,17 @@ async fn probe(conn: Option<Conn>, config: &tokio_postgres::Config, name: &str) 
             _ => None,
         })
         .ok_or_else(|| CheckError::Answer("no row".into()))?;
-    let column = |i: usize| row.try_get(i).ok().flatten();
-    let reading = parse_reading([column(0), column(1), column(2), column(3)], at)?;
-    Ok((conn, reading))
+    Ok((0..row.len())
+        .map(|i| row.try_get(i).ok().flatten().map(str::to_owned))
+        .collect())
 }
 
-/// An error with its causes, `outer: inner: …` (tokio-postgres's own Display leaves the cause out, e.g. "error
-/// connecting to server" without "Connection refused").
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// The check row: in recovery, WAL position, snapshot xmax, timeline (hex; empty on a standby).
-fn parse_reading([in_recovery, lsn, xmax, timeline]: [Option<&str>; 4], at: Instant) -> Result<Reading, CheckError> {
+/// The check row: in recovery, WAL position, snapshot xmax, timeline (hex; empty on a standby), WAL receiver's
+/// timeline (NULL: no receiver; empty: hidden).
+fn parse_reading(
+    [in_recovery, lsn, xmax, timeline, received]: [Option<&str>; 5],
+    at: Instant,
+) -> Result<Reading, CheckError> {
     let in_recovery = match in_recovery {
         Some("t") => true,
         Some("f") => false,
@@ -409,12 +450,21 @@ fn parse_reading([in_recovery, lsn, xmax, timeline]: [Option<&str>; 4], at: Inst
         Some(hex) => u32::from_str_radix(hex, 16).map_err(|_| CheckError::Answer(format!("timeline {timeline:?}")))?,
         None => return Err(CheckError::Answer("no timeline column".into())),
     };
+    let receiver = match received {
+        None => Receiver::Absent,
+        Some("") => Receiver::Hidden,
+        Some(tli) => Receiver::Timeline(
+            tli.parse()
+                .map_err(|_| CheckError::Answer(format!("received timeline {tli:?}")))?,
+        ),
+    };
     Ok(Reading {
         at,
         in_recovery,
         lsn,
         xmax,
         timeline,
+        receiver,
     })
 }
 
@@ -425,22 +475,27 @@ mod tests {
     #[test]
     fn check_row_parses_or_fails_as_a_value() {
         let at = Instant::now();
-        let ok = parse_reading([Some("t"), Some("0/3016048"), Some("725"), Some("")], at).unwrap();
+        let ok = parse_reading([Some("t"), Some("0/3016048"), Some("725"), Some(""), Some("3")], at).unwrap();
         let want = Reading {
             at,
             in_recovery: true,
             lsn: 0x3016048,
             xmax: 725,
             timeline: 0,
+            receiver: Receiver::Timeline(3),
         };
         assert_eq!(ok, want);
-        let primary = parse_reading([Some("f"), Some("0/1"), Some("1"), Some("0000000A")], at).unwrap();
+        let primary = parse_reading([Some("f"), Some("0/1"), Some("1"), Some("0000000A"), None], at).unwrap();
         assert_eq!((primary.in_recovery, primary.timeline), (false, 10));
-        assert!(parse_reading([None, Some("0/1"), Some("1"), Some("")], at).is_err());
-        assert!(parse_reading([Some("t"), None, Some("1"), Some("")], at).is_err());
-        assert!(parse_reading([Some("t"), Some("0/1"), Some("x"), Some("")], at).is_err());
+        assert_eq!(primary.receiver, Receiver::Absent);
+        let hidden = parse_reading([Some("t"), Some("0/1"), Some("1"), Some(""), Some("")], at).unwrap();
+        assert_eq!(hidden.receiver, Receiver::Hidden);
+        assert!(parse_reading([None, Some("0/1"), Some("1"), Some(""), None], at).is_err());
+        assert!(parse_reading([Some("t"), None, Some("1"), Some(""), None], at).is_err());
+        assert!(parse_reading([Some("t"), Some("0/1"), Some("x"), Some(""), None], at).is_err());
+        assert!(parse_reading([Some("t"), Some("0/1"), Some("1"), Some(""), Some("x")], at).is_err());
         assert!(
-            parse_reading([Some("f"), Some("0/1"), Some("1"), Some("")], at).is_err(),
+            parse_reading([Some("f"), Some("0/1"), Some("1"), Some(""), None], at).is_err(),
             "a primary has a timeline"
         );
     }

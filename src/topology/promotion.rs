@@ -5,6 +5,10 @@
 //! higher than every other primary's (the old leader's included, if it still answers as one): a promotion always
 //! starts a new timeline, so the newest primary has the highest. Two primaries on the same timeline are not two
 //! promotions pgsplit can order; it keeps the leader it has and says so.
+//!
+//! Only a primary of the leader's own cluster is a candidate (same `system_identifier`, as the monitor read it): a
+//! mistyped follower address that reaches another cluster's primary, however high its timeline, is never adopted.
+//! While the leader's cluster is not known (it has never answered), nothing is adopted.
 
 use super::Topology;
 
@@ -14,10 +18,12 @@ pub fn promoted(topology: &Topology) -> Option<String> {
         let seen = i.health.snapshot();
         (seen.up && !seen.in_recovery).then_some(seen.timeline)
     };
+    let cluster = topology.leader.health.snapshot().system_identifier;
     let mut candidates: Vec<(u32, &str)> = topology
         .pools
         .iter()
         .flat_map(|p| p.instances.iter())
+        .filter(|i| cluster != 0 && i.health.snapshot().system_identifier == cluster)
         .filter_map(|i| primary(&i).map(|timeline| (timeline, &*i.name)))
         .collect();
     if candidates.is_empty() {
@@ -58,7 +64,10 @@ mod tests {
         Topology::from_config(&Config::parse(text, "t.toml").unwrap())
     }
 
+    const CLUSTER: u64 = 7_312_345_678_901_234_567;
+
     fn seen(instance: &Instance, in_recovery: bool, timeline: u32) {
+        instance.health.set_system_identifier(CLUSTER);
         instance.health.observe(Observation {
             in_recovery,
             lsn: 0,
@@ -107,6 +116,7 @@ mod tests {
         seen(follower(&t, "f1"), false, 2);
         assert_eq!(promoted(&t), None);
         let t = topology();
+        t.leader.health.set_system_identifier(CLUSTER);
         t.leader.health.mark_down();
         seen(follower(&t, "f1"), false, 2);
         seen(follower(&t, "f2"), false, 2);
@@ -116,8 +126,29 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_of_another_cluster_is_never_adopted() {
+        let t = topology();
+        seen(&t.leader, false, 1);
+        t.leader.health.mark_down();
+        let stray = follower(&t, "f1");
+        seen(stray, false, 9);
+        stray.health.set_system_identifier(CLUSTER + 1);
+        assert_eq!(promoted(&t), None, "another cluster, however high its timeline");
+        seen(follower(&t, "f2"), false, 2);
+        assert_eq!(promoted(&t).as_deref(), Some("f2"), "the leader's cluster's primary is");
+    }
+
+    #[test]
+    fn nothing_is_adopted_while_the_leaders_cluster_is_unknown() {
+        let t = topology();
+        seen(follower(&t, "f1"), false, 2);
+        assert_eq!(promoted(&t), None, "the leader never answered");
+    }
+
+    #[test]
     fn a_follower_never_checked_is_not_a_primary() {
         let t = topology();
+        t.leader.health.set_system_identifier(CLUSTER);
         t.leader.health.mark_down();
         assert_eq!(promoted(&t), None);
     }

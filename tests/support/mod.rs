@@ -2,11 +2,15 @@
 //!
 //! - [`cluster()`]: one leader + 2 followers per test binary, started on first use and shared by its tests. Treat
 //!   it as read-mostly: tests that stop, promote or reconfigure instances use [`private_cluster`].
+//! - [`freeze::Frozen`] stops a server in its tracks (SIGSTOP, resumed on drop); [`logs::capture`] keeps what
+//!   pgsplit logs, to look for what must never be there.
 //! - Every cluster is covered by a [`Watchdog`] armed before its first server starts, so it is stopped and removed
 //!   however the test process ends (statics are never dropped; panics, aborts and SIGKILL skip destructors).
 
 #![allow(dead_code, unused_imports)] // each test binary uses its own subset of the harness and its re-exports
 
+pub mod freeze;
+pub mod logs;
 pub mod process;
 pub mod proxy;
 pub mod raw;

@@ -1,8 +1,11 @@
 //! pgsplit in front of a test cluster, in-process, on a free loopback port, plus the client helpers tests share.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use pgsplit::config::{Config, FollowerConfig, FollowerPoolConfig, HealthConfig, PoolMode};
+use pgsplit::topology::control::Control;
+use pgsplit::topology::progress::Progress;
 
 use super::eventually;
 use pgsplit::demo::cluster::LocalCluster;
@@ -165,4 +168,46 @@ pub async fn routed(cluster: &LocalCluster, edit: impl FnOnce(&mut Config)) -> T
     })
     .await;
     p
+}
+
+/// A client connected straight to `instance` as the app user — not through pgsplit.
+pub async fn connect_direct(cluster: &LocalCluster, instance: &pgsplit::demo::cluster::Instance) -> Client {
+    let (client, connection) = tokio_postgres::connect(&cluster.app_url(instance), NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {} directly: {e}", instance.name));
+    tokio::spawn(connection);
+    client
+}
+
+/// Polls the changeover's record until `reached` holds; returns it then.
+pub async fn changeover_until(control: &Control, what: &str, reached: impl Fn(&Progress) -> bool) -> Progress {
+    eventually(what, || match control.board().current() {
+        Some(progress) if reached(&progress) => Ok(()),
+        Some(progress) => Err(format!("{:?}: {:?}", progress.outcome, progress.steps.last())),
+        None => Err("no changeover yet".into()),
+    })
+    .await;
+    control
+        .board()
+        .current()
+        .unwrap_or_else(|| panic!("{what}: the record went away"))
+}
+
+/// `pgsplit <args> --admin <addr>`, the real binary, with no config file and no token from the environment:
+/// (exit code, stdout, stderr).
+pub async fn pgsplit_cli(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .args(args)
+        .args(["--admin", &admin.to_string(), "-c", "/nonexistent/proxy.toml"])
+        .env_remove("PGSPLIT_CONFIG")
+        .env_remove("PGSPLIT_ADMIN_TOKEN")
+        .output()
+        .await
+        .expect("the pgsplit binary runs");
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    (
+        output.status.code().unwrap_or(-1),
+        text(output.stdout),
+        text(output.stderr),
+    )
 }

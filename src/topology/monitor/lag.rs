@@ -1,10 +1,11 @@
 //! The monitor's arithmetic, pure: WAL positions as text, the leader's recent WAL history, a follower's lag behind
-//! the leader in bytes, seconds and commits, and the verdict whether it may take reads. No I/O, no clock reads:
+//! the leader in bytes, seconds and commits (`verdict` judges them). No I/O, no clock reads:
 //! every instant comes in as an argument.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::verdict::Receiver;
 use crate::topology::health::Observation;
 
 /// How far back the leader's WAL history reaches; a follower further behind reports at least this much lag.
@@ -24,6 +25,8 @@ pub(super) struct Reading {
     pub(super) xmax: u64,
     /// The timeline a primary writes on; 0 in recovery (not read there).
     pub(super) timeline: u32,
+    /// What its WAL receiver says (a primary has none).
+    pub(super) receiver: Receiver,
 }
 
 /// A follower pool's lag limits.
@@ -78,6 +81,11 @@ impl LeaderHistory {
         }
     }
 
+    /// The timeline the leader wrote on at its latest reading, if there was one.
+    pub(super) fn timeline(&self) -> Option<u32> {
+        self.latest.map(|r| r.timeline)
+    }
+
     /// How long, as of `at`, the leader has been past `lsn`: from the first sample beyond it. Zero when no sample
     /// is beyond it (caught up); at most the history's reach when every sample is.
     pub(super) fn lag_behind(&self, lsn: u64, at: Instant) -> Duration {
@@ -108,12 +116,6 @@ pub(super) fn follower_observation(reading: &Reading, leader: &LeaderHistory) ->
     }
 }
 
-/// Whether a follower may take reads: it answered (`seen` is Some), it is in recovery (role verified, not assumed),
-/// and its lag is within both of its pool's limits.
-pub(super) fn usable_for_reads(seen: Option<&Observation>, limits: Limits) -> bool {
-    seen.is_some_and(|s| s.in_recovery && s.lag_bytes <= limits.max_lag_bytes && s.lag <= limits.max_lag)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +129,7 @@ mod tests {
             lsn,
             xmax,
             timeline: 0,
+            receiver: Receiver::Absent,
         }
     }
 
@@ -243,35 +246,5 @@ mod tests {
     fn without_a_leader_reading_lag_counts_as_zero() {
         let seen = follower_observation(&reading(Instant::now(), 7, 3, true), &LeaderHistory::default());
         assert_eq!((seen.lag_bytes, seen.lag, seen.lag_commits), (0, Duration::ZERO, 0));
-    }
-
-    #[test]
-    fn usable_needs_an_answer_in_recovery_within_both_limits() {
-        let limits = Limits {
-            max_lag_bytes: 1000,
-            max_lag: Duration::from_secs(5),
-        };
-        let ok = Observation {
-            in_recovery: true,
-            lsn: 1,
-            lag_bytes: 1000,
-            lag: Duration::from_secs(5),
-            lag_commits: 9,
-            timeline: 0,
-        };
-        assert!(usable_for_reads(Some(&ok), limits));
-        assert!(!usable_for_reads(None, limits), "down");
-        let promoted = Observation {
-            in_recovery: false,
-            ..ok
-        };
-        assert!(!usable_for_reads(Some(&promoted), limits), "not in recovery");
-        let far = Observation { lag_bytes: 1001, ..ok };
-        assert!(!usable_for_reads(Some(&far), limits), "too many bytes behind");
-        let late = Observation {
-            lag: Duration::from_millis(5001),
-            ..ok
-        };
-        assert!(!usable_for_reads(Some(&late), limits), "too long behind");
     }
 }
