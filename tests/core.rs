@@ -18,6 +18,8 @@ mod memory;
 mod ownership;
 #[path = "core/relay.rs"]
 mod relay;
+#[path = "core/silence.rs"]
+mod silence;
 
 // ===================================================================================================================
 // Harness: the local cluster itself (tests/support, pgsplit::demo::cluster)

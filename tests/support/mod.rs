@@ -14,6 +14,7 @@ pub mod logs;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod relay;
 
 use std::ops::Deref;
 use std::sync::OnceLock;
