@@ -32,7 +32,7 @@ if [ "$(id -u)" -eq 0 ]; then chown postgres "$work"; fi
 as_pg "$pgbin/initdb" -D "$work/data" -U postgres --auth=trust >/dev/null
 as_pg "$pgbin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
     -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=100" start >/dev/null
-psql -h 127.0.0.1 -p "$pg_port" -U postgres -qc "CREATE ROLE app LOGIN PASSWORD 'app'; CREATE DATABASE app OWNER app"
+psql -h 127.0.0.1 -p "$pg_port" -U postgres -q -c "CREATE ROLE app LOGIN PASSWORD 'app'" -c "CREATE DATABASE app OWNER app"
 PGPASSWORD=app pgbench -i -q -s 1 -h 127.0.0.1 -p "$pg_port" -U app app 2>/dev/null
 
 cat >"$work/proxy.toml" <<EOF
@@ -67,9 +67,9 @@ for binary in "$@"; do
         done
         read -r -a warm <<<"${workload/-t $per_client/-t 50}"
         bench "${warm[@]}"
-        callgrind_control -z "$proxy_pid" >/dev/null
+        callgrind_control -z "$proxy_pid" >/dev/null 2>&1
         bench "${args[@]}"
-        callgrind_control -d "$proxy_pid" >/dev/null
+        callgrind_control -d "$proxy_pid" >/dev/null 2>&1
         kill -INT "$proxy_pid"
         wait "$proxy_pid" 2>/dev/null || true
         proxy_pid=

@@ -37,7 +37,7 @@ impl Relay {
             // Every reply but rows and COPY data is matched to its request; while a read may still be re-run,
             // a row's header is enough to know it has a result. What is looked at whole is small: a larger frame
             // is known by its header and streams through.
-            let armed = self.retry.is_some();
+            let armed = self.retry.armed();
             let probing = self.replies.probing();
             let look = |header: Header| match header.tag {
                 _ if header.body_len > MAX_INSPECTED => Look::Head,
@@ -76,11 +76,7 @@ impl Relay {
                 let error = format!("message '{}' of {} bytes", header.tag as char, header.body_len);
                 return Err(SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, error)));
             }
-            if let Some(retry) = self.retry.as_mut()
-                && !retry.observe(header.tag, body)
-            {
-                self.retry = None;
-            }
+            self.retry.observe(header.tag, body);
             if probing && header.tag == b'D' {
                 self.probe_reading = messages::first_column(body).and_then(parse_lsn);
             }
@@ -137,14 +133,10 @@ impl Relay {
                 Verdict::Drop | Verdict::Replace(_) => self.to_client.skip(&mut server.buf, header.frame_len()),
             }
             write_made(&mut self.replies, &mut self.to_client, &mut server.buf);
-            if self.retry.as_ref().is_some_and(|r| r.due) {
+            if self.retry.due() {
                 // The refused attempt's replies never reach the client.
                 self.to_client.discard(&mut server.buf);
                 return Ok(());
-            }
-            if header.tag == b'Z' && self.retry.is_some() {
-                // The unit ended without a result (an empty query): nothing to re-run.
-                self.retry = None;
             }
         }
     }

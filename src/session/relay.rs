@@ -32,7 +32,7 @@ use super::local::LocalStatements;
 use super::outflow::Outflow;
 use super::plan::{Change, StreamState};
 use super::replies::{Answer, Expected, Replies, Request, Undo, Verdict};
-use super::retry::Retry;
+use super::retry::RetryPolicy;
 use super::statements::{Statements, ToServer};
 use super::stop::StopSignal;
 use crate::config::PoolMode;
@@ -144,12 +144,7 @@ pub struct Relay {
     pub(super) last_route: Option<(Arc<str>, RouteReason)>,
     /// An autocommit read on a follower whose replies are held back until its first result, so that a 25006
     /// refusal can be re-run on the leader unseen.
-    pub(super) retry: Option<Retry>,
-    /// The armed read's messages (a Query, or a batch through Sync), as the client sent them; one buffer reused
-    /// for the session's life.
-    pub(super) retry_unit: BytesMut,
-    /// The unit at the scan position is a refused read put back to run again: it goes to the leader.
-    pub(super) rerun: bool,
+    pub(super) retry: RetryPolicy,
     /// Requests a failed request took with it, to be undone (reused buffer).
     pub(super) undone: Vec<Undo>,
     pub(super) out: BytesMut,
@@ -240,9 +235,7 @@ impl Relay {
             skip_until_sync: false,
             terminating: false,
             last_route: None,
-            retry: None,
-            retry_unit: BytesMut::new(),
-            rerun: false,
+            retry: RetryPolicy::default(),
             undone: Vec::new(),
             out: BytesMut::new(),
             floor: ReadFloor::default(),
@@ -295,11 +288,10 @@ impl Relay {
             if let Err(end) = result.and_then(|()| self.flush()) {
                 return end;
             }
-            if self.retry.as_ref().is_some_and(|r| r.due) {
-                let retry = self.retry.take().expect("checked above");
-                if let Err(end) = self.rerun_on_leader(retry).and_then(|()| self.flush()) {
-                    return end;
-                }
+            if self.retry.due()
+                && let Err(end) = self.rerun_on_leader().and_then(|()| self.flush())
+            {
+                return end;
             }
             self.release_if_done();
             let released = match self.held {
@@ -327,7 +319,7 @@ impl Relay {
         let read_client = self.reads_client();
         let quiet = self.is_quiet();
         // Replies held for a possible re-run are not due yet: waiting to write them would spin.
-        let client_due = !self.to_client.is_empty() && self.retry.is_none();
+        let client_due = !self.to_client.is_empty() && !self.retry.armed();
         let server_due = !self.to_server.is_empty();
         let read_server = self.to_client.pending() < BACKPRESSURE;
         if let Some(server) = self.server.as_mut().filter(|_| read_server) {
@@ -430,7 +422,7 @@ impl Relay {
             self.functions_recheck_at = Instant::now() + FUNCTIONS_RECHECK;
         }
         let mut intent = self.intent(header);
-        if self.rerun && self.server.is_none() {
+        if self.server.is_none() && self.retry.take_rerun() {
             intent.wants = Wants::Leader(RouteReason::Retry25006);
         }
         // A statement pgsplit answers starts a unit of its own; inside an unfinished extended-protocol batch the
@@ -466,7 +458,6 @@ impl Relay {
                 return Ok(());
             }
             let routed = self.route_and_attach(intent.wants).await;
-            self.rerun = false;
             if let Err(error) = routed {
                 return self.refuse(header, error).await;
             }
@@ -490,8 +481,8 @@ impl Relay {
         }
         self.forward(header, intent);
         self.answer_made();
-        if let Some(retry) = self.retry.as_mut().filter(|_| header.tag == b'S') {
-            retry.complete = true;
+        if header.tag == b'S' {
+            self.retry.batch_complete();
         }
         Ok(())
     }
@@ -596,7 +587,7 @@ impl Relay {
     /// that does not read them (answers pgsplit makes up, such as CloseComplete, need no server to pile up).
     fn scan_paused(&self) -> bool {
         self.held.is_some()
-            || self.retry.as_ref().is_some_and(|r| r.complete)
+            || self.retry.holds_scan()
             || self.replies.len() >= MAX_OWED
             || self.to_client.pending() >= BACKPRESSURE
     }
@@ -666,10 +657,10 @@ impl Relay {
             return Ok(());
         };
         let to_server = self.to_server.write(&server.conn.stream, &mut self.client_buf);
-        let to_client = match self.retry {
+        let to_client = match self.retry.armed() {
             // Held back until the read shows a result (or is re-run on the leader).
-            Some(_) => Ok(()),
-            None => self.to_client.write(&self.client, &mut server.conn.buf),
+            true => Ok(()),
+            false => self.to_client.write(&self.client, &mut server.conn.buf),
         };
         if to_server.is_err() {
             return Err(self.lose_server());

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 
 use super::intent::Intent;
 use super::relay::{Relay, SessionEnd};
+use super::statements::Statements;
 use crate::context::Endpoint;
 use crate::protocol::error::SqlError;
 use crate::protocol::extended;
@@ -21,11 +22,23 @@ use crate::router::{self, RouteReason, Wants};
 /// Longest unit kept for a possible re-run; longer ones are not retried (the follower's error reaches the client).
 const MAX_RETRY_UNIT: usize = 64 * 1024;
 
-/// What is needed to run a unit again on the leader (its messages are in `Relay::retry_unit`).
-pub struct Retry {
+/// The 25006 net of one session: at most one armed read, the messages kept to run it again, and whether the unit
+/// at the scan position is such a re-run. Owns its fields; the relay asks and tells it.
+#[derive(Default)]
+pub struct RetryPolicy {
+    armed: Option<Armed>,
+    /// The armed read's messages (a Query, or a batch through Sync), as the client sent them; one buffer reused
+    /// for the session's life.
+    unit: BytesMut,
+    /// The unit at the scan position is a refused read put back to run again: it goes to the leader.
+    rerun: bool,
+}
+
+/// What is needed to run a unit again on the leader (its messages are in `RetryPolicy::unit`).
+struct Armed {
     /// Every message of the unit has been forwarded (its Query, or its batch through Sync): the client's next
     /// messages wait for the outcome.
-    pub complete: bool,
+    complete: bool,
     /// Statements the batch's Parses create, taken back before it runs again.
     created: Vec<Box<[u8]>>,
     /// A statement the batch binds without parsing it (`""`: the unnamed one), remembered as a write if refused.
@@ -33,33 +46,74 @@ pub struct Retry {
     /// The follower answered 25006: discard its replies up to ReadyForQuery, then re-run.
     refused: bool,
     /// ReadyForQuery of a refused unit has arrived: re-run now.
-    pub due: bool,
+    due: bool,
 }
 
-impl Retry {
-    /// Looks at one reply of the armed read; returns whether it may still be re-run.
-    pub fn observe(&mut self, tag: u8, body: &[u8]) -> bool {
-        match tag {
-            b'E' if messages::error_code(body) == Some("25006") => self.refused = true,
-            b'Z' if self.refused => self.due = true,
-            // Descriptions, notices and parameter changes come before results; keep holding.
-            b'T' | b'1' | b'2' | b't' | b'n' | b'S' | b'N' | b'Z' => {}
-            _ if self.refused => {}
-            _ => return false,
-        }
-        true
+/// A unit the follower refused, to run again on the leader.
+pub struct Refused<'a> {
+    /// The unit's messages as the client sent them.
+    pub unit: &'a [u8],
+    pub created: Vec<Box<[u8]>>,
+    pub bound: Option<Box<[u8]>>,
+}
+
+impl RetryPolicy {
+    /// A read is armed: its replies are held back from the client.
+    pub fn armed(&self) -> bool {
+        self.armed.is_some()
     }
-}
 
-impl Relay {
-    /// Keeps what is needed to re-run an autocommit read that went to a follower, should it turn out to write:
-    /// a Query (not one pgsplit rewrote: a renamed `EXECUTE`), or an extended-protocol batch without Close.
-    pub(super) fn arm_retry(&mut self, header: Header, intent: &Intent) {
-        if self.endpoint != Endpoint::Main || intent.wants != Wants::Follower(RouteReason::Read) || !self.on_follower()
-        {
-            return;
+    /// The armed unit is all forwarded: the client's next messages wait for its outcome.
+    pub fn holds_scan(&self) -> bool {
+        self.armed.as_ref().is_some_and(|a| a.complete)
+    }
+
+    /// Sync forwarded: an armed batch is complete.
+    pub fn batch_complete(&mut self) {
+        if let Some(armed) = self.armed.as_mut() {
+            armed.complete = true;
         }
-        let at = self.to_server.scanned();
+    }
+
+    /// The refused unit's ReadyForQuery has arrived: it is to run again now.
+    pub fn due(&self) -> bool {
+        self.armed.as_ref().is_some_and(|a| a.due)
+    }
+
+    /// The unit at the scan position is a re-run (then it is one no longer: it is being routed).
+    pub fn take_rerun(&mut self) -> bool {
+        std::mem::take(&mut self.rerun)
+    }
+
+    /// Looks at one reply of the armed read (`body` empty when only its header was seen): disarms once it shows a
+    /// result, or when the unit ends without one.
+    pub fn observe(&mut self, tag: u8, body: &[u8]) {
+        let Some(armed) = self.armed.as_mut() else {
+            return;
+        };
+        let keep = match tag {
+            b'E' if messages::error_code(body) == Some("25006") => {
+                armed.refused = true;
+                true
+            }
+            b'Z' if armed.refused => {
+                armed.due = true;
+                true
+            }
+            // The unit ended without a result (an empty query): nothing to re-run.
+            b'Z' => false,
+            // Descriptions, notices and parameter changes come before results; keep holding.
+            b'T' | b'1' | b'2' | b't' | b'n' | b'S' | b'N' => true,
+            _ => armed.refused,
+        };
+        if !keep {
+            self.armed = None;
+        }
+    }
+
+    /// Keeps what is needed to re-run the unit starting at `at` in `buf` (a Query, or an extended-protocol batch
+    /// without Close) should the follower it runs on refuse it. `statements` says which names the client has.
+    pub fn arm(&mut self, header: Header, intent: &Intent, buf: &[u8], at: usize, statements: &Statements) {
         let Batch { len, created, bound } = match header.tag {
             b'Q' => {
                 let simple = intent.analysis.as_ref().is_some_and(|a| a.prepared.is_none());
@@ -73,18 +127,18 @@ impl Relay {
                     bound: None,
                 }
             }
-            b'P' | b'B' if !self.stream.in_transaction => match self.batch_to_sync(at) {
+            b'P' | b'B' => match batch_to_sync(buf, at, statements) {
                 Some(batch) => batch,
                 None => return,
             },
             _ => return,
         };
-        if len > MAX_RETRY_UNIT {
+        let Some(unit) = buf.get(at..at + len).filter(|unit| unit.len() <= MAX_RETRY_UNIT) else {
             return;
-        }
-        self.retry_unit.clear();
-        self.retry_unit.extend_from_slice(&self.client_buf[at..at + len]);
-        self.retry = Some(Retry {
+        };
+        self.unit.clear();
+        self.unit.extend_from_slice(unit);
+        self.armed = Some(Armed {
             complete: header.tag == b'Q',
             created,
             bound,
@@ -93,72 +147,15 @@ impl Relay {
         });
     }
 
-    /// The buffered batch starting at `at`, through its Sync. None if it closes anything (a Close run twice is not
-    /// the same) or is not all buffered.
-    fn batch_to_sync(&self, at: usize) -> Option<Batch> {
-        let (mut created, mut parsed, mut bound) = (Vec::new(), Vec::new(), None);
-        let mut end = at;
-        loop {
-            let header = peek_header(&self.client_buf[end..]).ok()??;
-            let body = self.client_buf.get(end + HEADER_LEN..end + header.frame_len())?;
-            end += header.frame_len();
-            match header.tag {
-                b'S' => {
-                    return Some(Batch {
-                        len: end - at,
-                        created,
-                        bound,
-                    });
-                }
-                b'C' => return None,
-                b'P' => {
-                    let (name, _) = extended::parse_fields(body)?;
-                    if !name.is_empty() && !self.statements.has(name) {
-                        created.push(name.into());
-                    }
-                    parsed.push(name);
-                }
-                b'B' => {
-                    let (_, name, _) = extended::bind_fields(body)?;
-                    if !parsed.contains(&name) {
-                        bound = Some(name.into());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// The follower refused the unit as a write: remember its shape, give the follower connection back, and put
-    /// the unit back to be scanned again, bound for the leader. The client has seen nothing of the first attempt.
-    pub(super) fn rerun_on_leader(&mut self, retry: Retry) -> Result<(), SessionEnd> {
-        // The shape is worked out only now, when a follower has refused: reads that run never pay for it.
-        if let Some(sql) = unit_sql(&self.retry_unit) {
-            self.ctx.known_writes.remember(router::fingerprint(sql));
-        }
-        if let Some(name) = &retry.bound {
-            self.statements.mark_known_write(name);
-        }
-        for name in &retry.created {
-            self.statements.forget(name);
-        }
-        self.release_if_done();
-        if self.server.is_some() {
-            // Still attached (the follower connection was not quiet): never mix units; fail this one visibly.
-            return Err(SessionEnd::Fatal(SqlError::protocol_violation(
-                "cannot re-run a refused read",
-            )));
-        }
-        tracing::debug!("re-running a unit a follower refused (25006) on the leader");
-        // Everything scanned before the refused unit was already written, so it goes first, ahead of whatever the
-        // client sent since (still unscanned).
-        debug_assert!(self.to_server.is_empty());
-        let mut buf = BytesMut::with_capacity(self.retry_unit.len() + self.client_buf.len());
-        buf.extend_from_slice(&self.retry_unit);
-        buf.extend_from_slice(&self.client_buf);
-        self.client_buf = buf;
+    /// Takes the refused unit for its re-run, which the next unit routed is.
+    pub fn take_refused(&mut self) -> Option<Refused<'_>> {
+        let armed = self.armed.take().filter(|a| a.due)?;
         self.rerun = true;
-        Ok(())
+        Some(Refused {
+            unit: &self.unit,
+            created: armed.created,
+            bound: armed.bound,
+        })
     }
 }
 
@@ -167,6 +164,91 @@ struct Batch {
     len: usize,
     created: Vec<Box<[u8]>>,
     bound: Option<Box<[u8]>>,
+}
+
+/// The buffered batch starting at `at`, through its Sync. None if it closes anything (a Close run twice is not the
+/// same) or is not all buffered.
+fn batch_to_sync(buf: &[u8], at: usize, statements: &Statements) -> Option<Batch> {
+    let (mut created, mut parsed, mut bound) = (Vec::new(), Vec::new(), None);
+    let mut end = at;
+    loop {
+        let header = peek_header(buf.get(end..)?).ok()??;
+        let body = buf.get(end + HEADER_LEN..end + header.frame_len())?;
+        end += header.frame_len();
+        match header.tag {
+            b'S' => {
+                return Some(Batch {
+                    len: end - at,
+                    created,
+                    bound,
+                });
+            }
+            b'C' => return None,
+            b'P' => {
+                let (name, _) = extended::parse_fields(body)?;
+                if !name.is_empty() && !statements.has(name) {
+                    created.push(name.into());
+                }
+                parsed.push(name);
+            }
+            b'B' => {
+                let (_, name, _) = extended::bind_fields(body)?;
+                if !parsed.contains(&name) {
+                    bound = Some(name.into());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Relay {
+    /// Arms an autocommit read that went to a follower from the main endpoint at a unit boundary.
+    pub(super) fn arm_retry(&mut self, header: Header, intent: &Intent) {
+        if self.endpoint != Endpoint::Main || intent.wants != Wants::Follower(RouteReason::Read) || !self.on_follower()
+        {
+            return;
+        }
+        if matches!(header.tag, b'P' | b'B') && self.stream.in_transaction {
+            return;
+        }
+        let at = self.to_server.scanned();
+        self.retry.arm(header, intent, &self.client_buf, at, &self.statements);
+    }
+
+    /// The follower refused the unit as a write: remember its shape, give the follower connection back, and put
+    /// the unit back to be scanned again, bound for the leader. The client has seen nothing of the first attempt.
+    pub(super) fn rerun_on_leader(&mut self) -> Result<(), SessionEnd> {
+        let Some(refused) = self.retry.take_refused() else {
+            return Ok(());
+        };
+        // The shape is worked out only now, when a follower has refused: reads that run never pay for it.
+        if let Some(sql) = unit_sql(refused.unit) {
+            self.ctx.known_writes.remember(router::fingerprint(sql));
+        }
+        if let Some(name) = &refused.bound {
+            self.statements.mark_known_write(name);
+        }
+        for name in &refused.created {
+            self.statements.forget(name);
+        }
+        // Everything scanned before the refused unit was already written, so it goes first, ahead of whatever the
+        // client sent since (still unscanned).
+        let mut buf = BytesMut::with_capacity(refused.unit.len() + self.client_buf.len());
+        buf.extend_from_slice(refused.unit);
+        self.release_if_done();
+        if self.server.is_some() {
+            // Still attached (the follower connection was not quiet): never mix units; fail this one visibly.
+            return Err(SessionEnd::Fatal(SqlError::protocol_violation(
+                "cannot re-run a refused read",
+            )));
+        }
+        tracing::debug!("re-running a unit a follower refused (25006) on the leader");
+        debug_assert!(self.to_server.is_empty());
+        buf.extend_from_slice(&self.client_buf);
+        self.client_buf = buf;
+        Ok(())
+    }
 }
 
 /// The SQL of a kept unit: a Query's text, or the first Parse's statement.
