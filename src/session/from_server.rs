@@ -4,22 +4,17 @@
 //! probe's answer), and an armed read's fate. Rows and COPY data pass through unparsed, except while a read may
 //! still be re-run or the probe is being answered.
 
-use bytes::BytesMut;
-
-use super::outflow::Outflow;
 use super::relay::{Relay, SessionEnd};
 
 /// Server messages larger than this are known by their header alone and stream through: a session never holds more
 /// of one in memory. The ones pgsplit reads (ReadyForQuery, ParameterStatus, its own queries' rows, an error's
 /// SQLSTATE) are far smaller.
 const MAX_INSPECTED: usize = 64 * 1024;
-use super::replies::{Refusal, Replies, Verdict};
-use super::statements::{Statements, prepared_statement_limit};
+use super::exchange::ConnState;
+use super::replies::Verdict;
 use crate::protocol::error::SqlError;
-use crate::protocol::extended;
 use crate::protocol::frame::{HEADER_LEN, Header, Look, Step};
 use crate::protocol::messages::{self, TxStatus};
-use crate::topology::monitor::parse_lsn;
 
 impl Relay {
     pub(super) fn on_server_data(&mut self) -> Result<(), SessionEnd> {
@@ -38,7 +33,7 @@ impl Relay {
             // a row's header is enough to know it has a result. What is looked at whole is small: a larger frame
             // is known by its header and streams through.
             let armed = self.retry.armed();
-            let probing = self.replies.probing();
+            let probing = self.exchange.probing();
             let look = |header: Header| match header.tag {
                 _ if header.body_len > MAX_INSPECTED => Look::Head,
                 b'D' if probing => Look::Whole,
@@ -60,7 +55,7 @@ impl Relay {
                     if self.streaming.is_some() && self.server_framer.at_boundary() {
                         // A frame known by its header has gone through: answers due after it come now.
                         self.streaming = None;
-                        write_made(&mut self.replies, &mut self.to_client, &mut server.buf);
+                        self.exchange.write_made(&mut self.to_client, &mut server.buf);
                     }
                     continue;
                 }
@@ -78,31 +73,20 @@ impl Relay {
             }
             self.retry.observe(header.tag, body);
             if probing && header.tag == b'D' {
-                self.probe_reading = messages::first_column(body).and_then(parse_lsn);
+                self.probe.row(body);
             }
-            let mut ended = None;
-            let verdict = self.replies.on_reply(header.tag, &mut self.undone, &mut ended);
+            let conn = ConnState {
+                settings: &mut server.settings,
+                prepared: &mut server.prepared,
+            };
+            let verdict = self
+                .exchange
+                .reply(header.tag, body, &mut self.wanted, conn)
+                .map_err(|_| SessionEnd::Fatal(SqlError::protocol_violation("server sent a bad ReadyForQuery")))?;
             match header.tag {
-                b'Z' => {
-                    self.tx_status = body.first().copied().and_then(TxStatus::from_byte).ok_or_else(|| {
-                        SessionEnd::Fatal(SqlError::protocol_violation("server sent a bad ReadyForQuery"))
-                    })?;
-                    if let Some(ended) = ended {
-                        for change in &ended.changes {
-                            change.apply(&mut self.wanted);
-                            change.apply(&mut server.settings);
-                        }
-                        if ended.discards_statements {
-                            self.statements.clear();
-                            server.prepared.clear();
-                        }
-                    }
-                    if probing {
-                        match self.probe_reading.take() {
-                            Some(lsn) if self.tx_status == TxStatus::Idle => self.floor.committed(lsn),
-                            _ => self.floor.commit_unknown(),
-                        }
-                    }
+                b'Z' if probing => {
+                    let idle = self.exchange.tx_status() == TxStatus::Idle;
+                    self.probe.ended(idle, &mut self.floor);
                 }
                 b'S' => {
                     if let Some((name, value)) = messages::parse_parameter_status(body) {
@@ -115,13 +99,10 @@ impl Relay {
                 }
                 _ => {}
             }
-            if !self.undone.is_empty() {
-                for undo in self.undone.drain(..) {
-                    self.statements.undo(undo, Some(&mut server.prepared));
-                }
-            }
             if let Verdict::Replace(refusal) = verdict {
-                refused(refusal, &self.statements).encode(self.to_client.insert(&mut server.buf));
+                self.exchange
+                    .refusal(refusal)
+                    .encode(self.to_client.insert(&mut server.buf));
             }
             if !whole {
                 // Its bytes follow, forwarded or dropped as the reply's verdict says.
@@ -132,7 +113,7 @@ impl Relay {
                 Verdict::Forward => self.to_client.pass(&mut server.buf, header.frame_len()),
                 Verdict::Drop | Verdict::Replace(_) => self.to_client.skip(&mut server.buf, header.frame_len()),
             }
-            write_made(&mut self.replies, &mut self.to_client, &mut server.buf);
+            self.exchange.write_made(&mut self.to_client, &mut server.buf);
             if self.retry.due() {
                 // The refused attempt's replies never reach the client.
                 self.to_client.discard(&mut server.buf);
@@ -146,22 +127,6 @@ impl Relay {
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        write_made(&mut self.replies, &mut self.to_client, &mut server.conn.buf);
-    }
-}
-
-/// The error a client gets for a request pgsplit refused.
-fn refused(refusal: Refusal, statements: &Statements) -> SqlError {
-    match refusal {
-        Refusal::PreparedStatementLimit => prepared_statement_limit(statements.max()),
-    }
-}
-
-/// Puts the answers pgsplit makes up whose turn has come (ParseComplete, CloseComplete) into the client's stream.
-/// Inlined, like `next_made`: it runs after every reply.
-#[inline]
-fn write_made(replies: &mut Replies, to_client: &mut Outflow, server_buf: &mut BytesMut) {
-    while let Some(tag) = replies.next_made() {
-        extended::put_empty(to_client.insert(server_buf), tag);
+        self.exchange.write_made(&mut self.to_client, &mut server.conn.buf);
     }
 }

@@ -51,7 +51,9 @@ impl Relay {
                 }
                 // An EXECUTE runs what its statement runs.
                 let runs = match &analysis.prepared {
-                    Some(SqlPrepared::Execute { name, .. }) => self.statements.named(name).map(|s| &*s.analysis),
+                    Some(SqlPrepared::Execute { name, .. }) => {
+                        self.exchange.statements().named(name).map(|s| &*s.analysis)
+                    }
                     _ => None,
                 };
                 let mut stream = self.stream;
@@ -68,7 +70,7 @@ impl Relay {
                 intent.analysis = Some(analysis);
             }
             b'B' => {
-                if let Some(analysis) = self.statements.for_bind(body) {
+                if let Some(analysis) = self.exchange.statements().for_bind(body) {
                     let mut stream = self.stream;
                     let plan = analysis.plan(&self.wanted, &mut stream);
                     intent.wants = plan.wants;
@@ -77,7 +79,7 @@ impl Relay {
                 }
             }
             b'D' => {
-                if let Some(analysis) = self.statements.for_describe(body) {
+                if let Some(analysis) = self.exchange.statements().for_describe(body) {
                     intent.wants = analysis.plan(&self.wanted, &mut self.stream.clone()).wants;
                 }
             }
@@ -135,7 +137,11 @@ impl Relay {
                 },
                 b'B' => match extended::bind_fields(body) {
                     Some((_, name, _)) if parsed.contains(&name) => true,
-                    Some(_) => self.statements.for_bind(body).is_some_and(|a| reads(a, &mut stream)),
+                    Some(_) => self
+                        .exchange
+                        .statements()
+                        .for_bind(body)
+                        .is_some_and(|a| reads(a, &mut stream)),
                     None => false,
                 },
                 _ => false,

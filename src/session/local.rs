@@ -59,7 +59,10 @@ impl Relay {
     /// Nothing in flight: pgsplit may answer a statement itself without disturbing the server's replies.
     pub(super) fn can_answer_locally(&self) -> bool {
         self.server.is_none()
-            || (self.replies.is_empty() && !self.batch_open && self.to_server.is_empty() && self.to_client.is_empty())
+            || (self.exchange.nothing_owed()
+                && !self.exchange.batch_open()
+                && self.to_server.is_empty()
+                && self.to_client.is_empty())
     }
 
     /// Answers a simple Query that is one statement pgsplit answers.
@@ -124,7 +127,7 @@ impl Relay {
     /// The transaction status a ReadyForQuery made here reports.
     fn status_here(&self) -> TxStatus {
         if self.server.is_some() {
-            self.tx_status
+            self.exchange.tx_status()
         } else {
             TxStatus::Idle
         }

@@ -6,6 +6,7 @@
 pub mod admission;
 mod analyses;
 pub mod cancel;
+mod exchange;
 pub mod floor;
 mod from_server;
 mod intent;

@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::floor::{Needs, PROBE_SQL, REPLAY_SQL};
+use super::floor::{Needs, PROBE_SQL, REPLAY_SQL, ReadFloor};
 use super::relay::{Attached, Relay, SessionEnd};
-use super::replies::{Expected, Replies};
 use crate::config::PoolMode;
 use crate::context::Endpoint;
 use crate::protocol::frame::Framer;
-use crate::protocol::messages::{self, TxStatus};
+use crate::protocol::messages;
 use crate::router::{Floor, Wants};
 use crate::topology::Topology;
 use crate::topology::monitor::parse_lsn;
@@ -32,28 +31,69 @@ const MAX_PAUSE: Duration = Duration::from_millis(8);
 /// machine.
 const MIN_ASK: Duration = Duration::from_millis(5);
 
+/// The commit-position probe of one session: owed after a unit that may write ran on the leader, and what its
+/// answer has read so far.
+#[derive(Debug, Default)]
+pub struct Probe {
+    owed: bool,
+    reading: Option<u64>,
+}
+
+impl Probe {
+    /// A unit that may write is running on the leader connection: its commit's position is to be read.
+    pub fn owe(&mut self) {
+        self.owed = true;
+    }
+
+    /// What was owed lapses (the connection goes back to the pool, or probes are not sent in this mode).
+    pub fn lapse(&mut self) {
+        self.owed = false;
+    }
+
+    pub fn is_owed(&self) -> bool {
+        self.owed
+    }
+
+    /// The probe is sent: what was owed is being read.
+    fn start(&mut self) {
+        self.owed = false;
+        self.reading = None;
+    }
+
+    /// A row of the probe's answer: the position, if it reads as one.
+    pub fn row(&mut self, body: &[u8]) {
+        self.reading = messages::first_column(body).and_then(parse_lsn);
+    }
+
+    /// The probe's answer ended (ReadyForQuery, `idle` unless a transaction is open): the floor rises to what it
+    /// read, or is unknown.
+    pub fn ended(&mut self, idle: bool, floor: &mut ReadFloor) {
+        match self.reading.take() {
+            Some(lsn) if idle => floor.committed(lsn),
+            _ => floor.commit_unknown(),
+        }
+    }
+}
+
 impl Relay {
     /// Sends the probe if a unit that may write has ended on the leader connection and nothing of the client's
     /// is in flight (a probe among the client's messages could land inside a COPY).
     pub(super) fn probe_if_due(&mut self) {
-        let due = self.probe_owed
+        let due = self.probe.is_owed()
             && !self.terminating
             && self.pool_mode == PoolMode::Transaction
             && matches!(self.endpoint, Endpoint::Main)
             && !self.on_follower()
-            && self.tx_status == TxStatus::Idle
-            && self.replies.is_empty()
-            && !self.batch_open
+            && self.exchange.settled()
             && self.to_server.is_empty()
             && self.client_framer.at_boundary()
             && self.probe_useful();
         if !due || self.server.is_none() {
             return;
         }
-        self.probe_owed = false;
-        self.probe_reading = None;
+        self.probe.start();
         messages::query(self.to_server.insert(&mut self.client_buf), PROBE_SQL.as_bytes());
-        self.replies.push(Expected::probe());
+        self.exchange.expect_probe();
     }
 
     /// Read-your-writes is on and reads may go to followers at all: without a read pool there is nothing to hold
@@ -67,7 +107,7 @@ impl Relay {
     /// client has every answer it asked for, so the connection is dropped, the commit's position is marked
     /// unknown (reads go to the leader until it is known), and the session goes on.
     pub(super) async fn server_lost(&mut self) -> Result<(), SessionEnd> {
-        if !self.replies.only_probe() || !self.to_server.is_empty() || !self.client_framer.at_boundary() {
+        if !self.exchange.only_probe() || !self.to_server.is_empty() || !self.client_framer.at_boundary() {
             return Err(self.lose_server());
         }
         let Some(Attached { mut conn, instance, .. }) = self.server.take() else {
@@ -76,7 +116,7 @@ impl Relay {
         self.cancel.set(None);
         let owed: BytesMut = self.to_client.take(&mut conn.buf);
         drop(conn);
-        self.replies = Replies::default();
+        self.exchange.forget_probe();
         self.server_framer = Framer::default();
         self.streaming = None;
         self.floor.commit_unknown();

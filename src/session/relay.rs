@@ -26,14 +26,15 @@ use tokio::net::TcpStream;
 
 use super::analyses::{Analyses, TextRules};
 use super::cancel::CancelSlot;
+use super::exchange::{Exchange, Outbound};
 use super::floor::ReadFloor;
 use super::intent::Intent;
 use super::local::LocalStatements;
 use super::outflow::Outflow;
-use super::plan::{Change, StreamState};
-use super::replies::{Answer, Expected, Replies, Request, Undo, Verdict};
+use super::plan::StreamState;
+use super::read_your_writes::Probe;
+use super::replies::Verdict;
 use super::retry::RetryPolicy;
-use super::statements::{Statements, ToServer};
 use super::stop::StopSignal;
 use crate::config::PoolMode;
 use crate::context::{Endpoint, GaugeCount, SessionContext};
@@ -120,23 +121,14 @@ pub struct Relay {
     /// Server bytes due to the client (the source is the server connection's buffer).
     pub(super) to_client: Outflow,
 
-    /// What the server owes for each request sent, in order.
-    pub(super) replies: Replies,
-    /// The client's prepared statements.
-    pub(super) statements: Statements,
-    /// Extended-protocol messages sent since the last Sync.
-    pub(super) batch_open: bool,
-    pub(super) tx_status: TxStatus,
+    /// What the server owes the client, the client's prepared statements, the open batch, the transaction status.
+    pub(super) exchange: Exchange,
     /// Transaction and pin state as of the last message forwarded.
     pub(super) stream: StreamState,
     /// Counts the client as pinned while `stream.pinned`.
     pin_count: Option<GaugeCount>,
     /// Client messages wait (see [`Hold`]).
     pub(super) held: Option<Hold>,
-    /// Changes of the Binds in the current extended-protocol batch, until its Sync.
-    pub(super) batch_changes: Vec<Change>,
-    /// A Bind in the current batch drops every prepared statement (DISCARD ALL) if the batch succeeds.
-    pub(super) batch_discards: bool,
     /// After a failed checkout: drop extended-protocol messages until Sync, as a server would after an error.
     pub(super) skip_until_sync: bool,
     pub(super) terminating: bool,
@@ -145,16 +137,11 @@ pub struct Relay {
     /// An autocommit read on a follower whose replies are held back until its first result, so that a 25006
     /// refusal can be re-run on the leader unseen.
     pub(super) retry: RetryPolicy,
-    /// Requests a failed request took with it, to be undone (reused buffer).
-    pub(super) undone: Vec<Undo>,
     pub(super) out: BytesMut,
     /// The WAL position this client's reads must see (read-your-writes).
     pub(super) floor: ReadFloor,
-    /// A unit that may write ran on the leader connection since the last probe: once the connection is idle,
-    /// pgsplit reads the commit's WAL position there.
-    pub(super) probe_owed: bool,
-    /// What the probe in flight has read so far.
-    pub(super) probe_reading: Option<u64>,
+    /// Reads the commit's WAL position on the leader connection once it is idle after a unit that may write.
+    pub(super) probe: Probe,
     /// Statements the client prepared that pgsplit answers (`SHOW pgsplit.…` through the extended protocol).
     pub(super) local_statements: LocalStatements,
 }
@@ -223,24 +210,17 @@ impl Relay {
             server_framer: Framer::default(),
             streaming: None,
             to_client: Outflow::default(),
-            replies: Replies::default(),
-            statements: Statements::new(config.proxy.max_prepared_statements),
-            batch_open: false,
-            tx_status: TxStatus::Idle,
+            exchange: Exchange::new(config.proxy.max_prepared_statements),
             stream: StreamState::default(),
             pin_count: None,
             held: None,
-            batch_changes: Vec::new(),
-            batch_discards: false,
             skip_until_sync: false,
             terminating: false,
             last_route: None,
             retry: RetryPolicy::default(),
-            undone: Vec::new(),
             out: BytesMut::new(),
             floor: ReadFloor::default(),
-            probe_owed: false,
-            probe_reading: None,
+            probe: Probe::default(),
             local_statements: LocalStatements::default(),
         }
     }
@@ -261,7 +241,7 @@ impl Relay {
     async fn relay(&mut self) -> SessionEnd {
         loop {
             // A probe in flight is answered first, so the connection goes back to the pool clean.
-            if self.terminating && self.to_server.is_empty() && !self.replies.probing() {
+            if self.terminating && self.to_server.is_empty() && !self.exchange.probing() {
                 return SessionEnd::ClientGone;
             }
             let result = match self.next_event().await {
@@ -427,7 +407,7 @@ impl Relay {
         }
         // A statement pgsplit answers starts a unit of its own; inside an unfinished extended-protocol batch the
         // client may wait for nothing, so the server answers.
-        if !self.batch_open && self.starts_local_answer(header, &intent) {
+        if !self.exchange.batch_open() && self.starts_local_answer(header, &intent) {
             if !self.can_answer_locally() {
                 self.held = Some(Hold::UntilQuiet);
                 return Ok(());
@@ -470,14 +450,10 @@ impl Relay {
             && !self.on_follower()
             && matches!(self.wants_here(intent.wants), Wants::Leader(_))
         {
-            self.probe_owed = true;
+            self.probe.owe();
         }
-        if let Some((plan, stream)) = intent.plan.take() {
-            self.set_stream(stream);
-            match header.tag {
-                b'Q' => intent.plan = Some((plan, stream)),
-                _ => self.batch_changes.extend(plan.changes),
-            }
+        if let Some((_, stream)) = &intent.plan {
+            self.set_stream(*stream);
         }
         self.forward(header, intent);
         self.answer_made();
@@ -489,76 +465,16 @@ impl Relay {
 
     /// Sends the message on (renamed, answered here, or as it is) and enters what the server owes for it.
     fn forward(&mut self, header: Header, intent: Intent) {
-        let len = header.frame_len();
         let Some(server) = self.server.as_mut() else {
-            unreachable!("a server is attached before anything is forwarded")
+            // Units are routed, and a server attached, before any of their messages is forwarded.
+            return;
         };
-        let mut to = ToServer {
+        let to = Outbound {
             flow: &mut self.to_server,
             source: &mut self.client_buf,
-            replies: &mut self.replies,
             cache: &mut server.conn.prepared,
         };
-        let table = &self.ctx.statements;
-        match header.tag {
-            b'Q' => {
-                let changes = intent.plan.map(|(plan, _)| plan.changes).unwrap_or_default();
-                let mut expected = Expected::ready(changes);
-                let analysis = intent.analysis.as_ref();
-                if analysis.is_some_and(|a| a.discards_statements()) {
-                    expected = expected.discarding_statements();
-                }
-                let undo = match analysis.and_then(|a| a.prepared.as_ref().map(|prepared| (a, prepared))) {
-                    Some((analysis, prepared)) => {
-                        self.statements
-                            .sql(&mut to, len, table, prepared, analysis, self.batch_open)
-                    }
-                    // Not analysed (no closing NUL): the server says what is wrong with it.
-                    None => {
-                        to.pass(len);
-                        None
-                    }
-                };
-                to.replies.push(match undo {
-                    Some(undo) => expected.undo(undo),
-                    None => expected,
-                });
-            }
-            b'P' => self.statements.parse(&mut to, len, table, intent.analysis),
-            b'B' => {
-                self.batch_discards |= intent.discards;
-                self.statements.bind(&mut to, len);
-            }
-            b'D' => self.statements.describe(&mut to, len),
-            b'C' => self.statements.close(&mut to, len),
-            b'E' => {
-                to.pass(len);
-                to.replies.push(Expected::new(Request::Execute, Answer::Server));
-            }
-            b'S' => {
-                to.pass(len);
-                let mut expected = Expected::ready(std::mem::take(&mut self.batch_changes));
-                if std::mem::take(&mut self.batch_discards) {
-                    expected = expected.discarding_statements();
-                }
-                to.replies.push(expected);
-            }
-            b'F' => {
-                to.pass(len);
-                to.replies.push(Expected::ready(Vec::new()));
-            }
-            b'c' | b'f' => {
-                to.pass(len);
-                to.replies.push(Expected::new(Request::CopyEnd, Answer::Server));
-            }
-            // Flush gets no answer of its own.
-            _ => to.pass(len),
-        }
-        match header.tag {
-            b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
-            b'S' => self.batch_open = false,
-            _ => {}
-        }
+        self.exchange.forward(header, intent, to, &self.ctx.statements);
     }
 
     /// The stream moves past a statement; a client that becomes pinned, or stops being pinned, is counted.
@@ -588,13 +504,13 @@ impl Relay {
     fn scan_paused(&self) -> bool {
         self.held.is_some()
             || self.retry.holds_scan()
-            || self.replies.len() >= MAX_OWED
+            || self.exchange.owed() >= MAX_OWED
             || self.to_client.pending() >= BACKPRESSURE
     }
 
     /// Between units: no extended batch open and no transaction open at this point of the stream.
     pub(super) fn at_unit_boundary(&self) -> bool {
-        !self.batch_open && !self.stream.in_transaction
+        !self.exchange.batch_open() && !self.stream.in_transaction
     }
 
     pub(super) fn on_follower(&self) -> bool {
@@ -607,7 +523,7 @@ impl Relay {
     fn switches_side(&self, wants: Wants) -> bool {
         match self.wants_here(wants) {
             Wants::Leader(_) => self.on_follower(),
-            Wants::Follower(_) => self.replies.only_probe(),
+            Wants::Follower(_) => self.exchange.only_probe(),
         }
     }
 

@@ -7,12 +7,11 @@
 //! when its turn comes, so the client sees exactly the replies a direct connection would send, in the same order.
 //!
 //! After an ErrorResponse to an extended-protocol message the server ignores everything up to Sync; the entries in
-//! between are dropped and their [`Undo`]s handed back, so the session can forget what never happened.
+//! between are dropped and their undos handed back, so the session can forget what never happened.
 
 use std::collections::VecDeque;
 
 use super::plan::Change;
-use super::statements::ClientStatement;
 
 /// A message the server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,29 +67,14 @@ pub enum Refusal {
     PreparedStatementLimit,
 }
 
-/// What to take back when a request fails or is dropped unanswered (an earlier message in its batch failed).
+/// One request's entry: what ends its answer, who gets it, and `U`, what to take back if it fails or is dropped
+/// unanswered (an earlier message in its batch failed). The queue stores undos and hands them back, never reads
+/// them.
 #[derive(Debug)]
-pub enum Undo {
-    /// A statement that was not prepared: the client's name for it (if the client named it), and whether the
-    /// server connection was recorded as having it.
-    Prepared {
-        name: Option<Box<[u8]>>,
-        id: u64,
-        cached: bool,
-    },
-    /// A statement that was not closed: the client still has it (and, if `cached`, the server connection too).
-    Closed {
-        name: Box<[u8]>,
-        statement: ClientStatement,
-        cached: bool,
-    },
-}
-
-#[derive(Debug)]
-pub struct Expected {
+pub struct Expected<U> {
     request: Request,
     answer: Answer,
-    undo: Option<Undo>,
+    undo: Option<U>,
     /// Sync only: setting changes the unit makes, applied when it ends without an error.
     changes: Vec<Change>,
     /// Sync only: the unit discards every prepared statement (`DISCARD ALL`, `DEALLOCATE ALL`) if it succeeds.
@@ -98,8 +82,8 @@ pub struct Expected {
     failed: bool,
 }
 
-impl Expected {
-    pub fn new(request: Request, answer: Answer) -> Expected {
+impl<U> Expected<U> {
+    pub fn new(request: Request, answer: Answer) -> Expected<U> {
         Expected {
             request,
             answer,
@@ -110,13 +94,13 @@ impl Expected {
         }
     }
 
-    pub fn undo(mut self, undo: Undo) -> Expected {
+    pub fn undo(mut self, undo: U) -> Expected<U> {
         self.undo = Some(undo);
         self
     }
 
     /// A Sync, Query or FunctionCall whose success brings these setting changes.
-    pub fn ready(changes: Vec<Change>) -> Expected {
+    pub fn ready(changes: Vec<Change>) -> Expected<U> {
         Expected {
             changes,
             ..Expected::new(Request::Sync, Answer::Server)
@@ -124,12 +108,12 @@ impl Expected {
     }
 
     /// pgsplit's own Query, sent after the client's unit ended: nothing of its answer reaches the client.
-    pub fn probe() -> Expected {
+    pub fn probe() -> Expected<U> {
         Expected::new(Request::Sync, Answer::Probe)
     }
 
     /// On success the unit leaves the connection without prepared statements.
-    pub fn discarding_statements(mut self) -> Expected {
+    pub fn discarding_statements(mut self) -> Expected<U> {
         self.discards_statements = true;
         self
     }
@@ -151,15 +135,24 @@ pub struct Ended {
     pub discards_statements: bool,
 }
 
-#[derive(Debug, Default)]
-pub struct Replies {
-    queue: VecDeque<Expected>,
+#[derive(Debug)]
+pub struct Replies<U> {
+    queue: VecDeque<Expected<U>>,
     /// The server is in COPY FROM STDIN and the client has not ended it yet: Syncs sent meanwhile are ignored.
     copy_in: bool,
 }
 
-impl Replies {
-    pub fn push(&mut self, expected: Expected) {
+impl<U> Default for Replies<U> {
+    fn default() -> Self {
+        Replies {
+            queue: VecDeque::new(),
+            copy_in: false,
+        }
+    }
+}
+
+impl<U> Replies<U> {
+    pub fn push(&mut self, expected: Expected<U>) {
         match (self.copy_in, expected.request) {
             // A server in COPY FROM STDIN ignores Sync (drivers send one after every Execute, COPY or not).
             (true, Request::Sync) => {}
@@ -217,7 +210,7 @@ impl Replies {
 
     /// Accounts for one message from the server. Dropped requests' undos go to `undone`; a ReadyForQuery
     /// returns what its unit changed through `ended`.
-    pub fn on_reply(&mut self, tag: u8, undone: &mut Vec<Undo>, ended: &mut Option<Ended>) -> Verdict {
+    pub fn on_reply(&mut self, tag: u8, undone: &mut Vec<U>, ended: &mut Option<Ended>) -> Verdict {
         // Asynchronous messages (notices, notifications, parameter changes) belong to no request.
         if matches!(tag, b'N' | b'A' | b'S') {
             return Verdict::Forward;
@@ -269,7 +262,7 @@ impl Replies {
     }
 }
 
-impl Replies {
+impl<U> Replies<U> {
     /// CopyInResponse: Syncs the client sent after the COPY's Execute, up to its CopyDone or CopyFail, will be
     /// ignored by the server, so no ReadyForQuery is owed for them.
     fn copy_in_started(&mut self) {
@@ -294,7 +287,10 @@ impl Replies {
 mod tests {
     use super::*;
 
-    fn replay(replies: &mut Replies, tags: &[u8]) -> (Vec<u8>, Vec<Undo>) {
+    /// What a test's requests would take back: a name.
+    type Undo = &'static str;
+
+    fn replay(replies: &mut Replies<Undo>, tags: &[u8]) -> (Vec<u8>, Vec<Undo>) {
         let (mut seen, mut undone) = (Vec::new(), Vec::new());
         while let Some(tag) = replies.next_made() {
             seen.push(tag);
@@ -313,7 +309,7 @@ mod tests {
 
     #[test]
     fn hidden_answers_are_dropped_and_made_ones_inserted_in_turn() {
-        let mut replies = Replies::default();
+        let mut replies = Replies::<Undo>::default();
         replies.push(Expected::new(Request::Parse, Answer::Hidden));
         replies.push(Expected::new(Request::Bind, Answer::Server));
         replies.push(Expected::new(Request::Execute, Answer::Server));
@@ -326,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_made_answer_at_the_head_comes_at_once() {
-        let mut replies = Replies::default();
+        let mut replies = Replies::<Undo>::default();
         replies.push(Expected::new(Request::Close, Answer::Made));
         assert_eq!(replies.next_made(), Some(b'3'));
         assert!(replies.is_empty());
@@ -334,14 +330,10 @@ mod tests {
 
     #[test]
     fn an_error_drops_the_rest_of_the_batch_and_fails_its_sync() {
-        let mut replies = Replies::default();
+        let mut replies = Replies::<Undo>::default();
         replies.push(Expected::new(Request::Bind, Answer::Server));
         replies.push(Expected::new(Request::Execute, Answer::Server));
-        replies.push(Expected::new(Request::Parse, Answer::Made).undo(Undo::Prepared {
-            name: Some(b"s1"[..].into()),
-            id: 1,
-            cached: false,
-        }));
+        replies.push(Expected::new(Request::Parse, Answer::Made).undo("s1"));
         replies.push(Expected::ready(vec![Change::ResetAll]));
         let mut undone = Vec::new();
         let mut ended = None;
@@ -354,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_probe_after_the_clients_unit_is_answered_to_pgsplit_alone_errors_included() {
-        let mut replies = Replies::default();
+        let mut replies = Replies::<Undo>::default();
         replies.push(Expected::ready(Vec::new()));
         replies.push(Expected::probe());
         assert!(!replies.probing() && !replies.only_probe());
@@ -370,7 +362,7 @@ mod tests {
 
     #[test]
     fn a_hidden_request_shows_its_error() {
-        let mut replies = Replies::default();
+        let mut replies = Replies::<Undo>::default();
         replies.push(Expected::new(Request::Parse, Answer::Hidden));
         replies.push(Expected::new(Request::Bind, Answer::Server));
         replies.push(Expected::ready(Vec::new()));
@@ -381,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_query_ends_at_ready_for_query_whatever_comes_before() {
-        let mut replies = Replies::default();
+        let mut replies = Replies::<Undo>::default();
         replies.push(Expected::ready(vec![Change::ResetAll]));
         let mut ended = None;
         for tag in *b"TDCTDCNE" {
@@ -399,7 +391,7 @@ mod tests {
 
     #[test]
     fn describe_of_a_statement_ends_at_its_row_description() {
-        let mut replies = Replies::default();
+        let mut replies = Replies::<Undo>::default();
         replies.push(Expected::new(Request::Describe, Answer::Hidden));
         replies.push(Expected::new(Request::Describe, Answer::Server));
         let (seen, _) = replay(&mut replies, b"tnt");
@@ -413,7 +405,7 @@ mod tests {
     #[test]
     fn syncs_sent_during_copy_in_are_not_answered() {
         // Bind, Execute (a COPY FROM STDIN), Sync, CopyData…, CopyDone, Sync: one ReadyForQuery.
-        let mut replies = Replies::default();
+        let mut replies = Replies::<Undo>::default();
         replies.push(Expected::new(Request::Bind, Answer::Server));
         replies.push(Expected::new(Request::Execute, Answer::Server));
         replies.push(Expected::ready(Vec::new()));
@@ -440,7 +432,7 @@ mod tests {
 
     #[test]
     fn a_copy_end_without_a_copy_is_ignored() {
-        let mut replies = Replies::default();
+        let mut replies = Replies::<Undo>::default();
         replies.push(Expected::new(Request::CopyEnd, Answer::Server));
         assert_eq!(replies.next_made(), None);
         assert!(replies.is_empty());

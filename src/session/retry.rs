@@ -213,7 +213,8 @@ impl Relay {
             return;
         }
         let at = self.to_server.scanned();
-        self.retry.arm(header, intent, &self.client_buf, at, &self.statements);
+        self.retry
+            .arm(header, intent, &self.client_buf, at, self.exchange.statements());
     }
 
     /// The follower refused the unit as a write: remember its shape, give the follower connection back, and put
@@ -227,10 +228,10 @@ impl Relay {
             self.ctx.known_writes.remember(router::fingerprint(sql));
         }
         if let Some(name) = &refused.bound {
-            self.statements.mark_known_write(name);
+            self.exchange.statements_mut().mark_known_write(name);
         }
         for name in &refused.created {
-            self.statements.forget(name);
+            self.exchange.statements_mut().forget(name);
         }
         // Everything scanned before the refused unit was already written, so it goes first, ahead of whatever the
         // client sent since (still unscanned).

@@ -18,7 +18,6 @@ use crate::pool::{ConnectError, InstancePool, LoginInfo, ServerConn, Settings};
 use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::frame::Framer;
 use crate::protocol::login::LoginError;
-use crate::protocol::messages::TxStatus;
 use crate::router::{RouteReason, Wants};
 use crate::topology::gate::Direction;
 use crate::topology::{FollowerPool, Instance, Role, Served};
@@ -218,7 +217,7 @@ impl Relay {
             return;
         }
         // Probes are sent only in transaction mode with read-your-writes on: whatever is owed otherwise lapses.
-        self.probe_owed = false;
+        self.probe.lapse();
         if self.pool_mode == PoolMode::Transaction && !self.stream.pinned {
             let Attached { conn, instance, .. } = self.server.take().expect("checked above");
             self.cancel.set(None);
@@ -235,9 +234,7 @@ impl Relay {
 
     /// Idle between transactions with nothing outstanding in either direction.
     pub(super) fn is_quiet(&self) -> bool {
-        self.replies.is_empty()
-            && !self.batch_open
-            && self.tx_status == TxStatus::Idle
+        self.exchange.settled()
             && self.to_server.is_empty()
             && self.to_client.is_empty()
             && self.client_framer.at_boundary()

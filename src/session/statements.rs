@@ -14,7 +14,11 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use super::outflow::Outflow;
 use super::plan::{Analysis, SqlPrepared};
-use super::replies::{Answer, Expected, Refusal, Replies, Request, Undo};
+use super::replies::{Answer, Refusal, Request};
+
+/// What the server owes, with what to take back about statements when a request fails.
+pub type Replies = super::replies::Replies<Undo>;
+type Expected = super::replies::Expected<Undo>;
 use crate::fast_hash::FastHashMap;
 use crate::pool::prepared::{
     Definition, NAME_PREFIX, PreparedCache, ServerStatement, StatementTable, put_name, put_sql_name,
@@ -23,6 +27,24 @@ use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::extended::{self, Target};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::{self, put_cstr};
+
+/// What to take back when a request fails or is dropped unanswered (an earlier message in its batch failed).
+#[derive(Debug)]
+pub enum Undo {
+    /// A statement that was not prepared: the client's name for it (if the client named it), and whether the
+    /// server connection was recorded as having it.
+    Prepared {
+        name: Option<Box<[u8]>>,
+        id: u64,
+        cached: bool,
+    },
+    /// A statement that was not closed: the client still has it (and, if `cached`, the server connection too).
+    Closed {
+        name: Box<[u8]>,
+        statement: ClientStatement,
+        cached: bool,
+    },
+}
 
 /// A statement as one client has it: the server-side statement and what it does (for routing each execution).
 #[derive(Debug, Clone)]
@@ -36,7 +58,8 @@ pub struct ClientStatement {
 pub struct Statements {
     /// FxHash: the names are this client's own; colliding ones would slow only its own session.
     named: FastHashMap<Box<[u8]>, ClientStatement>,
-    unnamed: Option<Analysis>,
+    /// Boxed: most sessions never use the unnamed statement, and every session's task carries this struct.
+    unnamed: Option<Box<Analysis>>,
     /// At most this many named statements (`proxy.max_prepared_statements`): what a client keeps here is
     /// pgsplit's memory, not a server's.
     max: usize,
@@ -204,7 +227,7 @@ impl Statements {
 
     fn analysis(&self, name: &[u8]) -> Option<&Analysis> {
         if name.is_empty() {
-            self.unnamed.as_ref()
+            self.unnamed.as_deref()
         } else {
             self.named.get(name).map(|s| &*s.analysis)
         }
@@ -223,7 +246,7 @@ impl Statements {
     /// A follower refused the statement as a write: its later runs go to the leader (`""`: the unnamed one).
     pub fn mark_known_write(&mut self, name: &[u8]) {
         let analysis = if name.is_empty() {
-            self.unnamed.as_mut()
+            self.unnamed.as_deref_mut()
         } else {
             self.named.get_mut(name).map(|s| Arc::make_mut(&mut s.analysis))
         };
@@ -274,7 +297,11 @@ impl Statements {
             return;
         };
         if name.is_empty() {
-            self.unnamed = Some(analysis);
+            // The box is kept from one unnamed statement to the next: drivers parse one per query.
+            match &mut self.unnamed {
+                Some(unnamed) => **unnamed = analysis,
+                None => self.unnamed = Some(Box::new(analysis)),
+            }
             to.pass(len);
             to.replies.push(Expected::new(Request::Parse, Answer::Server));
             return;

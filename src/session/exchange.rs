@@ -1,0 +1,246 @@
+//! What one client has asked of the server connection serving it and what it is owed back: the requests whose
+//! answers are outstanding (`replies`), the client's prepared statements (`statements`), the extended-protocol
+//! batch open since the last Sync with the setting changes it makes, and the transaction status the server last
+//! reported. Forwarding a client message enters what the server owes for it; each server reply is accounted for
+//! here, and what a finished unit changed (settings, statements) is applied. Owns its fields: the relay asks, and
+//! hands it the byte streams and the connection's state to work on.
+
+use bytes::BytesMut;
+
+use super::intent::Intent;
+use super::outflow::Outflow;
+use super::plan::Change;
+use super::replies::{Answer, Refusal, Request, Verdict};
+use super::statements::{Replies, Statements, ToServer, Undo, prepared_statement_limit};
+
+type Expected = super::replies::Expected<Undo>;
+use crate::pool::Settings;
+use crate::pool::prepared::{PreparedCache, StatementTable};
+use crate::protocol::error::SqlError;
+use crate::protocol::extended;
+use crate::protocol::frame::Header;
+use crate::protocol::messages::TxStatus;
+
+#[derive(Debug)]
+pub struct Exchange {
+    replies: Replies,
+    statements: Statements,
+    /// Requests a failed request took with it, to be undone (reused buffer).
+    undone: Vec<Undo>,
+    /// Extended-protocol messages sent since the last Sync.
+    batch_open: bool,
+    /// Changes of the Binds in the current extended-protocol batch, until its Sync.
+    batch_changes: Vec<Change>,
+    /// A Bind in the current batch drops every prepared statement (DISCARD ALL) if the batch succeeds.
+    batch_discards: bool,
+    tx_status: TxStatus,
+}
+
+/// Where a client message goes: the outflow to the server over the client's read buffer, and the statements the
+/// server connection has.
+pub struct Outbound<'a> {
+    pub flow: &'a mut Outflow,
+    pub source: &'a mut BytesMut,
+    pub cache: &'a mut PreparedCache,
+}
+
+/// What the server connection carries that a finished unit may change.
+pub struct ConnState<'a> {
+    pub settings: &'a mut Settings,
+    pub prepared: &'a mut PreparedCache,
+}
+
+impl Exchange {
+    /// `max_prepared`: named statements the client may hold (`proxy.max_prepared_statements`).
+    pub fn new(max_prepared: usize) -> Exchange {
+        Exchange {
+            replies: Replies::default(),
+            statements: Statements::new(max_prepared),
+            undone: Vec::new(),
+            batch_open: false,
+            batch_changes: Vec::new(),
+            batch_discards: false,
+            tx_status: TxStatus::Idle,
+        }
+    }
+
+    pub fn statements(&self) -> &Statements {
+        &self.statements
+    }
+
+    /// The statements, for a unit that must take back what it did (a refused read run again).
+    pub fn statements_mut(&mut self) -> &mut Statements {
+        &mut self.statements
+    }
+
+    /// Extended-protocol messages were sent since the last Sync.
+    pub fn batch_open(&self) -> bool {
+        self.batch_open
+    }
+
+    pub fn tx_status(&self) -> TxStatus {
+        self.tx_status
+    }
+
+    /// Requests still owed an answer.
+    pub fn owed(&self) -> usize {
+        self.replies.len()
+    }
+
+    /// Nothing owed, no batch open, no transaction open: the connection could serve someone else.
+    pub fn settled(&self) -> bool {
+        self.replies.is_empty() && !self.batch_open && self.tx_status == TxStatus::Idle
+    }
+
+    /// Nothing owed at all.
+    pub fn nothing_owed(&self) -> bool {
+        self.replies.is_empty()
+    }
+
+    /// The next reply answers pgsplit's probe.
+    pub fn probing(&self) -> bool {
+        self.replies.probing()
+    }
+
+    /// All that is owed is pgsplit's probe: the client has every answer it asked for.
+    pub fn only_probe(&self) -> bool {
+        self.replies.only_probe()
+    }
+
+    /// pgsplit's own query, sent after the client's unit ended.
+    pub fn expect_probe(&mut self) {
+        self.replies.push(Expected::probe());
+    }
+
+    /// The server connection is gone with only the probe owed: nothing is owed any more.
+    pub fn forget_probe(&mut self) {
+        self.replies = Replies::default();
+    }
+
+    /// Sends the client message `header` (at the scan position of `to.source`) on — renamed, answered by pgsplit,
+    /// or as it is — and enters what the server owes for it. `table` names the statements clients prepare.
+    pub fn forward(&mut self, header: Header, intent: Intent, to: Outbound<'_>, table: &StatementTable) {
+        let len = header.frame_len();
+        let mut to = ToServer {
+            flow: to.flow,
+            source: to.source,
+            replies: &mut self.replies,
+            cache: to.cache,
+        };
+        match header.tag {
+            b'Q' => {
+                let changes = intent.plan.map(|(plan, _)| plan.changes).unwrap_or_default();
+                let mut expected = Expected::ready(changes);
+                let analysis = intent.analysis.as_ref();
+                if analysis.is_some_and(|a| a.discards_statements()) {
+                    expected = expected.discarding_statements();
+                }
+                let undo = match analysis.and_then(|a| a.prepared.as_ref().map(|prepared| (a, prepared))) {
+                    Some((analysis, prepared)) => {
+                        self.statements
+                            .sql(&mut to, len, table, prepared, analysis, self.batch_open)
+                    }
+                    // Not analysed (no closing NUL): the server says what is wrong with it.
+                    None => {
+                        to.pass(len);
+                        None
+                    }
+                };
+                to.replies.push(match undo {
+                    Some(undo) => expected.undo(undo),
+                    None => expected,
+                });
+            }
+            b'P' => self.statements.parse(&mut to, len, table, intent.analysis),
+            b'B' => {
+                if let Some((plan, _)) = intent.plan {
+                    self.batch_changes.extend(plan.changes);
+                }
+                self.batch_discards |= intent.discards;
+                self.statements.bind(&mut to, len);
+            }
+            b'D' => self.statements.describe(&mut to, len),
+            b'C' => self.statements.close(&mut to, len),
+            b'E' => {
+                to.pass(len);
+                to.replies.push(Expected::new(Request::Execute, Answer::Server));
+            }
+            b'S' => {
+                to.pass(len);
+                let mut expected = Expected::ready(std::mem::take(&mut self.batch_changes));
+                if std::mem::take(&mut self.batch_discards) {
+                    expected = expected.discarding_statements();
+                }
+                to.replies.push(expected);
+            }
+            b'F' => {
+                to.pass(len);
+                to.replies.push(Expected::ready(Vec::new()));
+            }
+            b'c' | b'f' => {
+                to.pass(len);
+                to.replies.push(Expected::new(Request::CopyEnd, Answer::Server));
+            }
+            // Flush gets no answer of its own.
+            _ => to.pass(len),
+        }
+        match header.tag {
+            b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
+            b'S' => self.batch_open = false,
+            _ => {}
+        }
+    }
+
+    /// Accounts for one server message (`body` empty when only its header was seen): whether the client gets it,
+    /// and what it changes once its unit ends — the transaction status, the client's settings (`wanted`) and the
+    /// connection's (`conn`), the statements. An unreadable ReadyForQuery is the server's fault.
+    pub fn reply(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        wanted: &mut Settings,
+        conn: ConnState<'_>,
+    ) -> Result<Verdict, BadReply> {
+        let mut ended = None;
+        let verdict = self.replies.on_reply(tag, &mut self.undone, &mut ended);
+        if tag == b'Z' {
+            self.tx_status = body.first().copied().and_then(TxStatus::from_byte).ok_or(BadReply)?;
+            if let Some(ended) = ended {
+                for change in &ended.changes {
+                    change.apply(wanted);
+                    change.apply(conn.settings);
+                }
+                if ended.discards_statements {
+                    self.statements.clear();
+                    conn.prepared.clear();
+                }
+            }
+        }
+        if !self.undone.is_empty() {
+            for undo in self.undone.drain(..) {
+                self.statements.undo(undo, Some(&mut *conn.prepared));
+            }
+        }
+        Ok(verdict)
+    }
+
+    /// The error a client gets for a request pgsplit refused.
+    pub fn refusal(&self, refusal: Refusal) -> SqlError {
+        match refusal {
+            Refusal::PreparedStatementLimit => prepared_statement_limit(self.statements.max()),
+        }
+    }
+
+    /// Puts the answers pgsplit makes up whose turn has come (ParseComplete, CloseComplete) into the client's
+    /// stream. Inlined, like `next_made`: it runs after every reply.
+    #[inline]
+    pub fn write_made(&mut self, to_client: &mut Outflow, server_buf: &mut BytesMut) {
+        while let Some(tag) = self.replies.next_made() {
+            extended::put_empty(to_client.insert(server_buf), tag);
+        }
+    }
+}
+
+/// The server sent a ReadyForQuery pgsplit cannot read.
+#[derive(Debug)]
+pub struct BadReply;
