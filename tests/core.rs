@@ -4,6 +4,8 @@ mod support;
 
 #[path = "core/auth.rs"]
 mod auth;
+#[path = "core/chaos.rs"]
+mod chaos;
 #[path = "core/hostile.rs"]
 mod hostile;
 #[path = "core/lifecycle.rs"]

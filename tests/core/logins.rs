@@ -71,7 +71,7 @@ async fn a_flood_of_idle_sockets_neither_locks_clients_out_nor_stops_the_admin_a
         .simple_query("SELECT 1")
         .await
         .expect("a real client logs in past the flood");
-    let health = reqwest_like_get(p.proxy.admin_addr(), "/healthz").await;
+    let health = raw::http_get(p.proxy.admin_addr(), "/healthz").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
 
     // The oldest were told to make room: 53300, then closed.
@@ -82,18 +82,4 @@ async fn a_flood_of_idle_sockets_neither_locks_clients_out_nor_stops_the_admin_a
     drop(idle);
     drop(client);
     p.stop().await;
-}
-
-/// One plain HTTP/1.1 GET, the whole answer as text.
-async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::AsyncWriteExt;
-    let mut stream = TcpStream::connect(addr).await.expect("admin API accepts");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("request sent");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("the admin API answers in time")
-        .expect("readable");
-    String::from_utf8_lossy(&answer).into_owned()
 }

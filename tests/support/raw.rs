@@ -186,3 +186,16 @@ pub async fn exchange(stream: &mut TcpStream, messages: &[Vec<u8>]) -> Vec<(u8, 
     send(stream, &messages.concat()).await;
     read_until(stream, b'Z').await
 }
+
+/// One plain HTTP/1.1 GET (the admin API), the whole answer as text.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("admin API accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request sent");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the admin API answers in time")
+        .expect("readable");
+    String::from_utf8_lossy(&answer).into_owned()
+}
