@@ -7,7 +7,8 @@
 #
 # For each build and workload: pgsplit runs under callgrind in front of the leader (8 server connections), a
 # warm-up opens the pool, the counters are zeroed, pgbench runs a fixed number of transactions, and the dump's
-# total divided by that number is printed. Needs PostgreSQL's server binaries, pgbench and valgrind. Starts only
+# total divided by that number is printed. CALLGRIND_WORKLOAD="-S -M simple -c 1 -t 5000" runs one workload only;
+# CALLGRIND_KEEP=DIR keeps each dump there (named after the build's checkout and the workload) for callgrind_annotate. Needs PostgreSQL's server binaries, pgbench and valgrind. Starts only
 # processes it stops again, by PID; everything lives under a temporary directory removed at the end.
 set -euo pipefail
 
@@ -52,9 +53,11 @@ EOF
 bench() { PGPASSWORD=app pgbench -n -h 127.0.0.1 -p "$proxy_port" -U app "$@" app >/dev/null 2>&1; }
 
 printf '%-40s %-28s %12s\n' build workload instructions/txn
+workloads=("-S -M simple -c 16 -j 2 -t 1000" "-S -M simple -c 1 -t 5000" "-S -M extended -c 1 -t 5000"
+    "-b tpcb-like -M simple -c 16 -j 2 -t 200")
+if [ -n "${CALLGRIND_WORKLOAD:-}" ]; then workloads=("$CALLGRIND_WORKLOAD"); fi
 for binary in "$@"; do
-    for workload in "-S -M simple -c 16 -j 2 -t 1000" "-S -M simple -c 1 -t 5000" "-S -M extended -c 1 -t 5000" \
-        "-b tpcb-like -M simple -c 16 -j 2 -t 200"; do
+    for workload in "${workloads[@]}"; do
         read -r -a args <<<"$workload"
         clients=$(sed -n 's/.*-c \([0-9]*\).*/\1/p' <<<"$workload")
         per_client=$(sed -n 's/.*-t \([0-9]*\).*/\1/p' <<<"$workload")
@@ -77,6 +80,10 @@ for binary in "$@"; do
         dump=$(ls "$out".* 2>/dev/null | sort -t. -k3 -n | tail -n 1)
         total=$(sed -n 's/^totals: \([0-9]*\).*/\1/p' "$dump" | head -n 1)
         printf '%-40s %-28s %12d\n' "$binary" "$workload" $((total / (clients * per_client)))
+        if [ -n "${CALLGRIND_KEEP:-}" ]; then
+            mkdir -p "$CALLGRIND_KEEP"
+            cp "$dump" "$CALLGRIND_KEEP/$(basename "$(dirname "$(dirname "$(dirname "$binary")")")")-$(tr -c 'a-z0-9' '_' <<<"$workload").out"
+        fi
         rm -f "$out" "$out".*
     done
 done

@@ -30,8 +30,9 @@ use crate::pool::prepared::StatementTable;
 use crate::protocol::auth::Credentials;
 use crate::router::KnownWrites;
 use crate::runtime::SessionRuntime;
+use crate::session;
 use crate::session::admission::PendingLogins;
-use crate::session::{self, cancel::CancelRegistry};
+use crate::session::cancel::{CancelRegistry, SessionTask};
 use crate::topology::catalog::{FunctionCatalog, FunctionSets};
 use crate::topology::control::Control;
 use crate::topology::monitor::{Monitor, MonitorHandle};
@@ -351,10 +352,13 @@ async fn accept_loop(
                 let ctx = ctx.clone();
                 let token = session_token.clone();
                 let endpoint = endpoint.clone();
-                tokio::spawn(async move {
-                    session::serve(stream, ctx, endpoint, ticket).await;
+                let task = SessionTask::default();
+                let handle = task.clone();
+                let spawned = tokio::spawn(async move {
+                    session::serve(stream, ctx, endpoint, ticket, handle).await;
                     drop(token);
                 });
+                let _ = task.set(spawned.abort_handle());
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off briefly instead of spinning.

@@ -3,14 +3,14 @@
 //! pid also names the session to end when someone terminates it (as `pg_terminate_backend` ends a backend).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use rand::RngExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 
 use crate::pool::CancelTarget;
 
@@ -26,9 +26,14 @@ pub struct CancelSlot {
     pub pid: u32,
     pub secret: u32,
     target: Mutex<Option<CancelTarget>>,
-    /// Told when the session is to end at once, wherever it is.
-    terminate: Notify,
+    /// Ends the session's task: set by whoever spawned it, once it has.
+    task: SessionTask,
 }
+
+/// The handle that ends a session's task, set just after the task is spawned (the task may run before that, so
+/// it is read only when someone terminates the session). Aborting drops the task's future wherever it waits —
+/// no check on the session's path — and everything it held goes back by ownership.
+pub type SessionTask = Arc<OnceLock<AbortHandle>>;
 
 impl CancelSlot {
     pub fn set(&self, target: Option<CancelTarget>) {
@@ -37,11 +42,6 @@ impl CancelSlot {
 
     fn target(&self) -> Option<CancelTarget> {
         self.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Completes once the session is to be terminated.
-    pub async fn terminated(&self) {
-        self.terminate.notified().await;
     }
 }
 
@@ -58,8 +58,8 @@ impl Drop for Registration<'_> {
 }
 
 impl CancelRegistry {
-    /// Issues a fresh, unused key for a new client.
-    pub fn register(&self) -> Registration<'_> {
+    /// Issues a fresh, unused key for a new client whose session runs as `task`.
+    pub fn register(&self, task: SessionTask) -> Registration<'_> {
         let mut rng = rand::rng();
         let mut clients = self.lock();
         let pid = loop {
@@ -73,7 +73,7 @@ impl CancelRegistry {
             pid,
             secret: rng.random(),
             target: Mutex::new(None),
-            terminate: Notify::new(),
+            task,
         });
         clients.insert(pid, slot.clone());
         Registration { registry: self, slot }
@@ -99,12 +99,11 @@ impl CancelRegistry {
     }
 
     /// Ends the session of the client that holds `pid`, wherever it is: whatever it holds is given back as it
-    /// drops. Returns whether such a session exists.
+    /// drops, and the client's connection closes. Returns whether such a session exists.
     pub fn terminate(&self, pid: u32) -> bool {
-        match self.lock().get(&pid) {
-            Some(slot) => {
-                // Kept as a permit if the session is not waiting on it this instant.
-                slot.terminate.notify_one();
+        match self.lock().get(&pid).and_then(|slot| slot.task.get()) {
+            Some(task) => {
+                task.abort();
                 true
             }
             None => false,

@@ -35,13 +35,19 @@ use crate::protocol::messages::{self, TxStatus};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
 use admission::LoginTicket;
 use analyses::TextRules;
-use cancel::Registration;
+use cancel::{Registration, SessionTask};
 use relay::{Arrival, Relay, SessionEnd};
 
 /// Serves one accepted client connection to the end. The login — startup, authentication, the greeting — must
 /// finish within `proxy.login_timeout` and before `ticket` is evicted; only then does the client count against
 /// `max_client_connections`.
-pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: Endpoint, ticket: LoginTicket) {
+pub async fn serve(
+    mut stream: TcpStream,
+    ctx: Arc<SessionContext>,
+    endpoint: Endpoint,
+    ticket: LoginTicket,
+    task: SessionTask,
+) {
     let config = ctx.config();
     if let Err(error) = crate::tcp::configure(&stream, &config.tcp) {
         tracing::debug!(%error, "client socket options not set");
@@ -50,7 +56,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: En
     drop(config);
     let outcome = {
         // Boxed: a login's state is large, and the session's task keeps its size for the client's whole life.
-        let login = Box::pin(crate::runtime::timeout(login_timeout, log_in(&mut stream, &ctx)));
+        let login = Box::pin(crate::runtime::timeout(login_timeout, log_in(&mut stream, &ctx, task)));
         tokio::select! {
             biased;
             () = ticket.evicted() => Err(LoginEnd::Refused(SqlError::new(
@@ -96,14 +102,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<SessionContext>, endpoint: En
     };
     let mut relay = Relay::new(ctx.clone(), endpoint, arrival, cancel.slot.clone(), stream);
     relay.floor.set_min(min_lsn.as_deref());
-    let end = tokio::select! {
-        biased;
-        // Ends the relay wherever it is waiting: what it holds (a server connection, a pool place, a pin) is
-        // given back as it drops, never returned half-used.
-        () = cancel.slot.terminated() => SessionEnd::Terminated,
-        end = relay.run() => end,
-    };
-    match end {
+    match relay.run().await {
         SessionEnd::ClientGone => tracing::debug!(%user, "client left"),
         end => tracing::info!(%user, reason = %end, "client session ended"),
     }
@@ -140,7 +139,11 @@ struct LoggedIn<'a> {
 }
 
 /// Startup, authentication, the client slot, and the greeting (the server's parameters, a cancel key, ready).
-async fn log_in<'a>(stream: &mut TcpStream, ctx: &'a SessionContext) -> Result<LoggedIn<'a>, LoginEnd> {
+async fn log_in<'a>(
+    stream: &mut TcpStream,
+    ctx: &'a SessionContext,
+    task: SessionTask,
+) -> Result<LoggedIn<'a>, LoginEnd> {
     let params = negotiate(stream, ctx).await?;
     let user = params.get("user").unwrap_or_default().to_owned();
     let mut buf = BytesMut::new();
@@ -200,7 +203,7 @@ async fn log_in<'a>(stream: &mut TcpStream, ctx: &'a SessionContext) -> Result<L
             .get(name)
             .or_else(|| server_params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()))
     });
-    let cancel = ctx.cancels.register();
+    let cancel = ctx.cancels.register(task);
     let mut greeting = BytesMut::new();
     for (name, value) in server_params.iter() {
         let value = wanted.get(name).unwrap_or(value);
@@ -277,7 +280,15 @@ mod tests {
     #[test]
     #[allow(unreachable_code)]
     fn a_session_task_stays_small() {
-        let size = future_size(|| super::serve(unimplemented!(), unimplemented!(), unimplemented!(), unimplemented!()));
+        let size = future_size(|| {
+            super::serve(
+                unimplemented!(),
+                unimplemented!(),
+                unimplemented!(),
+                unimplemented!(),
+                unimplemented!(),
+            )
+        });
         // 2,752 bytes when this bound was set.
         assert!(size <= 3072, "the session future is {size} bytes");
     }

@@ -65,8 +65,6 @@ pub enum SessionEnd {
     Fatal(SqlError),
     #[error("client connection: {0}")]
     ClientIo(std::io::Error),
-    #[error("terminated")]
-    Terminated,
 }
 
 impl From<FrameError> for SessionEnd {
