@@ -94,7 +94,7 @@ impl Relay {
                         // session, to be carried to the next server connection it borrows.
                         self.wanted.set(name, value);
                         server.settings.set(name, value);
-                        self.text_rules.follow(name, value);
+                        self.planner.follow(name, value);
                     }
                 }
                 _ => {}

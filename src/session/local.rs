@@ -95,7 +95,7 @@ impl Relay {
                 messages::ready_for_query(&mut batch.out, self.status_here());
                 break;
             }
-            if !batch.answer(header.tag, body, &self.functions) {
+            if !batch.answer(header.tag, body, self.planner.functions()) {
                 return Ok(false);
             }
         }

@@ -17,18 +17,17 @@
 use std::io::ErrorKind;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::analyses::{Analyses, TextRules};
+use super::analyses::TextRules;
 use super::cancel::CancelSlot;
 use super::exchange::{Exchange, Outbound};
 use super::floor::ReadFloor;
-use super::intent::Intent;
+use super::intent::{Intent, Planner, SessionView};
 use super::local::LocalStatements;
 use super::outflow::Outflow;
 use super::plan::StreamState;
@@ -52,9 +51,6 @@ const BACKPRESSURE: usize = 256 * 1024;
 
 /// Requests whose answers may be owed at once; past it, the client's next messages wait for answers to come.
 const MAX_OWED: usize = 2048;
-
-/// How often a session looks for new writing functions in its database's catalog.
-const FUNCTIONS_RECHECK: Duration = Duration::from_secs(1);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -91,15 +87,8 @@ pub struct Relay {
     pub(super) login: LoginInfo,
     /// The settings this client's session has, applied to each server connection it borrows.
     pub(super) wanted: Settings,
-    /// Which functions write, for this client's database; re-checked against the catalog now and then.
-    pub(super) functions: Arc<FunctionSet>,
-    /// When to look again: a deadline rather than the time of the last look, so the per-query check is a comparison,
-    /// not a subtraction.
-    pub(super) functions_recheck_at: Instant,
-    /// Analyses of the texts this client repeats.
-    pub(super) analyses: Analyses,
-    /// How the client's text is read: its encoding and `standard_conforming_strings`, as the server reports them.
-    pub(super) text_rules: TextRules,
+    /// Works out what each client message asks for.
+    pub(super) planner: Planner,
     pub(super) cancel: Arc<CancelSlot>,
     pub(super) stop: StopSignal,
 
@@ -189,10 +178,7 @@ impl Relay {
         Relay {
             pool_mode: config.proxy.pool_mode,
             max_message_size: config.proxy.max_message_size,
-            functions,
-            functions_recheck_at: Instant::now() + FUNCTIONS_RECHECK,
-            analyses: Analyses::default(),
-            text_rules,
+            planner: Planner::new(functions, text_rules),
             stop: StopSignal::new(ctx.shutdown.clone()),
             ctx,
             endpoint,
@@ -394,10 +380,10 @@ impl Relay {
                 ))));
             }
         }
-        if matches!(header.tag, b'Q' | b'P') && Instant::now() >= self.functions_recheck_at {
-            // Boxed: a catalog load's state is large, and this runs once a second at most.
-            self.functions = Box::pin(self.ctx.functions.for_database(&self.login.key.database)).await;
-            self.functions_recheck_at = Instant::now() + FUNCTIONS_RECHECK;
+        if matches!(header.tag, b'Q' | b'P') {
+            self.planner
+                .refresh_functions(&self.ctx.functions, &self.login.key.database)
+                .await;
         }
         let mut intent = self.intent(header);
         if self.server.is_none() && self.retry.take_rerun() {
@@ -473,6 +459,19 @@ impl Relay {
             cache: &mut server.conn.prepared,
         };
         self.exchange.forward(header, intent, to, &self.ctx.statements);
+    }
+
+    /// What the message at the scan position asks for.
+    fn intent(&self, header: Header) -> Intent {
+        let session = SessionView {
+            statements: self.exchange.statements(),
+            wanted: &self.wanted,
+            stream: self.stream,
+            known_writes: &self.ctx.known_writes,
+            starts_unit: self.server.is_none() || self.at_unit_boundary(),
+        };
+        let buf = &self.client_buf[self.to_server.scanned()..];
+        self.planner.intent(header, buf, &session)
     }
 
     /// The stream moves past a statement; a client that becomes pinned, or stops being pinned, is counted.
