@@ -1,6 +1,7 @@
-//! The clients: one task per client on the multi-threaded runtime, each with its own connection (or a new one per
-//! transaction), running the workload's scripts in the chosen protocol until the run's deadline, its transaction
-//! count or a stop. Closed loop by default; with a rate, each client starts transactions on a Poisson schedule and
+//! The clients: one task per client, each with its own connection (or a new one per transaction), running the
+//! workload's scripts in the chosen protocol until the run's deadline, its transaction count or a stop. They run on
+//! `-j` threads with a single-threaded runtime each, clients dealt out in turn, as pgbench gives each thread its
+//! clients: a client and its connection's I/O task share a thread, so a query never wakes another one. Closed loop by default; with a rate, each client starts transactions on a Poisson schedule and
 //! latency counts from the scheduled start, so a stall shows as latency (no coordinated omission).
 //!
 //! Owns talking to the endpoint under test; counts through `stats`, never prints.
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rand::RngExt;
 use rand::rngs::SmallRng;
-use tokio::sync::watch;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, watch};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Statement};
 
@@ -25,6 +27,47 @@ use super::workload::Workload;
 /// First pause before reconnecting after a lost connection; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The client threads.
+pub struct Workers {
+    handles: Vec<Handle>,
+    /// Each thread runs its runtime until told to stop.
+    threads: Vec<(oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl Workers {
+    pub fn start(count: usize) -> std::io::Result<Workers> {
+        let mut workers = Workers {
+            handles: Vec::with_capacity(count),
+            threads: Vec::with_capacity(count),
+        };
+        for i in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            workers.handles.push(runtime.handle().clone());
+            let thread = std::thread::Builder::new().name(format!("bench-{i}")).spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })?;
+            workers.threads.push((stop, thread));
+        }
+        Ok(workers)
+    }
+
+    /// The runtime client `id` runs on.
+    pub fn handle(&self, id: usize) -> &Handle {
+        &self.handles[id % self.handles.len()]
+    }
+}
+
+impl Drop for Workers {
+    /// Stops every thread; their runtimes drop what is left on them (connections close).
+    fn drop(&mut self) {
+        for (stop, thread) in self.threads.drain(..) {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
+}
 
 /// What every client runs, shared.
 pub struct Plan {

@@ -32,7 +32,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_postgres::SimpleQueryMessage;
 
 use admin::AdminWatch;
-use driver::{Connection, LoadClient, Plan};
+use driver::{Connection, LoadClient, Plan, Workers};
 use live::Live;
 use options::{Options, Request, StopAfter};
 use stats::{Collector, Stats};
@@ -78,12 +78,12 @@ impl BenchError {
 /// `pgsplit bench`.
 pub fn main(args: BenchArgs) -> ExitCode {
     let outcome = args.validate().and_then(|request| match request {
-        Request::Init { target, scale } => runtime(1)?
+        Request::Init { target, scale } => runtime()?
             .block_on(init::run(&target, scale))
             .map(|()| ExitCode::SUCCESS),
         Request::Run(options) => {
             raise_open_files(options.clients)?;
-            runtime(options.threads)?.block_on(run(*options))
+            runtime()?.block_on(run(*options))
         }
     });
     outcome.unwrap_or_else(|error| {
@@ -92,10 +92,10 @@ pub fn main(args: BenchArgs) -> ExitCode {
     })
 }
 
-fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, BenchError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("bench")
+/// The main thread's runtime: the checks before the run, the clock, the live view, the admin API, events. The
+/// clients have threads of their own (`driver::Workers`).
+fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| BenchError::Runtime(format!("cannot start the runtime: {error}")))
@@ -165,16 +165,25 @@ async fn preflight(options: &Options) -> Result<i64, BenchError> {
     }
 }
 
-/// Every client's connection, opened before the clock starts; any failure ends the run before it begins.
-async fn connect_all(plan: &Arc<Plan>, stats: &Arc<Stats>, clients: u32) -> Result<Vec<Connection>, BenchError> {
+/// Every client's connection, opened on its client's thread before the clock starts; any failure ends the run
+/// before it begins.
+async fn connect_all(
+    plan: &Arc<Plan>,
+    stats: &Arc<Stats>,
+    workers: &Workers,
+    clients: u32,
+) -> Result<Vec<Connection>, BenchError> {
     let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = JoinSet::new();
     for id in 0..clients as usize {
         let (plan, stats, limit) = (plan.clone(), stats.clone(), limit.clone());
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            (id, driver::connect(&plan, &stats, 0).await.map_err(|e| describe(&e)))
-        });
+        tasks.spawn_on(
+            async move {
+                let _permit = limit.acquire_owned().await;
+                (id, driver::connect(&plan, &stats, 0).await.map_err(|e| describe(&e)))
+            },
+            workers.handle(id),
+        );
     }
     let mut connections: Vec<Option<Connection>> = (0..clients).map(|_| None).collect();
     let (mut failed, mut first) = (0, None);
@@ -216,11 +225,13 @@ async fn run(mut options: Options) -> Result<ExitCode, BenchError> {
         scale,
     });
     let mut live = Live::new(options.stop, options.clients, options.progress);
+    let workers = Workers::start(options.threads)
+        .map_err(|error| BenchError::Runtime(format!("cannot start the client threads: {error}")))?;
     let setup = Arc::new(Stats::new(Instant::now(), 1, scripts));
     let connections: Vec<Option<Connection>> = if options.connect_per_txn {
         (0..options.clients).map(|_| None).collect()
     } else {
-        connect_all(&plan, &setup, options.clients)
+        connect_all(&plan, &setup, &workers, options.clients)
             .await?
             .into_iter()
             .map(Some)
@@ -259,7 +270,7 @@ async fn run(mut options: Options) -> Result<ExitCode, BenchError> {
             connection,
             rng: rand::make_rng::<SmallRng>(),
         };
-        clients.spawn(client.run(u32::try_from(id).unwrap_or(u32::MAX)));
+        clients.spawn_on(client.run(u32::try_from(id).unwrap_or(u32::MAX)), workers.handle(id));
     }
     let poller = admin.clone().map(|watch| {
         let mut stop = stop_rx.clone();
@@ -311,6 +322,7 @@ async fn run(mut options: Options) -> Result<ExitCode, BenchError> {
     let _ = stop_tx.send(true);
     clients.abort_all();
     while clients.join_next().await.is_some() {}
+    drop(workers);
     let ended = Instant::now();
     let elapsed = ended.duration_since(started);
     collector.tick(&stats, elapsed);

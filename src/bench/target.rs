@@ -376,12 +376,22 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// A client error on one line: the server's severity, SQLSTATE and message, or the driver's own words.
+/// A client error on one line: the server's severity, SQLSTATE and message, or the driver's own words with their
+/// causes (a TLS handshake's failure says why only in its source).
 pub fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), one_line(db.message())),
-        None => one_line(&error.to_string()),
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), one_line(db.message()));
     }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    one_line(&text)
 }
 
 fn one_line(text: &str) -> String {
