@@ -92,6 +92,7 @@ pub fn html(summary: &Summary) -> String {
             ],
             markers: &markers,
             x_max,
+            log_y: false,
         })
     });
     let latency = |name: &str, pick: fn(&Percentiles) -> f64| Series {
@@ -103,7 +104,7 @@ pub fn html(summary: &Summary) -> String {
     };
     let _ = write!(out, "<h2>Latency</h2>\n{}\n", {
         line_chart(&LineChart {
-            title: "latency per interval (ms)",
+            title: "latency per interval (ms, log scale)",
             unit: "ms",
             series: vec![
                 latency("p50", |p| p.p50),
@@ -113,6 +114,7 @@ pub fn html(summary: &Summary) -> String {
             ],
             markers: &markers,
             x_max,
+            log_y: true,
         })
     });
     if let Some(admin) = &summary.admin {
@@ -124,18 +126,19 @@ pub fn html(summary: &Summary) -> String {
                 (format!("{} ({})", i.name, i.role), i.share, text)
             })
             .collect();
+        // Looks come every 250 ms: summed per whole second of the run, as tps is.
         let per_second = |name: &str| -> Vec<(f64, f64)> {
-            let mut previous = 0.0;
-            admin
-                .samples
-                .iter()
-                .filter_map(|sample| {
-                    let span = sample.at_s - previous;
-                    previous = sample.at_s;
-                    let units = sample.instances.iter().find(|i| i.name == name)?.units;
-                    (span > 0.0).then(|| (sample.at_s, units as f64 / span))
-                })
-                .collect()
+            let mut seconds: Vec<(f64, f64)> = Vec::new();
+            for sample in &admin.samples {
+                let units = sample.instances.iter().find(|i| i.name == name).map_or(0, |i| i.units);
+                let second = sample.at_s.ceil().max(1.0);
+                match seconds.last_mut() {
+                    Some((at, sum)) if *at == second => *sum += units as f64,
+                    _ => seconds.push((second, units as f64)),
+                }
+            }
+            seconds.retain(|(at, _)| *at <= x_max.floor());
+            seconds
         };
         let _ = write!(
             out,
@@ -156,6 +159,7 @@ pub fn html(summary: &Summary) -> String {
                     .collect(),
                 markers: &markers,
                 x_max,
+                log_y: false,
             })
         );
         let lag_series: Vec<Series> = admin
@@ -181,6 +185,7 @@ pub fn html(summary: &Summary) -> String {
                 series: lag_series,
                 markers: &markers,
                 x_max,
+                log_y: false,
             })
         });
     }
@@ -232,14 +237,12 @@ fn figures(out: &mut String, summary: &Summary) {
             ),
         );
     }
-    row(
-        out,
-        "longest gap",
-        format!(
-            "{:.1} ms without a completed transaction, {:.1} ms without a completed write",
-            summary.longest_gap.all_ms, summary.longest_gap.writes_ms
-        ),
-    );
+    let gap = &summary.longest_gap;
+    let mut gaps = format!("{:.1} ms without a completed transaction", gap.all_ms);
+    if summary.scripts.iter().any(|s| s.writes) {
+        let _ = write!(gaps, ", {:.1} ms without a completed write", gap.writes_ms);
+    }
+    row(out, "longest gap", gaps);
     out.push_str("</table>\n");
     if !summary.errors.is_empty() {
         out.push_str("<h2>Errors</h2>\n<table><tr><th>code</th><th>count</th><th>example</th></tr>\n");

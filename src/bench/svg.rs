@@ -29,6 +29,55 @@ pub struct LineChart<'a> {
     pub markers: &'a [(f64, String)],
     /// The x axis runs from 0 to this many seconds.
     pub x_max: f64,
+    /// A logarithmic y axis, for values spread over orders of magnitude (latency percentiles up to the max).
+    pub log_y: bool,
+}
+
+/// The y axis: linear from 0, or logarithmic over whole powers of ten.
+enum Scale {
+    Linear { max: f64, step: f64 },
+    Log { low: i32, high: i32 },
+}
+
+impl Scale {
+    fn fit(values: impl Iterator<Item = f64>, log: bool) -> Scale {
+        let (mut low, mut high) = (f64::INFINITY, 0.0f64);
+        for value in values.filter(|v| v.is_finite() && *v > 0.0) {
+            low = low.min(value);
+            high = high.max(value);
+        }
+        if log && high > 0.0 {
+            let low = low.log10().floor() as i32;
+            return Scale::Log {
+                low,
+                high: (high.log10().ceil() as i32).max(low + 1),
+            };
+        }
+        let step = nice_step(if high > 0.0 { high } else { 1.0 }, 4.0);
+        Scale::Linear {
+            max: (high / step).ceil().max(1.0) * step,
+            step,
+        }
+    }
+
+    /// Where `value` falls, from 0 (bottom) to 1 (top).
+    fn fraction(&self, value: f64) -> f64 {
+        let fraction = match *self {
+            Scale::Linear { max, .. } => value / max,
+            Scale::Log { low, high } => (value.max(f64::MIN_POSITIVE).log10() - f64::from(low)) / f64::from(high - low),
+        };
+        fraction.clamp(0.0, 1.0)
+    }
+
+    fn ticks(&self) -> Vec<f64> {
+        match *self {
+            Scale::Linear { max, step } => (0..)
+                .map(|i| f64::from(i) * step)
+                .take_while(|tick| *tick <= max + step / 2.0)
+                .collect(),
+            Scale::Log { low, high } => (low..=high).map(|e| 10f64.powi(e)).collect(),
+        }
+    }
 }
 
 /// `&`, `<`, `>`, `"` and `'` escaped for XML text and attributes.
@@ -92,19 +141,14 @@ pub fn line_chart(chart: &LineChart) -> String {
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let x_max = chart.x_max.max(1e-3);
-    let y_top = chart
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .filter(|y| y.is_finite())
-        .fold(0.0f64, f64::max);
-    let y_step = nice_step(if y_top > 0.0 { y_top } else { 1.0 }, 4.0);
-    let y_max = (y_top / y_step).ceil().max(1.0) * y_step;
+    let scale = Scale::fit(
+        chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)),
+        chart.log_y,
+    );
     let x = |t: f64| LEFT + (t / x_max).clamp(0.0, 1.0) * plot_w;
-    let y = |v: f64| TOP + plot_h - (v / y_max).clamp(0.0, 1.0) * plot_h;
+    let y = |v: f64| TOP + plot_h - scale.fraction(v) * plot_h;
     // Grid and y labels.
-    let mut tick = 0.0;
-    while tick <= y_max + y_step / 2.0 {
+    for tick in scale.ticks() {
         let _ = write!(
             out,
             r##"<line x1="{LEFT}" y1="{py:.1}" x2="{x2:.1}" y2="{py:.1}" stroke="#e4e4e4"/><text x="{lx:.1}" y="{ty:.1}" font-size="11" text-anchor="end" fill="#444">{label}</text>"##,
@@ -114,7 +158,6 @@ pub fn line_chart(chart: &LineChart) -> String {
             ty = y(tick) + 4.0,
             label = tick_label(tick)
         );
-        tick += y_step;
     }
     let x_step = nice_step(x_max, 8.0);
     let mut tick = 0.0;
@@ -238,6 +281,15 @@ mod tests {
     }
 
     #[test]
+    fn log_scales_span_whole_powers_of_ten() {
+        let scale = Scale::fit([0.35, 12.0, 240.0].into_iter(), true);
+        assert_eq!(scale.ticks(), [0.1, 1.0, 10.0, 100.0, 1000.0]);
+        assert_eq!(scale.fraction(1.0), 0.25);
+        let linear = Scale::fit([0.0, 17_000.0].into_iter(), false);
+        assert_eq!(linear.ticks(), [0.0, 5_000.0, 10_000.0, 15_000.0, 20_000.0]);
+    }
+
+    #[test]
     fn charts_are_escaped_svg_with_their_series_and_markers() {
         let chart = LineChart {
             title: "tps <all>",
@@ -254,6 +306,7 @@ mod tests {
             ],
             markers: &[(1.5, "promote f1".into())],
             x_max: 2.0,
+            log_y: false,
         };
         let svg = line_chart(&chart);
         assert!(svg.starts_with("<svg ") && svg.ends_with("</svg>"));
