@@ -342,13 +342,15 @@ async fn execute(
     values: &[i64],
     text: &mut String,
 ) -> Result<(), tokio_postgres::Error> {
-    let params: Vec<TextInt> = sql.params.iter().map(|slot| TextInt(values[*slot])).collect();
+    // Parameters only for the protocols that send them.
+    let params = || -> Vec<TextInt> { sql.params.iter().map(|slot| TextInt(values[*slot])).collect() };
     match protocol {
         Protocol::Simple => {
             sql.render(values, text);
             connection.client.batch_execute(text).await
         }
         Protocol::Extended => {
+            let params = params();
             let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
                 .iter()
                 .map(|p| (p as &(dyn ToSql + Sync), Type::UNKNOWN))
@@ -360,6 +362,7 @@ async fn execute(
                 .map(drop)
         }
         Protocol::Prepared => {
+            let params = params();
             let statement = match &connection.prepared[script][index] {
                 Some(statement) => statement.clone(),
                 None => {

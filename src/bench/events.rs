@@ -159,22 +159,18 @@ async fn perform(action: &Action, admin: &AdminClient, stop: &mut watch::Receive
             let mut progress: Option<Progress> = admin.post("/promote", Some(&body)).await?;
             let deadline = Instant::now() + CHANGEOVER_LIMIT;
             loop {
-                if let Some(current) = &progress
-                    && (!current.is_running() || Instant::now() >= deadline)
-                {
-                    return Ok(changeover_done(current));
+                // Once the run has ended (or the limit passed), the last look tells how far it got.
+                let over = *stop.borrow() || Instant::now() >= deadline;
+                match &progress {
+                    Some(current) if over || !current.is_running() => return Ok(changeover_done(current)),
+                    None if over => return Ok(("error".into(), Some("pgsplit reported no changeover".into()), None)),
+                    _ => {}
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(CHANGEOVER_POLL) => {}
-                    // The run ended first: one more look tells how far it got.
                     _ = stopped(stop) => {}
                 }
                 progress = admin.get::<Status>("/status").await?.changeover;
-                if *stop.borrow()
-                    && let Some(current) = &progress
-                {
-                    return Ok(changeover_done(current));
-                }
             }
         }
         Action::Pause(direction) => {

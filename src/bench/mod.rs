@@ -224,6 +224,18 @@ async fn run(mut options: Options) -> Result<ExitCode, BenchError> {
         },
         scale,
     });
+    // The first look at pgsplit is the baseline of its figures (connecting the clients routes no work), and a
+    // wrong --admin is found before thousands of connections are opened.
+    let admin = match options.admin.take() {
+        Some(client) => {
+            let addr = client.addr().to_owned();
+            let watch = AdminWatch::start(client).await.map_err(|error| {
+                BenchError::Usage(format!("--admin {addr}: {}", error.to_string().replace('\n', " ")))
+            })?;
+            Some(Arc::new(watch))
+        }
+        None => None,
+    };
     let mut live = Live::new(options.stop, options.clients, options.progress);
     let workers = Workers::start(options.threads)
         .map_err(|error| BenchError::Runtime(format!("cannot start the client threads: {error}")))?;
@@ -236,16 +248,6 @@ async fn run(mut options: Options) -> Result<ExitCode, BenchError> {
             .into_iter()
             .map(Some)
             .collect()
-    };
-    let admin = match options.admin.take() {
-        Some(client) => {
-            let addr = client.addr().to_owned();
-            let watch = AdminWatch::start(client).await.map_err(|error| {
-                BenchError::Usage(format!("--admin {addr}: {}", error.to_string().replace('\n', " ")))
-            })?;
-            Some(Arc::new(watch))
-        }
-        None => None,
     };
 
     let started = Instant::now();

@@ -86,8 +86,9 @@ pub struct BenchArgs {
     /// Print a progress line this often (stderr); without it the live line shows only on a terminal
     #[arg(short = 'P', long, value_parser = parse_run_duration, value_name = "DURATION")]
     pub progress: Option<Duration>,
-    /// Not for bench: stands in for the global `-c/--config`, so that bench's `-c` can be the client count as in
-    /// pgbench (clap leaves a global argument out of a subcommand that has one of the same name).
+    /// Not for bench, which reads no config file: stands in for the global `-c/--config`, so that bench's `-c` can
+    /// be the client count as in pgbench (clap leaves a global argument out of a subcommand that has one of the same
+    /// name). It also receives the global's default, so it cannot tell a given value from none: it is ignored.
     #[arg(id = "config", long = "config", hide = true)]
     pub _config: Option<PathBuf>,
 }
