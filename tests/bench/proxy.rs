@@ -1,6 +1,7 @@
 //! Against pgsplit in front of a cluster, with its admin API: which instance served what, the replication lag
 //! seen, read-your-writes reads.
 
+use pgsplit::config::AuthMethod;
 use serde_json::Value;
 
 use crate::support::proxy::{TestProxy, routed};
@@ -95,5 +96,52 @@ async fn a_follower_that_stops_replaying_shows_its_lag_and_sends_fresh_reads_els
     let ryw = &run["admin"]["read_your_writes"];
     assert!(number(ryw, "/on_leader") > 0.0, "{ryw:#}");
     assert_eq!(number(&run, "/failed"), 0.0, "{:#}", run["errors"]);
+    p.stop().await;
+}
+
+/// Raises this process's soft limit on open files to `needed` (the proxy under test holds a socket per client).
+fn open_files(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        assert!(
+            limit.rlim_max >= needed,
+            "the hard limit on open files is {}: raise it",
+            limit.rlim_max
+        );
+        if limit.rlim_cur < needed {
+            limit.rlim_cur = needed;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_clients_run_through_pgsplit() {
+    pgbench_init();
+    open_files(12_000);
+    // Logins without a password exchange: this is about holding 10,000 clients, not 10,000 SCRAM proofs.
+    let p = routed(cluster(), |config| {
+        config.proxy.max_client_connections = 10_000;
+        config.users[0].auth = AuthMethod::Trust;
+    })
+    .await;
+    let files = Scratch::new("10k");
+    let (url, out) = (proxy_url(&p), files.arg("run.json"));
+    bench(&["--url", &url, "-c", "10000", "-j", "2", "-t", "1", "--json", &out])
+        .await
+        .ok();
+    let run = json(&files.path("run.json"));
+    assert_eq!(
+        (number(&run, "/committed"), number(&run, "/failed")),
+        (10_000.0, 0.0),
+        "{:#}",
+        run["errors"]
+    );
+    assert_eq!(number(&run, "/connections/opened"), 10_000.0);
     p.stop().await;
 }
