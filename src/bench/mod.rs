@@ -10,6 +10,7 @@
 mod admin;
 mod driver;
 mod events;
+mod expr;
 mod init;
 mod live;
 mod options;
