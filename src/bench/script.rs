@@ -51,6 +51,8 @@ pub struct Sql {
     pub parameterised: String,
     /// The variable slot behind each `$n`.
     pub params: Vec<usize>,
+    /// `Some(true)` if it opens a transaction block (BEGIN, START), `Some(false)` if it ends one.
+    pub transaction_block: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -286,27 +288,32 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        self.writes |= may_write(&parameterised);
+        let word = first_word(&parameterised);
+        self.writes |= may_write(&word);
         self.commands.push(Command::Sql(Sql {
             pieces,
             parameterised,
             params,
+            transaction_block: transaction_block(&word),
         }));
         Ok(())
     }
 }
 
-/// Whether a statement may write, judged by its first word (a conservative guess for the report's figures, not
-/// routing: `WITH` and anything unknown count as writes).
-fn may_write(sql: &str) -> bool {
-    let word: String = sql
-        .trim_start()
+/// A statement's first word, in capitals.
+fn first_word(sql: &str) -> String {
+    sql.trim_start()
         .chars()
         .take_while(|c| c.is_ascii_alphabetic())
         .collect::<String>()
-        .to_ascii_uppercase();
+        .to_ascii_uppercase()
+}
+
+/// Whether a statement may write, judged by its first word (a conservative guess for the report's figures, not
+/// routing: `WITH` and anything unknown count as writes).
+fn may_write(word: &str) -> bool {
     !matches!(
-        word.as_str(),
+        word,
         "SELECT"
             | "SHOW"
             | "VALUES"
@@ -317,9 +324,19 @@ fn may_write(sql: &str) -> bool {
             | "COMMIT"
             | "END"
             | "ROLLBACK"
+            | "ABORT"
             | "SET"
             | "RESET"
     )
+}
+
+/// `Some(true)` for a statement that opens a transaction block, `Some(false)` for one that ends it.
+fn transaction_block(word: &str) -> Option<bool> {
+    match word {
+        "BEGIN" | "START" => Some(true),
+        "COMMIT" | "END" | "ROLLBACK" | "ABORT" => Some(false),
+        _ => None,
+    }
 }
 
 fn is_identifier(text: &str) -> bool {
@@ -403,6 +420,13 @@ mod tests {
         update.render(&[1, 0, 42, -5], &mut out);
         assert_eq!(out, "UPDATE a SET b = b + -5\n  WHERE aid = 42");
         assert!(script.writes);
+    }
+
+    #[test]
+    fn transaction_blocks_are_known_by_their_first_word() {
+        let script = parse("t.sql", "begin isolation level serializable;\nSELECT 1;\n  END;").unwrap();
+        let blocks: Vec<_> = (0..3).map(|i| sql(&script, i).transaction_block).collect();
+        assert_eq!(blocks, [Some(true), None, Some(false)]);
     }
 
     #[test]
