@@ -224,8 +224,8 @@ impl State {
             instances: Vec::with_capacity(status.instances.len()),
         };
         for instance in &status.instances {
-            let track = match self.tracks.iter().position(|(name, _)| *name == instance.name) {
-                Some(i) => &mut self.tracks[i].1,
+            let index = match self.tracks.iter().position(|(name, _)| *name == instance.name) {
+                Some(index) => index,
                 None => {
                     // New during the run (a reload, an adopted promotion): everything it routed is the run's.
                     self.tracks.push((
@@ -243,9 +243,10 @@ impl State {
                             healthy: instance.healthy,
                         },
                     ));
-                    &mut self.tracks.last_mut().expect("just pushed").1
+                    self.tracks.len() - 1
                 }
             };
+            let track = &mut self.tracks[index].1;
             let routed = routed_total(instance);
             // A counter lower than before started again from zero.
             let served = routed.checked_sub(track.routed).unwrap_or(routed);
