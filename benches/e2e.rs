@@ -1,5 +1,6 @@
 //! End-to-end comparison of pgsplit with PgBouncer and with no proxy at all, measured with pgbench against a real
-//! local cluster (`pgsplit::demo::cluster`). `cargo bench --bench e2e`; docs/benchmarks.md explains the method and
+//! local cluster (`pgsplit::demo::cluster`); the read-splitting section also runs `pgsplit bench` beside pgbench,
+//! for latency percentiles and pgsplit's own per-instance counts. `cargo bench --bench e2e`; docs/benchmarks.md explains the method and
 //! holds the last results.
 //!
 //! Within each workload the targets run back to back (direct, PgBouncer, pgsplit, then a baseline pgsplit build if one
@@ -89,6 +90,12 @@ struct Target {
     pid: Option<u32>,
 }
 
+/// The read-splitting pgsplit, with its admin API.
+struct SplitTarget {
+    target: Target,
+    admin_port: u16,
+}
+
 struct Workload {
     title: &'static str,
     args: &'static [&'static str],
@@ -172,7 +179,7 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
         txn_targets
             .iter()
             .chain(&session_targets)
-            .chain(std::iter::once(&split_target))
+            .chain(std::iter::once(&split_target.target))
             .filter(|t| t.pid.is_some())
     };
     // Warm-up: every pool opens its server connections before anything is measured.
@@ -223,7 +230,7 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
     if proxies.pgsplit_baseline.is_some() {
         report::print_ratios("baseline", &baseline_ratios, settings.rounds);
     }
-    split_reads(cluster, tools, &split_target, settings)?;
+    split_reads(cluster, tools, work, &split_target, settings)?;
     report::print_memory(&memory);
     proxies.stop_all();
     Ok(())
@@ -240,6 +247,8 @@ struct Proxies {
     pgsplit_session: ProxyProcess,
     /// Transaction pooling with the followers as its read pool.
     pgsplit_split: ProxyProcess,
+    /// Its admin API's port (`pgsplit bench --admin`).
+    split_admin: u16,
     /// Another build in transaction pooling (`PGSPLIT_BENCH_BASELINE`).
     pgsplit_baseline: Option<ProxyProcess>,
     pgbouncer: Option<ProxyProcess>,
@@ -307,6 +316,7 @@ impl Proxies {
             pgsplit_txn,
             pgsplit_session,
             pgsplit_split,
+            split_admin: p[6],
             pgsplit_baseline,
             pgbouncer,
         })
@@ -355,13 +365,16 @@ impl Proxies {
     }
 
     /// The read-splitting pgsplit.
-    fn split_target(&self) -> Target {
-        Target {
-            name: "pgsplit (reads split)",
-            kind: Kind::Pgsplit,
-            port: self.ports[3],
-            database: DATABASE,
-            pid: Some(self.pgsplit_split.pid()),
+    fn split_target(&self) -> SplitTarget {
+        SplitTarget {
+            target: Target {
+                name: "pgsplit (reads split)",
+                kind: Kind::Pgsplit,
+                port: self.ports[3],
+                database: DATABASE,
+                pid: Some(self.pgsplit_split.pid()),
+            },
+            admin_port: self.split_admin,
         }
     }
 
@@ -393,16 +406,25 @@ impl Proxies {
     }
 }
 
-/// `pgbench -S` through the read-splitting pgsplit: throughput, CPU per transaction, and which instance ran the
-/// reads (each instance's own count of committed transactions in the database, before and after).
-fn split_reads(cluster: &LocalCluster, tools: &Toolbox, target: &Target, settings: &Settings) -> Result<()> {
+/// `pgbench -S` and `pgsplit bench --workload select` through the read-splitting pgsplit, one after the other:
+/// throughput, latency, CPU per transaction, and which instance ran the reads — for pgbench each instance's own
+/// count of committed transactions in the database (before and after), for bench pgsplit's own count of the units
+/// it routed there (its admin API, `--admin`).
+fn split_reads(
+    cluster: &LocalCluster,
+    tools: &Toolbox,
+    work: &WorkDir,
+    split: &SplitTarget,
+    settings: &Settings,
+) -> Result<()> {
+    let target = &split.target;
     println!("\n### select-only with reads split over the followers (`pgbench -S -M simple`), transaction pooling\n");
     let names: Vec<&str> = cluster.instances().map(|i| i.name.as_str()).collect();
     println!(
-        "| clients | tps | avg latency ms | proxy CPU µs/txn | failed txns | {} |",
+        "| clients | load from | tps | avg latency ms | p50 / p99 ms | proxy CPU µs/txn | failed txns | {} |",
         names.join(" share | ") + " share"
     );
-    println!("|---:|---:|---:|---:|---:|{}", "---:|".repeat(names.len()));
+    println!("|---:|---|---:|---:|---:|---:|---:|{}", "---:|".repeat(names.len()));
     let commits = || -> Result<Vec<u64>> {
         let sql = format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{DATABASE}'");
         cluster
@@ -410,34 +432,108 @@ fn split_reads(cluster: &LocalCluster, tools: &Toolbox, target: &Target, setting
             .map(|i| Ok(cluster.psql(i, &sql)?.trim().parse()?))
             .collect()
     };
+    let percent = |part: f64, total: f64| format!("{:.1}%", part * 100.0 / total.max(1.0));
     for (clients, threads) in CLIENTS {
         eprintln!("e2e: -S split | {} | {clients} clients", target.name);
         let before = commits()?;
         let outcome = measure(tools, target, &pgbench_args(&["-S"], clients, threads, settings.secs));
         let after = commits()?;
         let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
-        let total = deltas.iter().sum::<u64>().max(1);
-        let shares: Vec<String> = deltas
-            .iter()
-            .map(|d| format!("{:.1}%", *d as f64 * 100.0 / total as f64))
-            .collect();
+        let total = deltas.iter().sum::<u64>() as f64;
+        let shares: Vec<String> = deltas.iter().map(|d| percent(*d as f64, total)).collect();
         match outcome {
             Ok(m) => println!(
-                "| {clients} | {:.0} | {:.3} | {} | {} | {} |",
+                "| {clients} | pgbench | {:.0} | {:.3} | – | {} | {} | {} |",
                 m.run.tps,
                 m.run.latency_ms,
                 m.cpu_per_txn.map_or("–".into(), |c| format!("{c:.1}")),
                 m.run.failed,
                 shares.join(" | ")
             ),
-            Err(e) => println!("| {clients} | failed: {e} |"),
+            Err(e) => println!("| {clients} | pgbench | failed: {e} |"),
+        }
+        eprintln!(
+            "e2e: bench --workload select split | {} | {clients} clients",
+            target.name
+        );
+        match bench_split(work, target, split.admin_port, (clients, threads), settings.secs) {
+            Ok((run, cpu_per_txn)) => {
+                let number = |pointer: &str| run.pointer(pointer).and_then(serde_json::Value::as_f64);
+                let units = number("/admin/units").unwrap_or_default();
+                let shares: Vec<String> = names
+                    .iter()
+                    .map(|name| {
+                        let instance = run["admin"]["instances"]
+                            .as_array()
+                            .and_then(|all| all.iter().find(|i| i["name"] == *name));
+                        let served = instance.and_then(|i| i["units"].as_f64()).unwrap_or_default();
+                        percent(served, units)
+                    })
+                    .collect();
+                let ms = |pointer: &str| number(pointer).map_or("–".into(), |v| format!("{v:.3}"));
+                println!(
+                    "| {clients} | pgsplit bench | {:.0} | {} | {} / {} | {cpu_per_txn:.1} | {} | {} |",
+                    number("/tps").unwrap_or_default(),
+                    ms("/latency_ms/mean"),
+                    ms("/latency_ms/p50"),
+                    ms("/latency_ms/p99"),
+                    number("/failed").unwrap_or_default(),
+                    shares.join(" | ")
+                );
+            }
+            Err(e) => println!("| {clients} | pgsplit bench | failed: {e:#} |"),
         }
     }
     println!(
-        "\n(Shares count every committed transaction in the database on each instance, pgsplit's own health checks \
-              included; the leader's share is those and nothing else when every read is split.)"
+        "\n(pgbench rows: shares of every committed transaction in the database on each instance, pgsplit's own \
+         health checks included; the leader's share is those and nothing else when every read is split. pgsplit \
+         bench rows: shares of the units of work pgsplit routed during the run, clients only.)"
     );
     Ok(())
+}
+
+/// `pgsplit bench --workload select` through `target` with pgsplit's admin API: its JSON, and the proxy's CPU per
+/// transaction.
+fn bench_split(
+    work: &WorkDir,
+    target: &Target,
+    admin_port: u16,
+    (clients, threads): (u32, u32),
+    secs: u64,
+) -> Result<(serde_json::Value, f64)> {
+    let json = work.path("bench-split.json");
+    let pid = target.pid.context("the split target is a proxy")?;
+    let cpu_before = procs::cpu_micros(pid)?;
+    let out = Command::new(work.path("pgsplit"))
+        .args(["bench", "--workload", "select", "--url"])
+        .arg(format!(
+            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{}",
+            target.port, target.database
+        ))
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &threads.to_string(),
+            "-T",
+            &format!("{secs}s"),
+        ])
+        .args(["--admin", &format!("127.0.0.1:{admin_port}")])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .context("running pgsplit bench")?;
+    let cpu = procs::cpu_micros(pid)?.saturating_sub(cpu_before) as f64;
+    if !out.status.success() {
+        bail!(
+            "pgsplit bench ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let committed = run["committed"].as_f64().unwrap_or_default().max(1.0);
+    Ok((run, cpu / committed))
 }
 
 /// `pgbench -i -s <scale>` on the leader as the app user, then waits for the followers to replay it.

@@ -5,6 +5,7 @@
 //! through the session untouched. `protocol` knows bytes, not pools.
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod context;

@@ -85,6 +85,9 @@ enum Command {
         #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
         timeout: Duration,
     },
+    /// Load test any PostgreSQL endpoint: live progress, tps, latency percentiles, errors by SQLSTATE; with
+    /// --admin, which pgsplit instance served what and the replication lag seen; JSON and an HTML report
+    Bench(Box<pgsplit::bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -123,5 +126,6 @@ fn main() -> ExitCode {
             pgsplit::cli::promote(&admin(), &instance, repoint, drain_timeout, catchup_timeout)
         }
         Command::Wait { max_lag, timeout } => pgsplit::cli::wait(&admin(), max_lag, timeout),
+        Command::Bench(args) => pgsplit::bench::main(*args),
     }
 }

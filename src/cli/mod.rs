@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::proxy::Proxy;
 
 pub use admin::{abort_promote, pause, promote, reload, resume, status, wait};
-pub use admin_client::AdminClient;
+pub use admin_client::{AdminClient, AdminError};
 
 /// How long a stopping proxy lets clients finish their transactions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
