@@ -269,6 +269,10 @@ impl InstancePool {
             drop(state);
             return drop(conn);
         }
+        if state.waiters.is_empty() {
+            // The usual return, under load and idle alike: nobody waits, the connection goes idle.
+            return state.idle.push(conn);
+        }
         if let Some(unwanted) = state.offer(Grant::Conn(conn)) {
             state.keep(unwanted);
         }

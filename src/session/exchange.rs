@@ -193,7 +193,9 @@ impl Exchange {
 
     /// Accounts for one server message (`body` empty when only its header was seen): whether the client gets it,
     /// and what it changes once its unit ends — the transaction status, the client's settings (`wanted`) and the
-    /// connection's (`conn`), the statements. An unreadable ReadyForQuery is the server's fault.
+    /// connection's (`conn`), the statements. An unreadable ReadyForQuery is the server's fault. Inlined: it runs
+    /// for every server message looked at.
+    #[inline]
     pub fn reply(
         &mut self,
         tag: u8,
@@ -232,8 +234,8 @@ impl Exchange {
     }
 
     /// Puts the answers pgsplit makes up whose turn has come (ParseComplete, CloseComplete) into the client's
-    /// stream. Inlined, like `next_made`: it runs after every reply.
-    #[inline]
+    /// stream. Always inlined, like `next_made`: it runs after every reply.
+    #[inline(always)]
     pub fn write_made(&mut self, to_client: &mut Outflow, server_buf: &mut BytesMut) {
         while let Some(tag) = self.replies.next_made() {
             extended::put_empty(to_client.insert(server_buf), tag);

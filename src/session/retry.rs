@@ -59,11 +59,13 @@ pub struct Refused<'a> {
 
 impl RetryPolicy {
     /// A read is armed: its replies are held back from the client.
+    #[inline]
     pub fn armed(&self) -> bool {
         self.armed.is_some()
     }
 
     /// The armed unit is all forwarded: the client's next messages wait for its outcome.
+    #[inline]
     pub fn holds_scan(&self) -> bool {
         self.armed.as_ref().is_some_and(|a| a.complete)
     }
@@ -76,6 +78,7 @@ impl RetryPolicy {
     }
 
     /// The refused unit's ReadyForQuery has arrived: it is to run again now.
+    #[inline]
     pub fn due(&self) -> bool {
         self.armed.as_ref().is_some_and(|a| a.due)
     }
@@ -87,6 +90,7 @@ impl RetryPolicy {
 
     /// Looks at one reply of the armed read (`body` empty when only its header was seen): disarms once it shows a
     /// result, or when the unit ends without one.
+    #[inline]
     pub fn observe(&mut self, tag: u8, body: &[u8]) {
         let Some(armed) = self.armed.as_mut() else {
             return;
