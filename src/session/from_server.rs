@@ -24,10 +24,11 @@ impl Relay {
     }
 
     fn relay_server_messages(&mut self) -> Result<(), SessionEnd> {
-        let Some(attached) = self.server.as_mut() else {
+        let Some(attached) = self.attachment.attached_mut() else {
             return Ok(());
         };
         let (server, instance) = (&mut attached.conn, &attached.instance);
+        let (framer, streaming) = (&mut attached.framer, &mut attached.streaming);
         loop {
             // Every reply but rows and COPY data is matched to its request; while a read may still be re-run,
             // a row's header is enough to know it has a result. What is looked at whole is small: a larger frame
@@ -41,20 +42,19 @@ impl Relay {
                 b'D' | b'd' => Look::Blind,
                 _ => Look::Whole,
             };
-            let step = self
-                .server_framer
+            let step = framer
                 .step(&server.buf[self.to_client.scanned()..], look, usize::MAX)
                 .map_err(|e| SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, e)))?;
             let (header, body) = match step {
                 Step::NeedMore(_) => return Ok(()),
                 Step::Pass(n) => {
-                    match self.streaming {
+                    match *streaming {
                         Some(Verdict::Drop | Verdict::Replace(_)) => self.to_client.skip(&mut server.buf, n),
                         Some(Verdict::Forward) | None => self.to_client.pass(&mut server.buf, n),
                     }
-                    if self.streaming.is_some() && self.server_framer.at_boundary() {
+                    if streaming.is_some() && framer.at_boundary() {
                         // A frame known by its header has gone through: answers due after it come now.
-                        self.streaming = None;
+                        *streaming = None;
                         self.exchange.write_made(&mut self.to_client, &mut server.buf);
                     }
                     continue;
@@ -106,7 +106,7 @@ impl Relay {
             }
             if !whole {
                 // Its bytes follow, forwarded or dropped as the reply's verdict says.
-                self.streaming = Some(verdict);
+                *streaming = Some(verdict);
                 continue;
             }
             match verdict {
@@ -124,7 +124,7 @@ impl Relay {
 
     /// Writes the answers pgsplit makes up (ParseComplete, CloseComplete) whose turn has come.
     pub(super) fn answer_made(&mut self) {
-        let Some(server) = self.server.as_mut() else {
+        let Some(server) = self.attachment.attached_mut() else {
             return;
         };
         self.exchange.write_made(&mut self.to_client, &mut server.conn.buf);

@@ -58,7 +58,7 @@ impl LocalStatements {
 impl Relay {
     /// Nothing in flight: pgsplit may answer a statement itself without disturbing the server's replies.
     pub(super) fn can_answer_locally(&self) -> bool {
-        self.server.is_none()
+        !self.attachment.is_attached()
             || (self.exchange.nothing_owed()
                 && !self.exchange.batch_open()
                 && self.to_server.is_empty()
@@ -114,7 +114,7 @@ impl Relay {
         LocalBatch {
             statements: self.local_statements.clone(),
             floor: self.floor.clone(),
-            route: match &self.last_route {
+            route: match self.attachment.last_route() {
                 Some((instance, reason)) => format!("instance={instance} reason={}", reason.as_str()),
                 None => "none".to_owned(),
             },
@@ -126,7 +126,7 @@ impl Relay {
 
     /// The transaction status a ReadyForQuery made here reports.
     fn status_here(&self) -> TxStatus {
-        if self.server.is_some() {
+        if self.attachment.is_attached() {
             self.exchange.tx_status()
         } else {
             TxStatus::Idle

@@ -14,14 +14,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::floor::{Needs, PROBE_SQL, REPLAY_SQL, ReadFloor};
-use super::relay::{Attached, Relay, SessionEnd};
+use super::floor::{PROBE_SQL, REPLAY_SQL, ReadFloor};
+use super::relay::{Relay, SessionEnd};
+use super::server::Attached;
 use crate::config::PoolMode;
 use crate::context::Endpoint;
-use crate::protocol::frame::Framer;
 use crate::protocol::messages;
-use crate::router::{Floor, Wants};
-use crate::topology::Topology;
+use crate::router::Floor;
 use crate::topology::monitor::parse_lsn;
 
 /// The first pause between two questions to a follower that has not caught up yet; it doubles up to the cap.
@@ -81,14 +80,14 @@ impl Relay {
     pub(super) fn probe_if_due(&mut self) {
         let due = self.probe.is_owed()
             && !self.terminating
-            && self.pool_mode == PoolMode::Transaction
-            && matches!(self.endpoint, Endpoint::Main)
-            && !self.on_follower()
+            && self.attachment.pool_mode() == PoolMode::Transaction
+            && matches!(self.attachment.endpoint(), Endpoint::Main)
+            && !self.attachment.on_follower()
             && self.exchange.settled()
             && self.to_server.is_empty()
             && self.client_framer.at_boundary()
             && self.probe_useful();
-        if !due || self.server.is_none() {
+        if !due || !self.attachment.is_attached() {
             return;
         }
         self.probe.start();
@@ -108,17 +107,14 @@ impl Relay {
     /// unknown (reads go to the leader until it is known), and the session goes on.
     pub(super) async fn server_lost(&mut self) -> Result<(), SessionEnd> {
         if !self.exchange.only_probe() || !self.to_server.is_empty() || !self.client_framer.at_boundary() {
-            return Err(self.lose_server());
+            return Err(self.attachment.lose());
         }
-        let Some(Attached { mut conn, instance, .. }) = self.server.take() else {
-            return Err(self.lose_server());
+        let Some(Attached { mut conn, instance, .. }) = self.attachment.take() else {
+            return Err(self.attachment.lose());
         };
-        self.cancel.set(None);
         let owed: BytesMut = self.to_client.take(&mut conn.buf);
         drop(conn);
         self.exchange.forget_probe();
-        self.server_framer = Framer::default();
-        self.streaming = None;
         self.floor.commit_unknown();
         tracing::info!(
             instance = %instance.name,
@@ -126,73 +122,49 @@ impl Relay {
         );
         self.client.write_all(&owed).await.map_err(SessionEnd::ClientIo)
     }
+}
 
-    /// What a unit wanting `wants` must respect: only reads from the main endpoint have a floor.
-    pub(super) fn read_needs(&mut self, wants: Wants, topology: &Topology) -> Needs {
-        if !matches!(wants, Wants::Follower(_)) || !matches!(self.endpoint, Endpoint::Main) {
-            return Needs::Nothing;
-        }
-        let config = &topology.config;
-        let routing = &config.routing;
-        if !routing.read_your_writes {
-            return Needs::Nothing;
-        }
-        self.floor.needs(
-            routing.read_your_writes_wait,
-            &topology.leader.health,
-            config.health.timeout,
-        )
+/// Asks the attached follower how far it has replayed — first when it is `expected` to be past `floor`, then after
+/// growing pauses — until it is past the floor (true) or the floor's deadline passes (false). A follower answering
+/// NULL has left recovery: false. None: the connection failed the question and must be dropped.
+pub(super) async fn confirm_replayed(attached: &mut Attached, floor: &Floor, expected: Instant) -> Option<bool> {
+    let forecast = expected.min(floor.deadline);
+    if forecast > Instant::now() {
+        crate::runtime::sleep_until(forecast).await;
     }
-
-    /// Asks the attached follower how far it has replayed — first when it is `expected` to be past `floor`, then
-    /// after growing pauses — until it is past the floor (true) or the floor's deadline passes (false). A follower
-    /// answering NULL has left recovery: false. A connection that fails the question is closed.
-    pub(super) async fn confirm_replayed(&mut self, floor: &Floor, expected: Instant) -> bool {
-        let forecast = expected.min(floor.deadline);
-        if forecast > Instant::now() {
-            crate::runtime::sleep_until(forecast).await;
-        }
-        let mut pause = FIRST_PAUSE;
-        let mut first_ask = true;
-        loop {
-            let Some(attached) = self.server.as_mut() else {
-                return false;
-            };
-            // Asked within what is left of the wait: a follower that stalls must not hold the read longer.
-            let left = floor.deadline.saturating_duration_since(Instant::now()).max(MIN_ASK);
-            match attached.conn.query_own(REPLAY_SQL, left).await {
-                Ok(value) => {
-                    let Some(lsn) = value.as_deref().and_then(parse_lsn) else {
-                        return false;
-                    };
-                    let health = &attached.instance.health;
-                    health.replayed_at_least(lsn);
-                    if lsn >= floor.lsn {
-                        if first_ask {
-                            health.caught_up_by_forecast();
-                        } else {
-                            health.caught_up_after(floor.since.elapsed());
-                        }
-                        return true;
+    let mut pause = FIRST_PAUSE;
+    let mut first_ask = true;
+    loop {
+        // Asked within what is left of the wait: a follower that stalls must not hold the read longer.
+        let left = floor.deadline.saturating_duration_since(Instant::now()).max(MIN_ASK);
+        match attached.conn.query_own(REPLAY_SQL, left).await {
+            Ok(value) => {
+                let Some(lsn) = value.as_deref().and_then(parse_lsn) else {
+                    return Some(false);
+                };
+                let health = &attached.instance.health;
+                health.replayed_at_least(lsn);
+                if lsn >= floor.lsn {
+                    if first_ask {
+                        health.caught_up_by_forecast();
+                    } else {
+                        health.caught_up_after(floor.since.elapsed());
                     }
-                }
-                Err(error) => {
-                    tracing::debug!(instance = %attached.instance.name, %error, "asking a follower its replay position");
-                    // Dropped, not returned: its place in the pool goes back as it closes.
-                    if self.server.take().is_some() {
-                        self.cancel.set(None);
-                    }
-                    return false;
+                    return Some(true);
                 }
             }
-            let now = Instant::now();
-            if now >= floor.deadline {
-                attached.instance.health.caught_up_after(now - floor.since);
-                return false;
+            Err(error) => {
+                tracing::debug!(instance = %attached.instance.name, %error, "asking a follower its replay position");
+                return None;
             }
-            crate::runtime::sleep(pause.min(floor.deadline - now)).await;
-            pause = (pause * 2).min(MAX_PAUSE);
-            first_ask = false;
         }
+        let now = Instant::now();
+        if now >= floor.deadline {
+            attached.instance.health.caught_up_after(now - floor.since);
+            return Some(false);
+        }
+        crate::runtime::sleep(pause.min(floor.deadline - now)).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+        first_ask = false;
     }
 }

@@ -32,19 +32,17 @@ use super::local::LocalStatements;
 use super::outflow::Outflow;
 use super::plan::StreamState;
 use super::read_your_writes::Probe;
-use super::replies::Verdict;
 use super::retry::RetryPolicy;
+use super::server::{Attachment, RouteRequest};
 use super::stop::StopSignal;
-use crate::config::PoolMode;
 use crate::context::{Endpoint, GaugeCount, SessionContext};
 use crate::pool::server::READ_CHUNK;
-use crate::pool::{LoginInfo, ServerConn, Settings};
+use crate::pool::{LoginInfo, Settings};
 use crate::protocol::error::SqlError;
 use crate::protocol::frame::{FrameError, Framer, HEADER_LEN, Header, Look, Step};
 use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
 use crate::router::{FunctionSet, RouteReason, Wants};
-use crate::topology::{Instance, Role, WorkGuard};
 
 /// Stop reading a side while this much of its data waits to be written to the other.
 const BACKPRESSURE: usize = 256 * 1024;
@@ -69,27 +67,14 @@ impl From<FrameError> for SessionEnd {
     }
 }
 
-/// A borrowed server connection, the instance it belongs to and the role that instance had when routed to.
-pub(super) struct Attached {
-    pub(super) conn: Box<ServerConn>,
-    pub(super) instance: Arc<Instance>,
-    pub(super) role: Role,
-    /// Counts the running unit on the instance; None between units on a kept connection.
-    pub(super) work: Option<WorkGuard>,
-}
-
 pub struct Relay {
     pub(super) ctx: Arc<SessionContext>,
-    pub(super) endpoint: Endpoint,
-    /// Taken from the config at login: a reload changes them for new clients only.
-    pub(super) pool_mode: PoolMode,
-    pub(super) max_message_size: usize,
-    pub(super) login: LoginInfo,
+    /// Taken from the config at login: a reload changes it for new clients only.
+    max_message_size: usize,
     /// The settings this client's session has, applied to each server connection it borrows.
     pub(super) wanted: Settings,
     /// Works out what each client message asks for.
     pub(super) planner: Planner,
-    pub(super) cancel: Arc<CancelSlot>,
     pub(super) stop: StopSignal,
 
     pub(super) client: TcpStream,
@@ -101,10 +86,8 @@ pub struct Relay {
     /// Client bytes due to the server.
     pub(super) to_server: Outflow,
 
-    pub(super) server: Option<Attached>,
-    pub(super) server_framer: Framer,
-    /// A server message known by its header is streaming through: forwarded or dropped.
-    pub(super) streaming: Option<Verdict>,
+    /// The server connection the session holds, and how it gets one.
+    pub(super) attachment: Attachment,
     /// Server bytes due to the client (the source is the server connection's buffer).
     pub(super) to_client: Outflow,
 
@@ -119,8 +102,6 @@ pub struct Relay {
     /// After a failed checkout: drop extended-protocol messages until Sync, as a server would after an error.
     pub(super) skip_until_sync: bool,
     pub(super) terminating: bool,
-    /// Where the last unit ran and why (`SHOW pgsplit.route`).
-    pub(super) last_route: Option<(Arc<str>, RouteReason)>,
     /// An autocommit read on a follower whose replies are held back until its first result, so that a 25006
     /// refusal can be re-run on the leader unseen.
     pub(super) retry: RetryPolicy,
@@ -176,23 +157,17 @@ impl Relay {
         } = arrival;
         let config = ctx.topology.load().config.clone();
         Relay {
-            pool_mode: config.proxy.pool_mode,
             max_message_size: config.proxy.max_message_size,
             planner: Planner::new(functions, text_rules),
             stop: StopSignal::new(ctx.shutdown.clone()),
             ctx,
-            endpoint,
-            login,
+            attachment: Attachment::new(config.proxy.pool_mode, endpoint, login, cancel),
             wanted,
-            cancel,
             client,
             client_buf: BytesMut::new(),
             client_need: 0,
             client_framer: Framer::default(),
             to_server: Outflow::default(),
-            server: None,
-            server_framer: Framer::default(),
-            streaming: None,
             to_client: Outflow::default(),
             exchange: Exchange::new(config.proxy.max_prepared_statements),
             stream: StreamState::default(),
@@ -200,7 +175,6 @@ impl Relay {
             held: None,
             skip_until_sync: false,
             terminating: false,
-            last_route: None,
             retry: RetryPolicy::default(),
             out: BytesMut::new(),
             floor: ReadFloor::default(),
@@ -218,7 +192,10 @@ impl Relay {
             error.encode(&mut self.out);
             let _ = self.client.write_all(&self.out).await;
         }
-        self.return_server().await;
+        let quiet = self.is_quiet();
+        let pinned = self.stream.pinned;
+        let deadline = self.ctx.config().health.timeout;
+        self.attachment.return_server(quiet, pinned, deadline).await;
         end
     }
 
@@ -236,7 +213,9 @@ impl Relay {
                     Err(e) => Err(SessionEnd::ClientIo(e)),
                 },
                 Event::ServerReadable(Ok(())) => {
-                    let server = self.server.as_mut().expect("server events imply a server");
+                    let Some(server) = self.attachment.attached_mut() else {
+                        continue;
+                    };
                     match read_now(&server.conn.stream, &mut server.conn.buf) {
                         Ok(0) => self.server_lost().await,
                         Ok(_) => self.on_server_data(),
@@ -259,7 +238,7 @@ impl Relay {
             }
             self.release_if_done();
             let released = match self.held {
-                Some(Hold::UntilReleased) => self.server.as_ref().is_none_or(|s| s.work.is_none()),
+                Some(Hold::UntilReleased) => self.attachment.no_unit_running(),
                 Some(Hold::UntilQuiet) => self.can_answer_locally(),
                 None => false,
             };
@@ -286,11 +265,11 @@ impl Relay {
         let client_due = !self.to_client.is_empty() && !self.retry.armed();
         let server_due = !self.to_server.is_empty();
         let read_server = self.to_client.pending() < BACKPRESSURE;
-        if let Some(server) = self.server.as_mut().filter(|_| read_server) {
+        if let Some(server) = self.attachment.attached_mut().filter(|_| read_server) {
             server.conn.buf.reserve(READ_CHUNK);
         }
         let (client, stop) = (&self.client, &mut self.stop);
-        let server = self.server.as_ref().map(|s| &s.conn.stream);
+        let server = self.attachment.attached().map(|s| &s.conn.stream);
         std::future::poll_fn(|cx| {
             // Without a server nothing is in flight.
             if (quiet || server.is_none()) && stop.poll_stopping(cx) {
@@ -355,7 +334,7 @@ impl Relay {
                     self.client_need = frame_len;
                     return Ok(());
                 }
-                Step::Pass(n) if self.server.is_some() => self.to_server.pass(&mut self.client_buf, n),
+                Step::Pass(n) if self.attachment.is_attached() => self.to_server.pass(&mut self.client_buf, n),
                 // CopyData with no COPY running: a server ignores it, and so do we.
                 Step::Pass(n) => self.client_buf.advance(n),
                 // Not asked for on this side; its bytes come as Pass steps.
@@ -382,11 +361,11 @@ impl Relay {
         }
         if matches!(header.tag, b'Q' | b'P') {
             self.planner
-                .refresh_functions(&self.ctx.functions, &self.login.key.database)
+                .refresh_functions(&self.ctx.functions, &self.attachment.login().key.database)
                 .await;
         }
         let mut intent = self.intent(header);
-        if self.server.is_none() && self.retry.take_rerun() {
+        if !self.attachment.is_attached() && self.retry.take_rerun() {
             intent.wants = Wants::Leader(RouteReason::Retry25006);
         }
         // A statement pgsplit answers starts a unit of its own; inside an unfinished extended-protocol batch the
@@ -413,15 +392,23 @@ impl Relay {
             // The client's unnamed statement is the one this Parse prepares on a server.
             self.local_statements.unnamed_replaced();
         }
-        if self.server.as_ref().is_some_and(|s| s.work.is_none()) {
-            self.resume_unit(intent.wants).await?;
+        if self.attachment.kept_idle() {
+            let pinned = self.stream.pinned;
+            self.attachment
+                .resume_unit(&self.ctx.gate, intent.wants, pinned)
+                .await?;
         }
-        if self.server.is_none() {
+        if !self.attachment.is_attached() {
             if self.answer_without_server(header.tag).await? {
                 self.client_buf.advance(len);
                 return Ok(());
             }
-            let routed = self.route_and_attach(intent.wants).await;
+            let request = RouteRequest {
+                wants: intent.wants,
+                wanted: &self.wanted,
+                floor: &mut self.floor,
+            };
+            let routed = self.attachment.route_and_attach(&self.ctx, request).await;
             if let Err(error) = routed {
                 return self.refuse(header, error).await;
             }
@@ -431,8 +418,8 @@ impl Relay {
             return Ok(());
         }
         if matches!(header.tag, b'Q' | b'B' | b'F')
-            && !self.on_follower()
-            && matches!(self.wants_here(intent.wants), Wants::Leader(_))
+            && !self.attachment.on_follower()
+            && matches!(self.attachment.wants_here(intent.wants), Wants::Leader(_))
         {
             self.probe.owe();
         }
@@ -449,7 +436,7 @@ impl Relay {
 
     /// Sends the message on (renamed, answered here, or as it is) and enters what the server owes for it.
     fn forward(&mut self, header: Header, intent: Intent) {
-        let Some(server) = self.server.as_mut() else {
+        let Some(server) = self.attachment.attached_mut() else {
             // Units are routed, and a server attached, before any of their messages is forwarded.
             return;
         };
@@ -468,7 +455,7 @@ impl Relay {
             wanted: &self.wanted,
             stream: self.stream,
             known_writes: &self.ctx.known_writes,
-            starts_unit: self.server.is_none() || self.at_unit_boundary(),
+            starts_unit: !self.attachment.is_attached() || self.at_unit_boundary(),
         };
         let buf = &self.client_buf[self.to_server.scanned()..];
         self.planner.intent(header, buf, &session)
@@ -505,28 +492,41 @@ impl Relay {
             || self.to_client.pending() >= BACKPRESSURE
     }
 
+    /// Idle between transactions with nothing outstanding in either direction.
+    pub(super) fn is_quiet(&self) -> bool {
+        self.exchange.settled()
+            && self.to_server.is_empty()
+            && self.to_client.is_empty()
+            && self.client_framer.at_boundary()
+            && self.attachment.server_at_boundary()
+    }
+
+    /// Once a unit is over and nothing is in flight: the server connection goes back to its pool, or stops
+    /// counting as running work; a probe still owed lapses (probes are sent before this, when they can be).
+    pub(super) fn release_if_done(&mut self) {
+        if self.attachment.release_if_done(self.is_quiet(), self.stream.pinned) {
+            self.probe.lapse();
+        }
+    }
+
     /// Between units: no extended batch open and no transaction open at this point of the stream.
     pub(super) fn at_unit_boundary(&self) -> bool {
         !self.exchange.batch_open() && !self.stream.in_transaction
-    }
-
-    pub(super) fn on_follower(&self) -> bool {
-        self.server.as_ref().is_some_and(|s| s.role == Role::Follower)
     }
 
     /// A unit pipelined behind the last one that must not run on the attached connection: one for the leader
     /// behind a follower's unit, or a read behind the leader's last write whose position is being read (it would
     /// run on the leader only because it came early; once the position is known it may go to a follower).
     fn switches_side(&self, wants: Wants) -> bool {
-        match self.wants_here(wants) {
-            Wants::Leader(_) => self.on_follower(),
+        match self.attachment.wants_here(wants) {
+            Wants::Leader(_) => self.attachment.on_follower(),
             Wants::Follower(_) => self.exchange.only_probe(),
         }
     }
 
     /// The attached connection's direction is paused: a unit pipelined behind the last one must not start on it.
     fn paused_here(&self) -> bool {
-        let direction = if self.on_follower() {
+        let direction = if self.attachment.on_follower() {
             crate::topology::gate::Direction::Reads
         } else {
             crate::topology::gate::Direction::Writes
@@ -566,7 +566,7 @@ impl Relay {
 
     /// Writes whatever each side can take now without waiting.
     fn flush(&mut self) -> Result<(), SessionEnd> {
-        let Some(server) = self.server.as_mut() else {
+        let Some(server) = self.attachment.attached_mut() else {
             return Ok(());
         };
         let to_server = self.to_server.write(&server.conn.stream, &mut self.client_buf);
@@ -576,7 +576,7 @@ impl Relay {
             false => self.to_client.write(&self.client, &mut server.conn.buf),
         };
         if to_server.is_err() {
-            return Err(self.lose_server());
+            return Err(self.attachment.lose());
         }
         to_client.map_err(SessionEnd::ClientIo)
     }

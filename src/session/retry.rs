@@ -209,7 +209,9 @@ fn batch_to_sync(buf: &[u8], at: usize, statements: &Statements) -> Option<Batch
 impl Relay {
     /// Arms an autocommit read that went to a follower from the main endpoint at a unit boundary.
     pub(super) fn arm_retry(&mut self, header: Header, intent: &Intent) {
-        if self.endpoint != Endpoint::Main || intent.wants != Wants::Follower(RouteReason::Read) || !self.on_follower()
+        if *self.attachment.endpoint() != Endpoint::Main
+            || intent.wants != Wants::Follower(RouteReason::Read)
+            || !self.attachment.on_follower()
         {
             return;
         }
@@ -242,7 +244,7 @@ impl Relay {
         let mut buf = BytesMut::with_capacity(refused.unit.len() + self.client_buf.len());
         buf.extend_from_slice(refused.unit);
         self.release_if_done();
-        if self.server.is_some() {
+        if self.attachment.is_attached() {
             // Still attached (the follower connection was not quiet): never mix units; fail this one visibly.
             return Err(SessionEnd::Fatal(SqlError::protocol_violation(
                 "cannot re-run a refused read",

@@ -6,26 +6,124 @@
 //! promotion adopted meanwhile serves it — and then gets 57P03. A connection kept between units (session mode, or a
 //! pinned client) is counted as work only while a unit runs on it, and moves off an instance that left the
 //! topology at the next unit; a pinned client cannot move (its state lives there) and is told to reconnect.
+//!
+//! The [`Attachment`] owns all of this — the connection with its framing state, the client's login and cancel key,
+//! the endpoint and pool mode, where the last unit ran — and is told by the relay whether the session is quiet.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::floor::Needs;
-use super::relay::{Attached, Relay, SessionEnd};
+use super::cancel::CancelSlot;
+use super::floor::{Needs, ReadFloor};
+use super::read_your_writes::confirm_replayed;
+use super::relay::SessionEnd;
+use super::replies::Verdict;
 use crate::config::{Config, Fallback, PoolMode};
-use crate::context::Endpoint;
+use crate::context::{Endpoint, SessionContext};
 use crate::pool::{ConnectError, InstancePool, LoginInfo, ServerConn, Settings};
 use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::frame::Framer;
 use crate::protocol::login::LoginError;
 use crate::router::{RouteReason, Wants};
-use crate::topology::gate::Direction;
-use crate::topology::{FollowerPool, Instance, Role, Served};
+use crate::topology::gate::{Direction, Gate};
+use crate::topology::{FollowerPool, Instance, Role, Served, WorkGuard};
 
-impl Relay {
+/// A borrowed server connection, the instance it belongs to, the role that instance had when routed to, and where
+/// the relay is in the connection's stream of messages.
+pub(super) struct Attached {
+    pub conn: Box<ServerConn>,
+    pub instance: Arc<Instance>,
+    pub role: Role,
+    /// Counts the running unit on the instance; None between units on a kept connection.
+    pub work: Option<WorkGuard>,
+    pub framer: Framer,
+    /// A server message known by its header is streaming through: forwarded or dropped.
+    pub streaming: Option<Verdict>,
+}
+
+pub(super) struct Attachment {
+    server: Option<Attached>,
+    /// Taken from the config at login: a reload changes them for new clients only.
+    pool_mode: PoolMode,
+    endpoint: Endpoint,
+    login: LoginInfo,
+    /// Points at the attached connection's own cancel key while there is one.
+    cancel: Arc<CancelSlot>,
+    /// Where the last unit ran and why (`SHOW pgsplit.route`).
+    last_route: Option<(Arc<str>, RouteReason)>,
+}
+
+/// What is asked of one attempt to route a unit.
+pub(super) struct RouteRequest<'a> {
+    pub wants: Wants,
+    /// The client's settings, given to the connection it borrows.
+    pub wanted: &'a Settings,
+    /// Its read-your-writes floor.
+    pub floor: &'a mut ReadFloor,
+}
+
+impl Attachment {
+    pub fn new(pool_mode: PoolMode, endpoint: Endpoint, login: LoginInfo, cancel: Arc<CancelSlot>) -> Attachment {
+        Attachment {
+            server: None,
+            pool_mode,
+            endpoint,
+            login,
+            cancel,
+            last_route: None,
+        }
+    }
+
+    pub fn attached(&self) -> Option<&Attached> {
+        self.server.as_ref()
+    }
+
+    pub fn attached_mut(&mut self) -> Option<&mut Attached> {
+        self.server.as_mut()
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// A connection is kept between units (session mode, pinned) and no unit runs on it now.
+    pub fn kept_idle(&self) -> bool {
+        self.server.as_ref().is_some_and(|s| s.work.is_none())
+    }
+
+    /// No unit runs: nothing attached, or a kept connection between units.
+    pub fn no_unit_running(&self) -> bool {
+        self.server.as_ref().is_none_or(|s| s.work.is_none())
+    }
+
+    pub fn on_follower(&self) -> bool {
+        self.server.as_ref().is_some_and(|s| s.role == Role::Follower)
+    }
+
+    /// The attached connection's framing is between messages (true with none attached).
+    pub fn server_at_boundary(&self) -> bool {
+        self.server.as_ref().is_none_or(|s| s.framer.at_boundary())
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn pool_mode(&self) -> PoolMode {
+        self.pool_mode
+    }
+
+    pub fn login(&self) -> &LoginInfo {
+        &self.login
+    }
+
+    pub fn last_route(&self) -> Option<&(Arc<str>, RouteReason)> {
+        self.last_route.as_ref()
+    }
+
     /// A pool's own endpoint sends everything to its followers. In session mode the main endpoint keeps each
     /// client on one leader connection for its whole life: a session cannot be split across instances.
-    pub(super) fn wants_here(&self, wants: Wants) -> Wants {
+    pub fn wants_here(&self, wants: Wants) -> Wants {
         match (&self.endpoint, wants) {
             (Endpoint::Pool(_), Wants::Leader(reason)) => Wants::Follower(reason),
             (Endpoint::Main, Wants::Follower(_)) if self.pool_mode == PoolMode::Session => {
@@ -35,18 +133,19 @@ impl Relay {
         }
     }
 
-    pub(super) async fn route_and_attach(&mut self, wants: Wants) -> Result<(), SqlError> {
+    pub async fn route_and_attach(&mut self, ctx: &SessionContext, request: RouteRequest<'_>) -> Result<(), SqlError> {
+        let RouteRequest { wants, wanted, floor } = request;
         let wants = self.wants_here(wants);
         let direction = direction_of(wants);
         let started = Instant::now();
         loop {
-            self.ctx.gate.wait_open(direction).await;
+            ctx.gate.wait_open(direction).await;
             // One snapshot per attempt: the routing decision and the checkout see the same topology.
-            let topology = self.ctx.topology.load_full();
+            let topology = ctx.topology.load_full();
             let config = &topology.config;
             // A leader that cannot be reached is retried until this deadline.
             let deadline = started + config.server.checkout_timeout;
-            let needs = self.read_needs(wants, &topology);
+            let needs = self.read_needs(wants, floor, &topology);
             let floor = match needs {
                 Needs::Floor(floor) => Some(floor),
                 Needs::Nothing | Needs::Leader => None,
@@ -73,13 +172,13 @@ impl Relay {
                 Wants::Follower(_) => Role::Follower,
             };
             let writes = direction == Direction::Writes;
-            let (instance, reason) = match self.attach(&decision.instance, role, writes, config).await {
+            let (instance, reason) = match self.attach(&decision.instance, role, writes, wanted, config).await {
                 Ok(()) => match (decision.confirm, &floor) {
                     (Some(expected), Some(floor)) if !self.confirm_replayed(floor, expected).await => {
                         // Not caught up in time: the read runs on the leader.
-                        self.detach();
-                        let leader = self.ctx.topology.load().leader.clone();
-                        self.attach(&leader, Role::Leader, false, config).await?;
+                        self.detach(true);
+                        let leader = ctx.topology.load().leader.clone();
+                        self.attach(&leader, Role::Leader, false, wanted, config).await?;
                         (leader, RouteReason::ReadYourWrites)
                     }
                     _ => (decision.instance, decision.reason),
@@ -87,8 +186,8 @@ impl Relay {
                 // A follower that cannot take the read: the leader can, unless this endpoint serves followers only.
                 Err(error) if role == Role::Follower && self.may_fall_back(config) => {
                     tracing::debug!(instance = %decision.instance.name, %error, "follower unavailable; reading on the leader");
-                    let leader = self.ctx.topology.load().leader.clone();
-                    self.attach(&leader, Role::Leader, false, config).await?;
+                    let leader = ctx.topology.load().leader.clone();
+                    self.attach(&leader, Role::Leader, false, wanted, config).await?;
                     (leader, RouteReason::Fallback)
                 }
                 // The leader is down: a promotion may come, or the leader may return, before the deadline.
@@ -105,15 +204,15 @@ impl Relay {
                 Err(_) if decision.instance.is_retired() => continue,
                 Err(error) => return Err(error),
             };
-            if self.ctx.gate.is_paused(direction) {
+            if ctx.gate.is_paused(direction) {
                 // Paused after this unit passed the gate but before it was counted: it waits like the rest.
-                self.detach();
+                self.detach(true);
                 continue;
             }
-            if !self.role_still_holds(topology.generation) {
+            if !self.role_still_holds(ctx, topology.generation) {
                 // A swap while this unit waited for a connection: it must not run on a leader that was replaced
                 // (never two leaders), nor read on an instance that is no longer a follower.
-                self.detach();
+                self.detach(true);
                 continue;
             }
             instance.count_route(reason);
@@ -128,8 +227,8 @@ impl Relay {
 
     /// The attached instance still has the role it was attached for: nothing was swapped since generation
     /// `routed_on`, or the current topology gives it the same role.
-    fn role_still_holds(&self, routed_on: u64) -> bool {
-        let now = self.ctx.topology.load();
+    fn role_still_holds(&self, ctx: &SessionContext, routed_on: u64) -> bool {
+        let now = ctx.topology.load();
         now.generation == routed_on
             || self
                 .server
@@ -137,41 +236,77 @@ impl Relay {
                 .is_some_and(|s| now.role_of(&s.instance) == Some(s.role))
     }
 
-    fn may_fall_back(&self, config: &crate::config::Config) -> bool {
+    fn may_fall_back(&self, config: &Config) -> bool {
         matches!(self.endpoint, Endpoint::Main) && config.routing.fallback == Fallback::Leader
     }
 
+    /// What a unit wanting `wants` must respect: only reads from the main endpoint have a floor.
+    fn read_needs(&self, wants: Wants, floor: &mut ReadFloor, topology: &crate::topology::Topology) -> Needs {
+        if !matches!(wants, Wants::Follower(_)) || !matches!(self.endpoint, Endpoint::Main) {
+            return Needs::Nothing;
+        }
+        let config = &topology.config;
+        let routing = &config.routing;
+        if !routing.read_your_writes {
+            return Needs::Nothing;
+        }
+        floor.needs(
+            routing.read_your_writes_wait,
+            &topology.leader.health,
+            config.health.timeout,
+        )
+    }
+
+    /// Whether the attached follower has replayed past `floor` in time (see [`confirm_replayed`]); a connection
+    /// that fails the question is dropped.
+    async fn confirm_replayed(&mut self, floor: &crate::router::Floor, expected: Instant) -> bool {
+        let Some(attached) = self.server.as_mut() else {
+            return false;
+        };
+        match confirm_replayed(attached, floor, expected).await {
+            Some(caught_up) => caught_up,
+            None => {
+                // Dropped, not returned: its place in the pool goes back as it closes.
+                self.take();
+                false
+            }
+        }
+    }
+
     /// Borrows a connection on `instance`, counted as a running unit (one that may write, if `writes`).
-    pub(super) async fn attach(
+    async fn attach(
         &mut self,
         instance: &Arc<Instance>,
         role: Role,
         writes: bool,
+        wanted: &Settings,
         config: &Config,
     ) -> Result<(), SqlError> {
-        let conn = borrow(&instance.pool, &self.login, &self.wanted, config).await?;
+        let conn = borrow(&instance.pool, &self.login, wanted, config).await?;
         self.cancel.set(Some(conn.cancel.clone()));
         self.server = Some(Attached {
             conn,
             instance: instance.clone(),
             role,
             work: Some(instance.begin_work(writes)),
+            framer: Framer::default(),
+            streaming: None,
         });
-        self.server_framer = Framer::default();
-        self.streaming = None;
         Ok(())
     }
 
     /// A new unit on a connection kept between units (session mode, or pinned): it passes the gate, and moves off
     /// an instance that left the topology — unless pinned, when the session must end.
-    pub(super) async fn resume_unit(&mut self, wants: Wants) -> Result<(), SessionEnd> {
+    pub async fn resume_unit(&mut self, gate: &Gate, wants: Wants, pinned: bool) -> Result<(), SessionEnd> {
         let direction = direction_of(self.wants_here(wants));
         loop {
-            let attached = self.server.as_mut().expect("called with a kept connection");
+            let Some(attached) = self.server.as_mut() else {
+                return Ok(());
+            };
             if attached.instance.is_retired() {
-                if !self.stream.pinned {
+                if !pinned {
                     // Nothing lives only on that connection: the unit is routed afresh.
-                    self.detach();
+                    self.detach(true);
                     return Ok(());
                 }
                 return Err(SessionEnd::Fatal(SqlError::new(
@@ -184,7 +319,6 @@ impl Relay {
                     ),
                 )));
             }
-            let gate = &self.ctx.gate;
             if gate.is_paused(direction) {
                 gate.wait_open(direction).await;
                 continue;
@@ -198,59 +332,42 @@ impl Relay {
         }
     }
 
-    /// Gives the server connection back between units without ending anything: the pool keeps it if it can.
-    fn detach(&mut self) {
-        if let Some(Attached { conn, instance, .. }) = self.server.take() {
-            self.cancel.set(None);
-            if self.is_quiet() && conn.buf.is_empty() {
-                instance.pool.release(conn);
-            } else {
-                drop(conn);
-            }
+    /// Gives the server connection back between units without ending anything: the pool keeps it if the session
+    /// is `quiet` and nothing unread is left on it.
+    pub fn detach(&mut self, quiet: bool) {
+        if let Some(Attached { conn, instance, .. }) = self.take()
+            && quiet
+            && conn.buf.is_empty()
+        {
+            instance.pool.release(conn);
         }
     }
 
-    /// Once a unit is over and nothing is in flight: in transaction mode the server connection goes back to its
-    /// pool; kept (session mode, pinned), it stops counting as running work.
-    pub(super) fn release_if_done(&mut self) {
-        if self.server.as_ref().is_none_or(|s| s.work.is_none()) || !self.is_quiet() {
-            return;
+    /// Once a unit is over and the session is quiet: in transaction mode the server connection goes back to its
+    /// pool (unless `pinned`); kept (session mode, pinned), it stops counting as running work. Returns whether a
+    /// unit ended.
+    pub fn release_if_done(&mut self, quiet: bool, pinned: bool) -> bool {
+        if self.no_unit_running() || !quiet {
+            return false;
         }
-        // Probes are sent only in transaction mode with read-your-writes on: whatever is owed otherwise lapses.
-        self.probe.lapse();
-        if self.pool_mode == PoolMode::Transaction && !self.stream.pinned {
-            let Attached { conn, instance, .. } = self.server.take().expect("checked above");
-            self.cancel.set(None);
-            if conn.buf.is_empty() {
-                instance.pool.release(conn);
-            } else {
-                // Unsolicited bytes after ReadyForQuery belong to nobody; never hand them to another client.
-                drop(conn);
-            }
+        if self.pool_mode == PoolMode::Transaction && !pinned {
+            // Unsolicited bytes after ReadyForQuery belong to nobody: such a connection is never handed to another
+            // client (`detach` drops it).
+            self.detach(true);
         } else if let Some(attached) = self.server.as_mut() {
             attached.work = None;
         }
-    }
-
-    /// Idle between transactions with nothing outstanding in either direction.
-    pub(super) fn is_quiet(&self) -> bool {
-        self.exchange.settled()
-            && self.to_server.is_empty()
-            && self.to_client.is_empty()
-            && self.client_framer.at_boundary()
-            && self.server_framer.at_boundary()
+        true
     }
 
     /// At the end of a session: a clean connection goes back to the pool (after `DISCARD ALL` in session mode or
-    /// when pinned, so no state leaks to the next client), anything else is closed.
-    pub(super) async fn return_server(&mut self) {
-        let Some(Attached { mut conn, instance, .. }) = self.server.take() else {
+    /// when `pinned`, so no state leaks to the next client, within `deadline`), anything else is closed.
+    pub async fn return_server(&mut self, quiet: bool, pinned: bool, deadline: Duration) {
+        let Some(Attached { mut conn, instance, .. }) = self.take() else {
             return;
         };
-        self.cancel.set(None);
-        let clean = self.is_quiet() && conn.buf.is_empty();
-        let keeps_state = self.pool_mode == PoolMode::Session || self.stream.pinned;
-        let deadline = self.ctx.config().health.timeout;
+        let clean = quiet && conn.buf.is_empty();
+        let keeps_state = self.pool_mode == PoolMode::Session || pinned;
         let reusable = clean && (!keeps_state || conn.run_own("DISCARD ALL", deadline).await.is_ok());
         if reusable {
             if keeps_state {
@@ -258,19 +375,21 @@ impl Relay {
                 conn.prepared.clear();
             }
             instance.pool.release(conn);
-        } else {
-            drop(conn);
         }
     }
 
+    /// Takes the attached connection out (to drop or return it); the cancel key points nowhere again.
+    pub fn take(&mut self) -> Option<Attached> {
+        let attached = self.server.take()?;
+        self.cancel.set(None);
+        Some(attached)
+    }
+
     /// The server connection failed: it is closed, never returned, and the client is told.
-    pub(super) fn lose_server(&mut self) -> SessionEnd {
-        let instance = match self.server.take() {
+    pub fn lose(&mut self) -> SessionEnd {
+        let instance = match self.take() {
             // Dropped, never returned: its place in the pool goes back as it closes.
-            Some(Attached { instance, .. }) => {
-                self.cancel.set(None);
-                instance.name.clone()
-            }
+            Some(Attached { instance, .. }) => instance.name.clone(),
             None => "?".into(),
         };
         SessionEnd::Fatal(SqlError::new(
