@@ -18,4 +18,5 @@ pub mod router;
 pub mod runtime;
 pub mod session;
 pub mod tcp;
+pub mod tls;
 pub mod topology;
