@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
+pub mod secret;
 pub mod session;
 pub mod tcp;
 pub mod tls;

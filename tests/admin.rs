@@ -72,8 +72,10 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> Answer {
 
 async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    // Mutating calls say JSON, as the CLI does.
+    let json = if method == "POST" { "Content-Type: application/json\r\n" } else { "" };
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: pgsplit\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: pgsplit\r\nConnection: close\r\n{auth}{json}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     raw(addr, request.as_bytes()).await

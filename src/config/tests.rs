@@ -457,7 +457,7 @@ fn ports_must_be_in_range_and_hosts_present() {
 #[test]
 fn listen_addresses_must_be_distinct() {
     let text = minimal_plus(
-        "[proxy]\nadmin_listen = \"0.0.0.0:9000\"\n\n[[follower_pools]]\nname = \"one\"\nlisten = \"127.0.0.1:6432\"\n\
+        "[proxy]\nadmin_listen = \"0.0.0.0:9000\"\nadmin_token = \"t\"\n\n[[follower_pools]]\nname = \"one\"\nlisten = \"127.0.0.1:6432\"\n\
          [[follower_pools]]\nname = \"two\"\nlisten = \"127.0.0.1:9000\"\n[[follower_pools]]\nname = \"three\"\n\
          listen = \"127.0.0.1:7000\"\n[[follower_pools]]\nname = \"four\"\nlisten = \"127.0.0.1:7000\" # again\n",
     );
@@ -525,7 +525,7 @@ fn passwords_come_from_exactly_one_place() {
     expect(&both, "password_env = ", "not both");
     expect(&user(""), "[[users]]", "has no password");
     let from_env = parse_with_env(&user("password_env = \"APP_PW\"\n"), &[("APP_PW", "hunter2")]).unwrap();
-    assert_eq!(from_env.users[0].password, "hunter2");
+    assert_eq!(from_env.users[0].password.expose(), "hunter2");
     expect(
         &user("password_env = \"APP_PW\"\n"),
         "password_env = ",

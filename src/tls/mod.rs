@@ -8,3 +8,13 @@
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+pub mod accept;
+pub mod binding;
+pub mod connect;
+pub mod files;
+pub mod postgres;
+
+pub use accept::{Acceptor, Tls};
+pub use connect::ServerTls;
+pub use files::TlsFileError;
