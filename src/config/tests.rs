@@ -677,3 +677,60 @@ fn login_limits_and_keepalives_have_defaults_and_are_checked() {
     );
     expect(&minimal_plus("[tcp]\nkeepalives = 1\n"), "keepalives", "unknown field");
 }
+
+#[test]
+fn server_tls_keys_have_an_effect_or_are_refused() {
+    let config = parse(&minimal_plus(
+        "[server]\ntls = \"verify-ca\"\ntls_ca = \"ca.crt\"\ntls_cert = \"c.crt\"\ntls_key = \"c.key\"\n\
+         auth_methods = [\"scram-sha-256\", \"md5\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(config.server.tls, ServerTlsMode::VerifyCa);
+    assert_eq!(config.server.tls_ca, Some(PathBuf::from("/etc/pgsplit/ca.crt")));
+    assert_eq!(
+        config.server.auth_methods,
+        [ServerAuthMethod::ScramSha256, ServerAuthMethod::Md5]
+    );
+    assert_eq!(
+        parse(MINIMAL).unwrap().server.auth_methods,
+        [ServerAuthMethod::ScramSha256]
+    );
+    let text = minimal_plus("[server]\ntls = \"require\"\ntls_ca = \"ca.crt\"\n");
+    expect(&text, "tls_ca = ", "used only with tls = \"verify-ca\"");
+    let text = minimal_plus("[server]\ntls_cert = \"c.crt\"\n");
+    expect(&text, "tls_cert = ", "go together");
+    let text = minimal_plus("[server]\nauth_methods = []\n");
+    expect(&text, "auth_methods = ", "at least one");
+    assert!(!problems(&minimal_plus("[server]\nauth_methods = [\"kerberos\"]\n")).is_empty());
+}
+
+#[test]
+fn the_control_role_is_its_own_and_falls_back_to_the_first_user() {
+    let config = parse_with_env(
+        &minimal_plus("[control]\nuser = \"steer\"\npassword_env = \"STEER_PW\"\n"),
+        &[("STEER_PW", "s3cret")],
+    )
+    .unwrap();
+    let (user, password) = config.control_login();
+    assert_eq!((user, password.expose()), ("steer", "s3cret"));
+    let minimal = parse(MINIMAL).unwrap();
+    assert_eq!(minimal.control_login().0, "app");
+    let text = minimal_plus("[control]\nuser = \"app\"\npassword = \"x\"\n");
+    expect(&text, "user = \"app\"\npassword = \"x\"", "must not be a login clients");
+    let text = minimal_plus("[control]\nuser = \"steer\"\n");
+    expect(&text, "[control]", "[control] has no password");
+}
+
+#[test]
+fn admin_token_rules() {
+    let text = minimal_plus("[proxy]\nadmin_listen = \"[::]:9930\"\n");
+    expect(&text, "admin_listen = ", "no proxy.admin_token");
+    let text = minimal_plus("[proxy]\nadmin_token_for_reads = true\n");
+    expect(&text, "admin_token_for_reads = ", "needs proxy.admin_token");
+    let config = parse(&minimal_plus(
+        "[proxy]\nadmin_listen = \"0.0.0.0:9930\"\nadmin_token = \"t0k\"\nadmin_token_for_reads = true\n",
+    ))
+    .unwrap();
+    assert!(config.proxy.admin_token_for_reads);
+    assert!(!format!("{config:?}").contains("t0k"));
+}

@@ -207,6 +207,12 @@ impl Checker {
             );
             self.report(Some(span), message);
         }
+        if mode == ClientTlsMode::Disable
+            && let Some(path) = tls.cert.as_ref().or(tls.key.as_ref())
+        {
+            let message = "proxy.tls: cert and key are never used with mode = \"disable\"; remove them, or enable TLS";
+            self.report(Some(path.span()), message.to_owned());
+        }
         ClientTlsConfig { mode, cert, key }
     }
 

@@ -209,3 +209,55 @@ impl AsyncWrite for LoginStream<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::testing::Pki;
+
+    fn config(dir: &std::path::Path, mode: &str) -> Config {
+        let files = if mode == "disable" {
+            ""
+        } else {
+            "cert = \"server.crt\"\nkey = \"server.key\"\n"
+        };
+        let text = format!(
+            "[proxy.tls]\nmode = \"{mode}\"\n{files}[leader]\nhost = \"h\"\nport = 1\n[[users]]\nname = \"a\"\n\
+             password = \"a\"\n"
+        );
+        Config::parse(&text, &dir.join("proxy.toml").display().to_string()).unwrap()
+    }
+
+    #[test]
+    fn certificates_load_at_start_and_a_bad_one_on_reload_keeps_the_old() {
+        let dir = std::env::temp_dir().join(format!("pgsplit-accept-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = Pki::new();
+        let config = config(&dir, "require");
+        // Missing files stop start-up, naming the file.
+        let error = Tls::load(&config).err().expect("no certificate yet");
+        assert!(
+            error.to_string().contains("server.crt") && error.to_string().contains("cannot read"),
+            "{error}"
+        );
+        std::fs::write(dir.join("server.crt"), &pki.cert_pem).unwrap();
+        std::fs::write(dir.join("server.key"), &pki.key_pem).unwrap();
+        let tls = Tls::load(&config).expect("loads");
+        let first = tls.clients();
+        assert_eq!(first.mode, ClientTlsMode::Require);
+        assert!(first.config().is_some() && first.end_point().is_some());
+        // A reload reads the files again; a broken key keeps what was loaded.
+        std::fs::write(dir.join("server.key"), "not a key").unwrap();
+        let errors = tls.reload(&config);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].path.ends_with("server.key"), "{}", errors[0]);
+        assert!(Arc::ptr_eq(&first, &tls.clients()));
+        // Fixed again: the reload takes the new one; disabling works without files.
+        std::fs::write(dir.join("server.key"), &pki.key_pem).unwrap();
+        assert!(tls.reload(&config).is_empty());
+        assert!(!Arc::ptr_eq(&first, &tls.clients()));
+        assert!(tls.reload(&super::tests::config(&dir, "disable")).is_empty());
+        assert!(tls.clients().config().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
