@@ -316,3 +316,68 @@ async fn no_secret_reaches_the_logs_status_or_debug_output() {
     assert!(config.contains("Secret(<redacted>)"), "{config}");
     p.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn the_pooled_connection_handshake_verifies_and_never_falls_back() {
+    use pgsplit::config::{ServerConfig, ServerTlsMode};
+    use pgsplit::tls::ServerTls;
+    let (c, f) = (cluster(), files());
+    let server = |tls: ServerTlsMode, ca: Option<PathBuf>| ServerConfig {
+        tls,
+        tls_ca: ca,
+        tls_cert: None,
+        tls_key: None,
+        auth_methods: Vec::new(),
+        connect_timeout: Duration::from_secs(5),
+        checkout_timeout: Duration::from_secs(5),
+    };
+    let connect = || TcpStream::connect(("127.0.0.1", c.leader().port));
+    let verified = ServerTls::load(&server(ServerTlsMode::VerifyFull, Some(f.ca.clone()))).unwrap();
+    let started = std::time::Instant::now();
+    let rounds = 20;
+    for _ in 0..rounds {
+        let (transport, certificate) = verified.handshake(connect().await.unwrap(), "127.0.0.1").await.unwrap();
+        assert!(transport.is_tls());
+        let certificate = certificate.expect("the server's certificate");
+        assert!(pgsplit::tls::binding::end_point(&certificate).is_some());
+    }
+    eprintln!(
+        "SSLRequest + TLS handshake with verify-full: {:?} each (connect included)",
+        started.elapsed() / rounds
+    );
+    let wrong = ServerTls::load(&server(ServerTlsMode::VerifyCa, Some(f.wrong_ca.clone()))).unwrap();
+    let error = wrong
+        .handshake(connect().await.unwrap(), "127.0.0.1")
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("UnknownIssuer"), "{error}");
+    let name = verified
+        .handshake(connect().await.unwrap(), "127.0.0.2")
+        .await
+        .err()
+        .expect("wrong name");
+    assert!(name.to_string().contains("not valid for name"), "{name}");
+    // A server without TLS (a plain listener answering 'N'): prefer goes plain, require refuses.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 8];
+            if socket.read_exact(&mut request).await.is_ok() {
+                let _ = socket.write_all(b"N").await;
+            }
+        }
+    });
+    let prefer = ServerTls::load(&server(ServerTlsMode::Prefer, None)).unwrap();
+    let (transport, _) = prefer
+        .handshake(TcpStream::connect(addr).await.unwrap(), "127.0.0.1")
+        .await
+        .unwrap();
+    assert!(!transport.is_tls());
+    let require = ServerTls::load(&server(ServerTlsMode::Require, None)).unwrap();
+    let refused = require
+        .handshake(TcpStream::connect(addr).await.unwrap(), "127.0.0.1")
+        .await;
+    assert!(refused.is_err());
+}
