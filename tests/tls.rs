@@ -349,14 +349,12 @@ async fn the_pooled_connection_handshake_verifies_and_never_falls_back() {
     let error = wrong
         .handshake(connect().await.unwrap(), "127.0.0.1")
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(error.to_string().contains("UnknownIssuer"), "{error}");
     let name = verified
         .handshake(connect().await.unwrap(), "127.0.0.2")
         .await
-        .err()
-        .expect("wrong name");
+        .expect_err("wrong name");
     assert!(name.to_string().contains("not valid for name"), "{name}");
     // A server without TLS (a plain listener answering 'N'): prefer goes plain, require refuses.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
