@@ -3,7 +3,6 @@
 //! and wires listeners to `session::serve` and `admin::serve`; neither consumer sees the other's parts, so a session
 //! cannot reload or promote, and the admin API holds no client credentials.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -12,10 +11,11 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::pool::prepared::StatementTable;
-use crate::protocol::auth::Credentials;
+use crate::protocol::auth::Users;
 use crate::router::KnownWrites;
 use crate::session::admission::PendingLogins;
 use crate::session::cancel::CancelRegistry;
+use crate::tls::Tls;
 use crate::topology::SharedTopology;
 use crate::topology::catalog::FunctionSets;
 use crate::topology::control::Control;
@@ -77,7 +77,9 @@ pub struct SessionContext {
     /// Paused directions: every unit passes it before it is routed.
     pub gate: Arc<Gate>,
     /// Per user: what a client must prove. Replaced by a reload.
-    pub credentials: ArcSwap<HashMap<String, Credentials>>,
+    pub credentials: ArcSwap<Users>,
+    /// TLS towards clients (and servers), as loaded last.
+    pub tls: Arc<Tls>,
     /// Per database, the functions that make a SELECT a write.
     pub functions: FunctionSets,
     /// Statement shapes a follower refused as writes (25006): they go to the leader from then on.

@@ -17,6 +17,8 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
+pub mod secret;
 pub mod session;
 pub mod tcp;
+pub mod tls;
 pub mod topology;

@@ -24,15 +24,16 @@ use tokio::task::JoinHandle;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigErrors, UserConfig};
+use crate::config::{Config, ConfigErrors};
 use crate::context::{AdminContext, ClientGauges, Endpoint, SessionContext};
 use crate::pool::prepared::StatementTable;
-use crate::protocol::auth::Credentials;
+use crate::protocol::auth::Users;
 use crate::router::KnownWrites;
 use crate::runtime::SessionRuntime;
 use crate::session;
 use crate::session::admission::PendingLogins;
 use crate::session::cancel::{CancelRegistry, SessionTask};
+use crate::tls::{Tls, TlsFileError};
 use crate::topology::catalog::{FunctionCatalog, FunctionSets};
 use crate::topology::control::Control;
 use crate::topology::monitor::{Monitor, MonitorHandle};
@@ -73,6 +74,8 @@ pub enum StartError {
     Watch(#[from] crate::topology::watch::WatchError),
     #[error("cannot start the session threads: {0}")]
     Runtime(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsFileError),
 }
 
 impl Proxy {
@@ -99,6 +102,18 @@ impl Proxy {
     }
 
     async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Result<Proxy, StartError> {
+        // Certificates first: one that cannot be loaded stops start-up, naming the file and why.
+        let tls = Arc::new(Tls::load(&config)?);
+        if config.control.is_none() {
+            tracing::warn!(
+                user = %config.users[0].name,
+                "no [control] table: pgsplit watches and steers the instances as the first [[users]] entry, a role \
+                 clients log in as; give pgsplit a role of its own (docs/topology.md)"
+            );
+        }
+        if let Some(path) = &path {
+            warn_if_readable_by_others(path, &config);
+        }
         let sessions = SessionRuntime::start(config.proxy.workers).map_err(StartError::Runtime)?;
         let main = bind(config.proxy.listen, sessions.handle())?;
         let local_addr = bound_addr(&main, config.proxy.listen)?;
@@ -106,13 +121,11 @@ impl Proxy {
         let admin_addr = bound_addr(&admin, config.proxy.admin_listen)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::from_config(&config)));
-        // The monitor and the catalog log in as the first configured user (to database `postgres`, and to each
-        // client database for its functions).
-        let watcher = &config.users[0];
-        let (user, password) = (watcher.name.clone(), watcher.password.clone());
-        let monitor = Monitor::spawn(topology.clone(), user.clone(), password.clone());
-        let catalog = FunctionCatalog::new(topology.clone(), &config.health, user, password);
-        let control = Arc::new(Control::new(topology.clone(), path));
+        // The monitor, the catalog and the control plane log in as the control role (`[control]`, else the first
+        // user), with the config in use when they connect.
+        let monitor = Monitor::spawn(topology.clone(), tls.clone());
+        let catalog = FunctionCatalog::new(topology.clone(), tls.clone(), &config.health);
+        let control = Arc::new(Control::new(topology.clone(), tls.clone(), path));
         let gauges = Arc::new(ClientGauges::default());
         let admin_ctx = Arc::new(AdminContext {
             topology: topology.clone(),
@@ -121,7 +134,8 @@ impl Proxy {
             shutdown: shutdown_rx.clone(),
         });
         let ctx = Arc::new(SessionContext {
-            credentials: ArcSwap::from_pointee(derive_credentials(&config.users, &HashMap::new())),
+            credentials: ArcSwap::from_pointee(Users::derive(&config.users, None)),
+            tls,
             topology,
             gate: control.gate.clone(),
             functions: FunctionSets::new(
@@ -245,7 +259,7 @@ async fn follow_swaps(
     let mut swaps = control.swaps();
     while swaps.changed().await.is_ok() {
         let config = ctx.config();
-        let next = derive_credentials(&config.users, &ctx.credentials.load());
+        let next = Users::derive(&config.users, Some(&ctx.credentials.load()));
         ctx.credentials.store(Arc::new(next));
         ctx.functions
             .reconfigure(&config.routing.write_functions, &config.routing.read_only_functions);
@@ -298,18 +312,26 @@ fn open_pool_endpoints(
     Ok(())
 }
 
-/// Verifiers for `users`; an unchanged user keeps the one already derived (SCRAM derivation is deliberately slow).
-fn derive_credentials(users: &[UserConfig], known: &HashMap<String, Credentials>) -> HashMap<String, Credentials> {
-    users
-        .iter()
-        .map(|user| {
-            let credentials = match known.get(&user.name) {
-                Some(c) if c.derived_from(user) => c.clone(),
-                _ => Credentials::derive(user),
-            };
-            (user.name.clone(), credentials)
-        })
-        .collect()
+/// proxy.toml holds passwords (unless they all come from the environment): warn when others may read it.
+fn warn_if_readable_by_others(path: &Path, config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let mode = meta.permissions().mode();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let written_password = text.lines().any(|line| {
+        line.trim_start()
+            .strip_prefix("password")
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    });
+    let holds_secrets = written_password || config.proxy.admin_token.is_some();
+    if holds_secrets && mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "the config file holds passwords or the admin token and other users may read it; chmod 600 it, or use \
+             password_env"
+        );
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -72,8 +72,14 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> Answer {
 
 async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    // Mutating calls say JSON, as the CLI does.
+    let json = if method == "POST" {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: pgsplit\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: pgsplit\r\nConnection: close\r\n{auth}{json}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     raw(addr, request.as_bytes()).await
@@ -288,4 +294,38 @@ async fn the_cli_prints_status_and_reports_refusals() {
     assert!(err.contains("no unit"), "{err}");
 
     assert!(proxy.shutdown(Duration::from_secs(1)).await);
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_what_it_cannot_trust() {
+    // A listener other machines can reach, and no token: not a config pgsplit accepts.
+    let open = Config::parse(
+        "[proxy]\nadmin_listen = \"0.0.0.0:9930\"\n[leader]\nhost = \"h\"\nport = 1\n[[users]]\nname = \"a\"\n\
+         password = \"a\"\n",
+        "t.toml",
+    );
+    let errors = open.expect_err("refused").to_string();
+    assert!(errors.contains("no proxy.admin_token"), "{errors}");
+
+    let config = Config::parse(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"t\"\n\
+         admin_token_for_reads = true\n[leader]\nhost = \"127.0.0.1\"\nport = 1\n[[users]]\nname = \"a\"\n\
+         password = \"a\"\n",
+        "t.toml",
+    )
+    .expect("valid");
+    let proxy = Proxy::start(config).await.expect("proxy starts");
+    let addr = proxy.admin_addr();
+    // A form post, as a browser on this machine could send cross-site without asking: refused, nothing paused.
+    let form = b"POST /pause HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer t\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(raw(addr, form).await.code, 415);
+    let status = call(addr, "GET", "/status", Some("t"), "").await;
+    assert_eq!(status.json()["paused"]["writes"], false, "{}", status.body);
+    // With admin_token_for_reads, status and metrics need the token too; /healthz never does.
+    assert_eq!(call(addr, "GET", "/status", None, "").await.code, 401);
+    assert_eq!(call(addr, "GET", "/metrics", None, "").await.code, 401);
+    assert_eq!(call(addr, "GET", "/healthz", None, "").await.code, 200);
+    assert_eq!(call(addr, "GET", "/metrics", Some("t"), "").await.code, 200);
+    proxy.shutdown(Duration::from_secs(5)).await;
 }

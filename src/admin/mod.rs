@@ -30,17 +30,33 @@ use crate::context::AdminContext;
 
 /// A client that has not sent a whole request head by then is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once; past it a connection is answered 503 and closed at once, so a flood can
+/// neither use up descriptors nor stop the listener from accepting.
+pub const MAX_CONNECTIONS: usize = 64;
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 59\r\n\
+connection: close\r\n\r\n{\"error\": \"too many admin connections at once; try again\"}\n";
 
 /// Serves the admin API until the proxy shuts down.
 pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>) {
     let shutdown = stopping(ctx.shutdown.clone());
     tokio::pin!(shutdown);
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    tokio::spawn(connection(stream, ctx.clone()));
-                }
+                Ok((stream, _peer)) => match places.clone().try_acquire_owned() {
+                    Ok(place) => {
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            connection(stream, ctx).await;
+                            drop(place);
+                        });
+                    }
+                    Err(_) => {
+                        // Best effort, without waiting: the socket's buffer takes this at once.
+                        let _ = stream.try_write(BUSY);
+                    }
+                },
                 Err(error) => {
                     // Out of file descriptors and the like: back off briefly instead of spinning.
                     tracing::warn!(%error, "admin API accept failed");

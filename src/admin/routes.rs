@@ -70,6 +70,8 @@ pub enum ApiError {
     MethodNotAllowed { path: String, allowed: Method },
     #[error("this call needs the header `Authorization: Bearer <proxy.admin_token>`")]
     Unauthorized,
+    #[error("mutating calls need `Content-Type: application/json` (even without a body)")]
+    NotJson,
     #[error(transparent)]
     Body(#[from] BodyError),
     #[error(transparent)]
@@ -93,6 +95,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Body(BodyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Body(_) => StatusCode::BAD_REQUEST,
             ApiError::Reload(ReloadError::NoFile) => StatusCode::CONFLICT,
@@ -144,10 +147,21 @@ async fn answer(request: Request<Incoming>, ctx: &Arc<AdminContext>) -> Result<A
             allowed: endpoint.method(),
         });
     }
-    if endpoint.method() == Method::POST {
-        let token = ctx.config().proxy.admin_token.clone();
-        authorize(token.as_deref(), request.headers().get(header::AUTHORIZATION))?;
+    let config = ctx.config();
+    let guarded = match endpoint {
+        Endpoint::Healthz => false,
+        Endpoint::Status | Endpoint::Metrics => config.proxy.admin_token_for_reads,
+        _ => true,
+    };
+    if guarded {
+        let token = config.proxy.admin_token.as_ref().map(|t| t.expose());
+        authorize(token, request.headers().get(header::AUTHORIZATION))?;
     }
+    if endpoint.method() == Method::POST && !is_json(request.headers().get(header::CONTENT_TYPE)) {
+        // A browser cannot send this cross-site without a preflight, which the API never answers with consent.
+        return Err(ApiError::NotJson);
+    }
+    drop(config);
     let control = &ctx.control;
     match endpoint {
         Endpoint::Healthz => Ok(respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")),
@@ -211,6 +225,14 @@ fn authorize(token: Option<&str>, header: Option<&HeaderValue>) -> Result<(), Ap
     }
 }
 
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// Compares every byte whatever the first difference, so the time taken does not tell a guesser how much of the
 /// token was right (only whether the length was).
 fn same_secret(given: &[u8], token: &[u8]) -> bool {
@@ -268,6 +290,21 @@ mod tests {
             );
         }
         assert!(matches!(authorize(token, None), Err(ApiError::Unauthorized)));
+    }
+
+    #[test]
+    fn only_json_is_json() {
+        let json = |value: &str| is_json(Some(&HeaderValue::from_str(value).unwrap()));
+        assert!(json("application/json") && json("Application/JSON; charset=utf-8"));
+        for other in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "application/jsonx",
+        ] {
+            assert!(!json(other), "{other}");
+        }
+        assert!(!is_json(None));
     }
 
     #[test]

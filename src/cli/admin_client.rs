@@ -75,7 +75,7 @@ impl AdminClient {
         let addr = admin
             .or_else(|| config.as_ref().map(|c| c.proxy.admin_listen.to_string()))
             .unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
-        let token = token.or_else(|| config.and_then(|c| c.proxy.admin_token));
+        let token = token.or_else(|| config.and_then(|c| c.proxy.admin_token.map(|t| t.expose().to_owned())));
         AdminClient::new(addr, token)
     }
 
@@ -153,6 +153,8 @@ impl AdminClient {
     }
 
     fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>, AdminError> {
+        // Every POST says JSON, with a body or without: the admin API refuses other mutating requests.
+        let json = body.is_some() || method == Method::POST;
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -162,7 +164,7 @@ impl AdminClient {
                 .map_err(|_| AdminError::Request("the admin token has characters a header cannot carry".into()))?;
             request = request.header(header::AUTHORIZATION, value);
         }
-        if body.is_some() {
+        if json {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
         request

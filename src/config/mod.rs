@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::secret::Secret;
 pub use error::{ConfigError, ConfigErrors};
 pub use units::parse_duration;
 
@@ -40,9 +41,19 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub health: HealthConfig,
     pub tcp: TcpConfig,
+    /// `[control]`; None: the first `[[users]]` entry steers (with a warning at start).
+    pub control: Option<ControlConfig>,
 }
 
 impl Config {
+    /// The login pgsplit watches and steers instances with: `[control]`, else the first `[[users]]` entry.
+    pub fn control_login(&self) -> (&str, &Secret) {
+        match &self.control {
+            Some(control) => (&control.user, &control.password),
+            None => (&self.users[0].name, &self.users[0].password),
+        }
+    }
+
     /// Reads, parses and validates a config file. `password_env` variables are read from the environment now;
     /// relative TLS paths are resolved against the file's directory. Every problem is reported, each with
     /// `file:line:col`.
@@ -135,7 +146,9 @@ pub struct ProxyConfig {
     pub max_message_size: usize,
     /// Threads that run sessions; read when pgsplit starts.
     pub workers: usize,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
+    /// The token is needed for the GET endpoints too (`/status`, `/metrics`; `/healthz` stays open).
+    pub admin_token_for_reads: bool,
     /// A client that has not finished startup and authentication by then is closed.
     pub login_timeout: Duration,
     /// Connections that have not logged in yet; past it, the oldest of them is closed to make room.
@@ -183,6 +196,13 @@ pub enum ClientTlsMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub tls: ServerTlsMode,
+    /// CA bundle for verify-ca / verify-full; None: Mozilla's roots (webpki-roots).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key presented to servers (both or neither).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// What pgsplit answers when a server asks for a password (libpq's `require_auth`).
+    pub auth_methods: Vec<ServerAuthMethod>,
     pub connect_timeout: Duration,
     pub checkout_timeout: Duration,
 }
@@ -193,26 +213,38 @@ pub enum ServerTlsMode {
     Disable,
     Prefer,
     Require,
+    VerifyCa,
     VerifyFull,
 }
 
-#[derive(Clone, PartialEq)]
+/// A way a server may have pgsplit prove who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ServerAuthMethod {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    /// Cleartext: the password itself goes to the server.
+    #[serde(rename = "password")]
+    Password,
+    /// The server asks for nothing (trust).
+    #[serde(rename = "none")]
+    None,
+}
+
+/// `[control]`: the role pgsplit watches and steers instances with; never a client login.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlConfig {
+    pub user: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct UserConfig {
     pub name: String,
     /// Resolved: from `password`, or read from the environment variable named by `password_env`.
-    pub password: String,
+    pub password: Secret,
     pub auth: AuthMethod,
-}
-
-/// Never prints the password: configs end up in logs.
-impl std::fmt::Debug for UserConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserConfig")
-            .field("name", &self.name)
-            .field("password", &"<redacted>")
-            .field("auth", &self.auth)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::{AuthMethod, ClientTlsMode, Fallback, PoolMode, ServerTlsMode};
+use super::{AuthMethod, ClientTlsMode, Fallback, PoolMode, ServerAuthMethod, ServerTlsMode};
 
 /// A byte range in the config text, as `toml` reports it.
 pub(super) type Span = std::ops::Range<usize>;
@@ -34,6 +34,15 @@ pub(super) struct RawConfig {
     pub health: RawHealth,
     #[serde(default)]
     pub tcp: RawTcp,
+    pub control: Option<Spanned<RawControl>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    pub user: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +55,7 @@ pub(super) struct RawProxy {
     pub max_message_size: Option<Spanned<Scalar>>,
     pub workers: Option<Spanned<i64>>,
     pub admin_token: Option<Spanned<String>>,
+    pub admin_token_for_reads: Option<Spanned<bool>>,
     pub login_timeout: Option<Spanned<Scalar>>,
     pub max_pending_logins: Option<Spanned<i64>>,
     pub max_prepared_statements: Option<Spanned<i64>>,
@@ -63,7 +73,11 @@ pub(super) struct RawClientTls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
-    pub tls: Option<ServerTlsMode>,
+    pub tls: Option<Spanned<ServerTlsMode>>,
+    pub tls_ca: Option<Spanned<String>>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    pub auth_methods: Option<Spanned<Vec<ServerAuthMethod>>>,
     pub connect_timeout: Option<Spanned<Scalar>>,
     pub checkout_timeout: Option<Spanned<Scalar>>,
 }

@@ -457,7 +457,7 @@ fn ports_must_be_in_range_and_hosts_present() {
 #[test]
 fn listen_addresses_must_be_distinct() {
     let text = minimal_plus(
-        "[proxy]\nadmin_listen = \"0.0.0.0:9000\"\n\n[[follower_pools]]\nname = \"one\"\nlisten = \"127.0.0.1:6432\"\n\
+        "[proxy]\nadmin_listen = \"0.0.0.0:9000\"\nadmin_token = \"t\"\n\n[[follower_pools]]\nname = \"one\"\nlisten = \"127.0.0.1:6432\"\n\
          [[follower_pools]]\nname = \"two\"\nlisten = \"127.0.0.1:9000\"\n[[follower_pools]]\nname = \"three\"\n\
          listen = \"127.0.0.1:7000\"\n[[follower_pools]]\nname = \"four\"\nlisten = \"127.0.0.1:7000\" # again\n",
     );
@@ -525,7 +525,7 @@ fn passwords_come_from_exactly_one_place() {
     expect(&both, "password_env = ", "not both");
     expect(&user(""), "[[users]]", "has no password");
     let from_env = parse_with_env(&user("password_env = \"APP_PW\"\n"), &[("APP_PW", "hunter2")]).unwrap();
-    assert_eq!(from_env.users[0].password, "hunter2");
+    assert_eq!(from_env.users[0].password.expose(), "hunter2");
     expect(
         &user("password_env = \"APP_PW\"\n"),
         "password_env = ",
@@ -676,4 +676,61 @@ fn login_limits_and_keepalives_have_defaults_and_are_checked() {
         "at least 1",
     );
     expect(&minimal_plus("[tcp]\nkeepalives = 1\n"), "keepalives", "unknown field");
+}
+
+#[test]
+fn server_tls_keys_have_an_effect_or_are_refused() {
+    let config = parse(&minimal_plus(
+        "[server]\ntls = \"verify-ca\"\ntls_ca = \"ca.crt\"\ntls_cert = \"c.crt\"\ntls_key = \"c.key\"\n\
+         auth_methods = [\"scram-sha-256\", \"md5\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(config.server.tls, ServerTlsMode::VerifyCa);
+    assert_eq!(config.server.tls_ca, Some(PathBuf::from("/etc/pgsplit/ca.crt")));
+    assert_eq!(
+        config.server.auth_methods,
+        [ServerAuthMethod::ScramSha256, ServerAuthMethod::Md5]
+    );
+    assert_eq!(
+        parse(MINIMAL).unwrap().server.auth_methods,
+        [ServerAuthMethod::ScramSha256]
+    );
+    let text = minimal_plus("[server]\ntls = \"require\"\ntls_ca = \"ca.crt\"\n");
+    expect(&text, "tls_ca = ", "used only with tls = \"verify-ca\"");
+    let text = minimal_plus("[server]\ntls_cert = \"c.crt\"\n");
+    expect(&text, "tls_cert = ", "go together");
+    let text = minimal_plus("[server]\nauth_methods = []\n");
+    expect(&text, "auth_methods = ", "at least one");
+    assert!(!problems(&minimal_plus("[server]\nauth_methods = [\"kerberos\"]\n")).is_empty());
+}
+
+#[test]
+fn the_control_role_is_its_own_and_falls_back_to_the_first_user() {
+    let config = parse_with_env(
+        &minimal_plus("[control]\nuser = \"steer\"\npassword_env = \"STEER_PW\"\n"),
+        &[("STEER_PW", "s3cret")],
+    )
+    .unwrap();
+    let (user, password) = config.control_login();
+    assert_eq!((user, password.expose()), ("steer", "s3cret"));
+    let minimal = parse(MINIMAL).unwrap();
+    assert_eq!(minimal.control_login().0, "app");
+    let text = minimal_plus("[control]\nuser = \"app\"\npassword = \"x\"\n");
+    expect(&text, "user = \"app\"\npassword = \"x\"", "must not be a login clients");
+    let text = minimal_plus("[control]\nuser = \"steer\"\n");
+    expect(&text, "[control]", "[control] has no password");
+}
+
+#[test]
+fn admin_token_rules() {
+    let text = minimal_plus("[proxy]\nadmin_listen = \"[::]:9930\"\n");
+    expect(&text, "admin_listen = ", "no proxy.admin_token");
+    let text = minimal_plus("[proxy]\nadmin_token_for_reads = true\n");
+    expect(&text, "admin_token_for_reads = ", "needs proxy.admin_token");
+    let config = parse(&minimal_plus(
+        "[proxy]\nadmin_listen = \"0.0.0.0:9930\"\nadmin_token = \"t0k\"\nadmin_token_for_reads = true\n",
+    ))
+    .unwrap();
+    assert!(config.proxy.admin_token_for_reads);
+    assert!(!format!("{config:?}").contains("t0k"));
 }

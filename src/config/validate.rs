@@ -15,13 +15,14 @@ use toml::Spanned;
 
 use super::error::Problem;
 use super::raw::{
-    RawClientTls, RawConfig, RawFollower, RawFollowerPool, RawHealth, RawLeader, RawProxy, RawRouting, RawServer,
-    RawTcp, RawUser, Span,
+    RawClientTls, RawConfig, RawControl, RawFollower, RawFollowerPool, RawHealth, RawLeader, RawProxy, RawRouting,
+    RawServer, RawTcp, RawUser, Span,
 };
 use super::values::{Checker, POOL_NAME_RULE, pool_name_problem};
 use super::{
-    AuthMethod, ClientTlsConfig, ClientTlsMode, Config, Fallback, FollowerConfig, FollowerPoolConfig, HealthConfig,
-    LeaderConfig, PoolMode, ProxyConfig, RoutingConfig, ServerConfig, ServerTlsMode, TcpConfig, UserConfig,
+    AuthMethod, ClientTlsConfig, ClientTlsMode, Config, ControlConfig, Fallback, FollowerConfig, FollowerPoolConfig,
+    HealthConfig, LeaderConfig, PoolMode, ProxyConfig, RoutingConfig, ServerAuthMethod, ServerConfig, ServerTlsMode,
+    TcpConfig, UserConfig,
 };
 
 /// Reads an environment variable (`std::env::var` in production, a fixed map in tests).
@@ -61,8 +62,9 @@ const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) fn build(raw: &RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<Config, Vec<Problem>> {
     let mut check = Checker::default();
     let proxy = check.proxy(&raw.proxy, base_dir);
-    let server = check.server(&raw.server);
+    let server = check.server(&raw.server, base_dir);
     let users = check.users(&raw.users, env);
+    let control = raw.control.as_ref().map(|table| check.control(table, &users, env));
     let leader = check.leader(raw.leader.as_ref());
     let follower_pools = check.follower_pools(&raw.follower_pools);
     let routing = check.routing(&raw.routing, &follower_pools);
@@ -78,6 +80,7 @@ pub(super) fn build(raw: &RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Res
             routing,
             health,
             tcp,
+            control,
         })
     } else {
         Err(check.problems)
@@ -105,7 +108,14 @@ impl Checker {
                 let message = "proxy.admin_token must not be empty; remove the key to run without a token";
                 self.report(Some(token.span()), message.to_owned());
             }
-            token.get_ref().clone()
+            token.get_ref().as_str().into()
+        });
+        let admin_token_for_reads = raw.admin_token_for_reads.as_ref().is_some_and(|value| {
+            if *value.get_ref() && admin_token.is_none() {
+                let message = "proxy.admin_token_for_reads needs proxy.admin_token: set a token, or remove the key";
+                self.report(Some(value.span()), message.to_owned());
+            }
+            *value.get_ref()
         });
         let workers = self.count(raw.workers.as_ref(), "proxy.workers", DEFAULT_WORKERS);
         if let Some(value) = &raw.workers
@@ -115,6 +125,14 @@ impl Checker {
                 Some(value.span()),
                 format!("proxy.workers must be at most {MAX_WORKERS}, got {workers}"),
             );
+        }
+        if !admin_listen.ip().is_loopback() && admin_token.is_none() {
+            let span = raw.admin_listen.as_ref().map(Spanned::span);
+            let message = format!(
+                "proxy.admin_listen {admin_listen} is reachable from other machines, and there is no proxy.admin_token: \
+                 set a token, or listen on a loopback address (127.0.0.1, [::1])"
+            );
+            self.report(span, message);
         }
         ProxyConfig {
             listen,
@@ -129,6 +147,7 @@ impl Checker {
             max_message_size: usize::try_from(max_message_size).unwrap_or(usize::MAX),
             workers,
             admin_token,
+            admin_token_for_reads,
             login_timeout: self.nonzero_duration(
                 raw.login_timeout.as_ref(),
                 "proxy.login_timeout",
@@ -188,12 +207,61 @@ impl Checker {
             );
             self.report(Some(span), message);
         }
+        if mode == ClientTlsMode::Disable
+            && let Some(path) = tls.cert.as_ref().or(tls.key.as_ref())
+        {
+            let message = "proxy.tls: cert and key are never used with mode = \"disable\"; remove them, or enable TLS";
+            self.report(Some(path.span()), message.to_owned());
+        }
         ClientTlsConfig { mode, cert, key }
     }
 
-    fn server(&mut self, raw: &RawServer) -> ServerConfig {
+    fn server(&mut self, raw: &RawServer, base_dir: &Path) -> ServerConfig {
+        let tls = raw.tls.as_ref().map_or(ServerTlsMode::Prefer, |mode| *mode.get_ref());
+        let tls_ca = raw
+            .tls_ca
+            .as_ref()
+            .map(|path| self.tls_path(path, "server.tls_ca", base_dir));
+        let tls_cert = raw
+            .tls_cert
+            .as_ref()
+            .map(|path| self.tls_path(path, "server.tls_cert", base_dir));
+        let tls_key = raw
+            .tls_key
+            .as_ref()
+            .map(|path| self.tls_path(path, "server.tls_key", base_dir));
+        let verifies = matches!(tls, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull);
+        if let Some(path) = raw.tls_ca.as_ref().filter(|_| !verifies) {
+            let message = "server.tls_ca is used only with tls = \"verify-ca\" or \"verify-full\"; without them no \
+                           certificate is checked against it";
+            self.report(Some(path.span()), message.to_owned());
+        }
+        match (&raw.tls_cert, &raw.tls_key) {
+            (Some(path), None) | (None, Some(path)) => {
+                let message = "server.tls_cert and server.tls_key go together: set both, or neither";
+                self.report(Some(path.span()), message.to_owned());
+            }
+            (Some(path), Some(_)) if tls == ServerTlsMode::Disable => {
+                let message = "server.tls_cert is never presented with tls = \"disable\"";
+                self.report(Some(path.span()), message.to_owned());
+            }
+            _ => {}
+        }
+        let auth_methods = match &raw.auth_methods {
+            Some(methods) if methods.get_ref().is_empty() => {
+                let message = "server.auth_methods must list at least one method, e.g. [\"scram-sha-256\"]";
+                self.report(Some(methods.span()), message.to_owned());
+                vec![ServerAuthMethod::ScramSha256]
+            }
+            Some(methods) => methods.get_ref().clone(),
+            None => vec![ServerAuthMethod::ScramSha256],
+        };
         ServerConfig {
-            tls: raw.tls.unwrap_or(ServerTlsMode::Prefer),
+            tls,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            auth_methods,
             connect_timeout: self.nonzero_duration(
                 raw.connect_timeout.as_ref(),
                 "server.connect_timeout",
@@ -204,6 +272,32 @@ impl Checker {
                 "server.checkout_timeout",
                 DEFAULT_TIMEOUT,
             ),
+        }
+    }
+
+    /// `[control]`: a user and its password, never one of the `[[users]]` clients log in as.
+    fn control(&mut self, table: &Spanned<RawControl>, users: &[UserConfig], env: EnvLookup<'_>) -> ControlConfig {
+        let control = table.get_ref();
+        let user = self.required_text(control.user.as_ref(), "user", table.span(), "[control]");
+        if let Some(value) = &control.user
+            && users.iter().any(|u| u.name == user)
+        {
+            let message = format!(
+                "[control] user \"{user}\" is also a [[users]] entry: the control role must not be a login clients \
+                 can use; give it a role of its own"
+            );
+            self.report(Some(value.span()), message);
+        }
+        let password = self.password(
+            control.password.as_ref(),
+            control.password_env.as_ref(),
+            table.span(),
+            "[control]",
+            env,
+        );
+        ControlConfig {
+            user,
+            password: password.into(),
         }
     }
 
@@ -227,8 +321,16 @@ impl Checker {
                         format!("user \"{name}\" is defined twice; user names must be unique"),
                     );
                 }
+                let owner = format!("user \"{name}\"");
+                let password = self.password(
+                    user.password.as_ref(),
+                    user.password_env.as_ref(),
+                    table.span(),
+                    &owner,
+                    env,
+                );
                 UserConfig {
-                    password: self.password(user, table.span(), &name, env),
+                    password: password.into(),
                     auth: user.auth.unwrap_or(AuthMethod::ScramSha256),
                     name,
                 }
@@ -236,8 +338,16 @@ impl Checker {
             .collect()
     }
 
-    fn password(&mut self, user: &RawUser, table: Span, name: &str, env: EnvLookup<'_>) -> String {
-        match (&user.password, &user.password_env) {
+    /// The password of `owner` (a user, `[control]`): written, or read from the variable `password_env` names.
+    fn password(
+        &mut self,
+        password: Option<&Spanned<String>>,
+        password_env: Option<&Spanned<String>>,
+        table: Span,
+        owner: &str,
+        env: EnvLookup<'_>,
+    ) -> String {
+        match (password, password_env) {
             (Some(password), None) => password.get_ref().clone(),
             (None, Some(var)) => {
                 let var_name = var.get_ref();
@@ -259,12 +369,12 @@ impl Checker {
                 String::new()
             }
             (Some(_), Some(var)) => {
-                let message = "set either `password` or `password_env` for a user, not both";
-                self.report(Some(var.span()), message.to_owned());
+                let message = format!("set either `password` or `password_env` for {owner}, not both");
+                self.report(Some(var.span()), message);
                 String::new()
             }
             (None, None) => {
-                let message = format!("user \"{name}\" has no password: set `password` or `password_env`");
+                let message = format!("{owner} has no password: set `password` or `password_env`");
                 self.report(Some(table), message);
                 String::new()
             }

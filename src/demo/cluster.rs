@@ -8,6 +8,7 @@
 //! which base backups copy to the followers.
 
 mod host;
+mod ssl;
 mod watchdog;
 
 use std::collections::BTreeSet;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use host::{OsUser, Toolbox, find_bin_dir, free_ports, passwd_entry, select_bin_dir, unique_base_dir};
+pub use ssl::ServerCertificate;
 pub use watchdog::Watchdog;
 
 /// How long `start` waits for every follower to stream, and the default for the other waits.
@@ -86,6 +88,10 @@ pub struct ClusterOptions {
     pub app_user: String,
     pub app_password: String,
     pub app_database: String,
+    /// TLS on the leader, and TCP logins only over TLS (`hostssl`).
+    pub ssl: Option<ServerCertificate>,
+    /// pg_hba.conf rules placed before the general one.
+    pub hba_rules: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -98,6 +104,8 @@ impl Default for ClusterOptions {
             app_user: "app".into(),
             app_password: "app".into(),
             app_database: "app".into(),
+            ssl: None,
+            hba_rules: Vec::new(),
         }
     }
 }
@@ -176,6 +184,8 @@ pub struct LocalCluster {
     app_user: String,
     app_password: String,
     app_database: String,
+    ssl: Option<ServerCertificate>,
+    hba_rules: Vec<String>,
     stopped: bool,
 }
 
@@ -205,6 +215,8 @@ impl LocalCluster {
             app_user: options.app_user,
             app_password: options.app_password,
             app_database: options.app_database,
+            ssl: options.ssl,
+            hba_rules: options.hba_rules,
             stopped: false,
         };
         cluster.init_leader(options.leader_port.is_some())?;
@@ -367,11 +379,15 @@ impl LocalCluster {
             .args(["--auth-local=trust", "--auth-host=scram-sha-256", "-D"])
             .arg(&leader.data_dir);
         host::run(initdb, None).map_err(|f| command_error(&leader, f))?;
-        append(
-            &leader.data_dir.join("postgresql.conf"),
-            &shared_settings(&self.base_dir),
+        let mut settings = shared_settings(&self.base_dir);
+        if let Some(certificate) = &self.ssl {
+            settings.push_str(&ssl::enable(&self.tools, &leader.data_dir, certificate)?);
+        }
+        append(&leader.data_dir.join("postgresql.conf"), &settings)?;
+        write(
+            &leader.data_dir.join("pg_hba.conf"),
+            &ssl::hba(self.ssl.is_some(), &self.hba_rules),
         )?;
-        write(&leader.data_dir.join("pg_hba.conf"), PG_HBA)?;
         start_fresh(&self.tools, &mut self.leader, fixed_port)?;
 
         // The app user is also pgsplit's control login: the changeover promotes, fences and reloads with it and
@@ -420,13 +436,6 @@ impl Drop for LocalCluster {
         let _ = self.stop();
     }
 }
-
-const PG_HBA: &str = "\
-local all all trust
-local replication all trust
-host replication all 127.0.0.1/32 trust
-host all all 127.0.0.1/32 scram-sha-256
-";
 
 /// Appended to the leader's postgresql.conf; base backups carry it to the followers.
 fn shared_settings(socket_dir: &Path) -> String {

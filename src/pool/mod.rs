@@ -439,6 +439,8 @@ mod tests {
                 keepalive_count: 6,
                 user_timeout: Duration::from_secs(60),
             },
+            tls: crate::config::ServerTlsMode::Prefer,
+            auth: crate::protocol::login::AuthMethods::default(),
         }
     }
 

@@ -11,11 +11,12 @@ use tokio::net::TcpStream;
 use super::prepared::PreparedCache;
 use super::settings::Settings;
 use super::slot::Slot;
-use crate::config::{Config, TcpConfig};
+use crate::config::{Config, ServerTlsMode, TcpConfig};
 use crate::protocol::error::{Severity, SqlError};
 use crate::protocol::io::read_frame;
-use crate::protocol::login::{self, LoginError};
+use crate::protocol::login::{self, AuthMethods, LoginError, Security};
 use crate::protocol::messages::{self, TxStatus};
+use crate::secret::Secret;
 
 /// Server connections are shared only between clients of the same user and database.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -30,15 +31,18 @@ pub struct ConnKey {
 #[derive(Debug, Clone)]
 pub struct LoginInfo {
     pub key: ConnKey,
-    pub password: Arc<str>,
+    pub password: Secret,
 }
 
-/// How connections to servers are opened: the connect-and-login deadline and the socket options.
+/// How connections to servers are opened: the connect-and-login deadline, the socket options, TLS, and the
+/// authentication methods a server may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectOptions {
     /// Connecting and logging in must finish within this (`server.connect_timeout`).
     pub timeout: Duration,
     pub tcp: TcpConfig,
+    pub tls: ServerTlsMode,
+    pub auth: AuthMethods,
 }
 
 impl ConnectOptions {
@@ -46,6 +50,8 @@ impl ConnectOptions {
         ConnectOptions {
             timeout: config.server.connect_timeout,
             tcp: config.tcp,
+            tls: config.server.tls,
+            auth: AuthMethods::of(&config.server.auth_methods),
         }
     }
 }
@@ -89,6 +95,11 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Login(#[from] LoginError),
+    #[error(
+        "server.tls = \"{0}\" needs TLS on pooled server connections, which this build does not relay yet; use \
+         \"prefer\" or \"disable\" for now"
+    )]
+    TlsNotYet(&'static str),
 }
 
 impl ConnectError {
@@ -116,7 +127,7 @@ impl ServerConn {
         options: ConnectOptions,
         slot: Slot,
     ) -> Result<Box<Self>, ConnectError> {
-        crate::runtime::timeout(options.timeout, Self::open(host, port, login, &options.tcp, slot))
+        crate::runtime::timeout(options.timeout, Self::open(host, port, login, &options, slot))
             .await
             .map_err(|_| ConnectError::Timeout(options.timeout))?
     }
@@ -125,14 +136,26 @@ impl ServerConn {
         host: &Arc<str>,
         port: u16,
         login: &LoginInfo,
-        tcp: &TcpConfig,
+        options: &ConnectOptions,
         slot: Slot,
     ) -> Result<Box<Self>, ConnectError> {
+        // TODO(lead): with `stream: Transport`, open through `ServerTls::handshake` (crate::tls::connect) and log
+        // in with `Security { tls, end_point }` from its certificate; until the relay reads a `Transport`, pooled
+        // connections are plain, and a mode that requires TLS refuses to open one rather than go without.
+        if !matches!(options.tls, ServerTlsMode::Disable | ServerTlsMode::Prefer) {
+            return Err(ConnectError::TlsNotYet(crate::tls::connect::mode_name(options.tls)));
+        }
         let mut stream = TcpStream::connect((&**host, port)).await?;
-        crate::tcp::configure(&stream, tcp)?;
+        crate::tcp::configure(&stream, &options.tcp)?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let params = [("user", &*login.key.user), ("database", &*login.key.database)];
-        let greeting = login::login(&mut stream, &mut buf, &params, &login.key.user, &login.password).await?;
+        let security = Security {
+            methods: options.auth,
+            tls: false,
+            end_point: None,
+        };
+        let password = login.password.expose();
+        let greeting = login::login(&mut stream, &mut buf, &params, &login.key.user, password, &security).await?;
         Ok(Box::new(ServerConn {
             stream,
             buf,

@@ -10,3 +10,4 @@ pub mod login;
 pub mod messages;
 pub mod scram;
 pub mod startup;
+pub mod transport;

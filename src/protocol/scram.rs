@@ -1,7 +1,11 @@
-//! pgsplit's side of SCRAM-SHA-256 when it logs in to a server (RFC 5802 with SHA-256, RFC 7677; no channel
-//! binding). The keys a password yields for a salt and an iteration count take thousands of PBKDF2 rounds —
-//! milliseconds of CPU — so they are remembered: reopening pool connections after a failed health check, a failover
-//! or a burst of load costs a few HMACs per connection, not a key derivation each.
+//! SCRAM-SHA-256 (RFC 5802 with SHA-256, RFC 7677), and SCRAM-SHA-256-PLUS with the `tls-server-end-point`
+//! channel binding: pgsplit's client side here, for logging in to servers; its server side, for clients, in
+//! [`server`]. The keys a password yields for a salt and an iteration count take thousands of PBKDF2 rounds —
+//! milliseconds of CPU — so the client side remembers them: reopening pool connections after a failed health check,
+//! a failover or a burst of load costs a few HMACs per connection, not a key derivation each. The iteration count a
+//! server asks for is capped ([`MAX_ITERATIONS`]): a hostile server cannot hold the session thread for minutes.
+
+pub mod server;
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -10,10 +14,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::{digest, hmac, pbkdf2};
 
-/// The mechanism name in SASLInitialResponse.
+/// The mechanism names in AuthenticationSASL and SASLInitialResponse.
 pub const MECHANISM: &str = "SCRAM-SHA-256";
-/// `c=` of the final message: base64 of the GS2 header "n,," (no channel binding).
-const CHANNEL_BINDING: &str = "biws";
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The only channel binding type PostgreSQL speaks.
+pub const END_POINT: &str = "tls-server-end-point";
+/// Most PBKDF2 rounds pgsplit runs for a server's challenge (PostgreSQL's default is 4,096): about 25 ms of CPU.
+pub const MAX_ITERATIONS: u32 = 100_000;
 /// Derived keys remembered, one per (password, salt, iterations): a proxy logs in as a few roles at most.
 const KEPT_KEYS: usize = 16;
 
@@ -25,11 +32,41 @@ fn error(what: &str) -> ScramError {
     ScramError(what.to_owned())
 }
 
+/// What the client says about channel binding (the GS2 header's flag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// `n`: no TLS, or a binding pgsplit cannot compute for the server's certificate.
+    Unbound,
+    /// `y`: over TLS, but the server offered no -PLUS mechanism (a server that did would see a downgrade).
+    NotOffered,
+    /// `p=tls-server-end-point`: SCRAM-SHA-256-PLUS, signing this binding data.
+    EndPoint(Vec<u8>),
+}
+
+impl Channel {
+    /// The mechanism this choice goes with.
+    pub fn mechanism(&self) -> &'static str {
+        match self {
+            Channel::EndPoint(_) => MECHANISM_PLUS,
+            _ => MECHANISM,
+        }
+    }
+
+    fn gs2_header(&self) -> String {
+        match self {
+            Channel::Unbound => "n,,".to_owned(),
+            Channel::NotOffered => "y,,".to_owned(),
+            Channel::EndPoint(_) => format!("p={END_POINT},,"),
+        }
+    }
+}
+
 /// One login's exchange: [`Scram::new`] gives the first message, [`Scram::respond`] answers the server's
 /// challenge, [`Scram::verify`] checks the server's proof.
 pub struct Scram {
     password: Vec<u8>,
     nonce: String,
+    channel: Channel,
     /// `n=,r=<nonce>`: PostgreSQL takes the user from the startup packet, so the name here is empty.
     client_first_bare: String,
     /// What the server must prove it knows, once the challenge is answered.
@@ -37,29 +74,25 @@ pub struct Scram {
 }
 
 impl Scram {
-    /// Starts an exchange; returns it and the client-first message.
-    pub fn new(password: &str) -> (Scram, String) {
-        Self::with_nonce(password, STANDARD.encode(rand::random::<[u8; 18]>()))
+    /// Starts an exchange; returns it and the client-first message (send it under `channel.mechanism()`).
+    pub fn new(password: &str, channel: Channel) -> (Scram, String) {
+        Self::with_nonce(password, channel, STANDARD.encode(rand::random::<[u8; 18]>()))
     }
 
-    fn with_nonce(password: &str, nonce: String) -> (Scram, String) {
-        // As PostgreSQL does: SASLprep when the password allows it, the bytes as they are otherwise.
-        let password = match stringprep::saslprep(password) {
-            Ok(prepared) => prepared.as_bytes().to_vec(),
-            Err(_) => password.as_bytes().to_vec(),
-        };
+    fn with_nonce(password: &str, channel: Channel, nonce: String) -> (Scram, String) {
         let client_first_bare = format!("n=,r={nonce}");
-        let first = format!("n,,{client_first_bare}");
+        let first = format!("{}{client_first_bare}", channel.gs2_header());
         let scram = Scram {
-            password,
+            password: prepare(password),
             nonce,
+            channel,
             client_first_bare,
             expected_server_signature: None,
         };
         (scram, first)
     }
 
-    /// Answers server-first (`r=…,s=…,i=…`) with client-final (`c=biws,r=…,p=…`).
+    /// Answers server-first (`r=…,s=…,i=…`) with client-final (`c=…,r=…,p=…`).
     pub fn respond(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
         let server_first = std::str::from_utf8(server_first).map_err(|_| error("server-first is not UTF-8"))?;
         let mut attributes = server_first.split(',');
@@ -81,9 +114,18 @@ impl Scram {
             .ok()
             .and_then(NonZeroU32::new)
             .ok_or_else(|| error("bad iteration count"))?;
+        if iterations.get() > MAX_ITERATIONS {
+            return Err(ScramError(format!(
+                "the server asks for {iterations} PBKDF2 iterations, more than the {MAX_ITERATIONS} pgsplit allows"
+            )));
+        }
         let keys = keys(&self.password, &salt, iterations);
 
-        let final_without_proof = format!("c={CHANNEL_BINDING},r={nonce}");
+        let mut binding = self.channel.gs2_header().into_bytes();
+        if let Channel::EndPoint(data) = &self.channel {
+            binding.extend_from_slice(data);
+        }
+        let final_without_proof = format!("c={},r={nonce}", STANDARD.encode(binding));
         let auth_message = format!("{},{server_first},{final_without_proof}", self.client_first_bare);
         let stored_key = digest::digest(&digest::SHA256, &keys.client_key);
         let client_signature = sign(stored_key.as_ref(), &auth_message);
@@ -110,11 +152,24 @@ impl Scram {
             .and_then(|v| v.strip_prefix("v="))
             .and_then(|v| STANDARD.decode(v).ok())
             .ok_or_else(|| error("server-final lacks `v`"))?;
-        if signature != expected {
+        if !constant_time_eq(&signature, &expected) {
             return Err(error("the server's signature is wrong: it does not know the password"));
         }
         Ok(())
     }
+}
+
+/// As PostgreSQL does: SASLprep when the password allows it, the bytes as they are otherwise.
+fn prepare(password: &str) -> Vec<u8> {
+    match stringprep::saslprep(password) {
+        Ok(prepared) => prepared.as_bytes().to_vec(),
+        Err(_) => password.as_bytes().to_vec(),
+    }
+}
+
+/// Compares every byte whatever the first difference.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Clone, Copy)]
@@ -126,6 +181,16 @@ struct Keys {
 fn sign(key: &[u8], message: &str) -> [u8; 32] {
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), message.as_bytes());
     tag.as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes")
+}
+
+/// ClientKey and ServerKey from a prepared password, salt and iteration count, by PBKDF2 (not remembered).
+fn derive(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> Keys {
+    let mut salted = [0u8; 32];
+    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, password, &mut salted);
+    Keys {
+        client_key: sign(&salted, "Client Key"),
+        server_key: sign(&salted, "Server Key"),
+    }
 }
 
 /// ClientKey and ServerKey for the password, salt and iterations: remembered, or derived and remembered.
@@ -145,12 +210,7 @@ fn keys(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> Keys {
         return kept.keys;
     }
     // Derived outside the lock: other logins need not wait for it.
-    let mut salted = [0u8; 32];
-    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, password, &mut salted);
-    let keys = Keys {
-        client_key: sign(&salted, "Client Key"),
-        server_key: sign(&salted, "Server Key"),
-    };
+    let keys = derive(password, salt, iterations);
     let mut kept = lock();
     if kept.len() >= KEPT_KEYS {
         kept.remove(0);
@@ -173,7 +233,7 @@ mod tests {
     /// itself against a server computed here from the same keys, step by step as RFC 5802 writes it.
     #[test]
     fn an_exchange_gives_the_proof_a_server_checks_and_checks_the_servers_proof() {
-        let (mut scram, first) = Scram::with_nonce("pencil", "rOprNGfwEbeRWgbNEkqO".into());
+        let (mut scram, first) = Scram::with_nonce("pencil", Channel::Unbound, "rOprNGfwEbeRWgbNEkqO".into());
         assert_eq!(first, "n,,n=,r=rOprNGfwEbeRWgbNEkqO");
         let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
         let client_final = scram.respond(server_first.as_bytes()).expect("a valid challenge");
@@ -246,12 +306,14 @@ mod tests {
 
     #[test]
     fn a_challenge_that_does_not_extend_our_nonce_is_refused() {
-        let (mut scram, _) = Scram::with_nonce("pencil", "abc".into());
+        let (mut scram, _) = Scram::with_nonce("pencil", Channel::Unbound, "abc".into());
         for bad in [
             "r=xyz123,s=AAAA,i=4096",
             "r=abc,s=AAAA,i=4096",
             "r=abcd,s=AAAA,i=0",
             "s=AAAA,r=abcd,i=1",
+            "r=abcd,s=AAAA,i=100001",
+            "r=abcd,s=AAAA,i=4294967295",
         ] {
             assert!(scram.respond(bad.as_bytes()).is_err(), "{bad}");
         }

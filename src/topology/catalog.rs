@@ -18,6 +18,8 @@ use super::SharedTopology;
 use super::conn::{Conn, error_chain, own_login, statement_deadline};
 use crate::config::HealthConfig;
 use crate::router::FunctionSet;
+use crate::tls::Tls;
+use crate::tls::postgres::OpenError;
 
 /// How long a loaded list is used before it is reloaded.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30);
@@ -52,8 +54,7 @@ struct Inner {
     /// Where loads run.
     runtime: tokio::runtime::Handle,
     topology: SharedTopology,
-    user: String,
-    password: String,
+    tls: Arc<Tls>,
     timeout: Duration,
     max_age: Duration,
     databases: Mutex<HashMap<String, Arc<Entry>>>,
@@ -76,24 +77,22 @@ struct Cached {
 impl FunctionCatalog {
     /// Connects as `user` to each database on the leader of the current topology when its list is needed; uses a
     /// loaded list for [`DEFAULT_MAX_AGE`].
-    pub fn new(topology: SharedTopology, health: &HealthConfig, user: String, password: String) -> FunctionCatalog {
-        Self::with_max_age(topology, health, user, password, DEFAULT_MAX_AGE)
+    pub fn new(topology: SharedTopology, tls: Arc<Tls>, health: &HealthConfig) -> FunctionCatalog {
+        Self::with_max_age(topology, tls, health, DEFAULT_MAX_AGE)
     }
 
     /// [`FunctionCatalog::new`] with another refresh age. Made inside a runtime with timers: loads run there.
     pub fn with_max_age(
         topology: SharedTopology,
+        tls: Arc<Tls>,
         health: &HealthConfig,
-        user: String,
-        password: String,
         max_age: Duration,
     ) -> FunctionCatalog {
         FunctionCatalog {
             inner: Arc::new(Inner {
                 runtime: tokio::runtime::Handle::current(),
                 topology,
-                user,
-                password,
+                tls,
                 timeout: health.timeout,
                 max_age,
                 databases: Mutex::new(HashMap::new()),
@@ -185,21 +184,23 @@ impl Inner {
         cached.next_load = Some(now + RETRY_AFTER.min(self.max_age));
     }
 
-    async fn fetch(&self, database: &str) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
-        let leader = self.topology.load_full().leader.clone();
-        let mut config = own_login(
-            &self.user,
-            &self.password,
-            "pgsplit-catalog",
-            statement_deadline(self.timeout),
-        );
-        config
-            .host(&*leader.host)
-            .port(leader.port)
-            .dbname(database)
-            .connect_timeout(self.timeout);
-        let conn = Conn::open(&config, &leader.name).await?;
-        volatile_user_functions(&conn.client).await
+    async fn fetch(&self, database: &str) -> Result<Vec<(String, String)>, OpenError> {
+        let topology = self.topology.load_full();
+        let leader = &topology.leader;
+        let mut login = own_login(&topology.config, "pgsplit-catalog", statement_deadline(self.timeout));
+        login.dbname(database);
+        let tls = self.tls.servers();
+        let conn = Conn::open(
+            &login,
+            &leader.host,
+            leader.port,
+            &tls,
+            &topology.config,
+            self.timeout,
+            &leader.name,
+        )
+        .await?;
+        Ok(volatile_user_functions(&conn.client).await?)
     }
 }
 

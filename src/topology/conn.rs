@@ -1,5 +1,7 @@
 //! pgsplit's own connections to its instances — the monitor's, the function catalog's and the control plane's,
-//! never a client's: how they log in (TCP keepalives, a server-side `statement_timeout`, a connect timeout), and
+//! never a client's: how they log in (as the control role, `[control]`, with the password the config holds now;
+//! TLS and the allowed authentication methods of `[server]`; TCP keepalives, a server-side `statement_timeout`, a
+//! connect timeout), and
 //! the one way the control plane runs SQL on them: a statement at a time, each under a deadline, with errors that
 //! name the statement and carry the server's message — never the SQL text, so never a value it holds (a
 //! `primary_conninfo` with its password).
@@ -7,7 +9,12 @@
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::config::Config;
+use crate::protocol::login::AuthMethods;
+use crate::tls::ServerTls;
+use crate::tls::postgres::{self, Keepalive, OpenError};
 
 /// A dead peer that sent no RST (host crash, NAT expiry) is noticed by the kernel after about this long idle, plus
 /// [`KEEPALIVE_INTERVAL`] × [`KEEPALIVE_RETRIES`]; busy connections are bounded by the statement deadlines.
@@ -23,21 +30,19 @@ pub fn statement_deadline(health_timeout: Duration) -> Duration {
     health_timeout.max(MIN_DEADLINE)
 }
 
-/// A login for pgsplit's own connections, database `postgres`; the caller adds host and port. The server ends a
-/// statement that outruns `deadline` itself too, so an abandoned one does not hold locks behind our back.
-pub fn own_login(user: &str, password: &str, application: &str, deadline: Duration) -> tokio_postgres::Config {
+/// A login for pgsplit's own connections as `config`'s control role, database `postgres` (the caller may name
+/// another). The server ends a statement that outruns `deadline` itself too, so an abandoned one does not hold
+/// locks behind our back.
+pub fn own_login(config: &Config, application: &str, deadline: Duration) -> tokio_postgres::Config {
+    let (user, password) = config.control_login();
     let mut login = tokio_postgres::Config::new();
     login
         .user(user)
-        .password(password)
+        .password(password.expose())
         .dbname("postgres")
         .application_name(application)
         .options(format!("-c statement_timeout={}", deadline.as_millis()))
-        .connect_timeout(deadline)
-        .keepalives(true)
-        .keepalives_idle(KEEPALIVE_IDLE)
-        .keepalives_interval(KEEPALIVE_INTERVAL)
-        .keepalives_retries(KEEPALIVE_RETRIES);
+        .connect_timeout(deadline);
     login
 }
 
@@ -49,8 +54,24 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub async fn open(config: &tokio_postgres::Config, name: &str) -> Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = config.connect(NoTls).await?;
+    /// Connects to `host:port` with `login`, TLS and allowed methods as `config`'s `[server]` says, all within
+    /// `timeout`.
+    pub async fn open(
+        login: &tokio_postgres::Config,
+        host: &str,
+        port: u16,
+        tls: &ServerTls,
+        config: &Config,
+        timeout: Duration,
+        name: &str,
+    ) -> Result<Conn, OpenError> {
+        let keepalive = Keepalive {
+            idle: KEEPALIVE_IDLE,
+            interval: KEEPALIVE_INTERVAL,
+            retries: KEEPALIVE_RETRIES,
+        };
+        let methods = AuthMethods::of(&config.server.auth_methods);
+        let (client, connection) = postgres::connect(login, host, port, tls, methods, &keepalive, timeout).await?;
         let name = name.to_owned();
         let task = tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -274,9 +295,15 @@ mod tests {
     fn deadlines_have_a_floor_and_logins_keep_alive() {
         assert_eq!(statement_deadline(Duration::from_millis(100)), MIN_DEADLINE);
         assert_eq!(statement_deadline(Duration::from_secs(3)), Duration::from_secs(3));
-        let login = own_login("u", "p", "pgsplit-test", Duration::from_secs(2));
-        assert!(login.get_keepalives());
-        assert_eq!(login.get_keepalives_idle(), KEEPALIVE_IDLE);
+        let config = Config::parse(
+            "[leader]\nhost = \"h\"\nport = 1\n[[users]]\nname = \"app\"\npassword = \"a\"\n\
+             [control]\nuser = \"steer\"\npassword = \"s\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let login = own_login(&config, "pgsplit-test", Duration::from_secs(2));
+        assert_eq!(login.get_user(), Some("steer"));
+        assert_eq!(login.get_password(), Some(&b"s"[..]));
         assert_eq!(login.get_options(), Some("-c statement_timeout=2000"));
         assert_eq!(login.get_connect_timeout(), Some(&Duration::from_secs(2)));
     }

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::conn::{Conn, error_chain, own_login, statement_deadline};
+use super::conn::{Conn, own_login, statement_deadline};
 use super::gate::Gate;
 use super::progress::Board;
 use super::{Instance, SharedTopology, Topology};
 use crate::config::rewrite::RewriteError;
 use crate::config::{Config, ConfigErrors};
+use crate::tls::Tls;
 
 /// What a swap changed, for the log and the admin API's answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -31,6 +32,9 @@ pub struct SwapOutcome {
     pub removed: Vec<String>,
     /// Keys that differ in the new config but only take effect on a restart; their old values stay.
     pub needs_restart: Vec<String>,
+    /// TLS files that could not be loaded (the ones loaded before stay in use).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_errors: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +81,8 @@ pub struct Control {
     swapped: watch::Sender<u64>,
     /// The running or last changeover: written by the orchestrator, read by status, aborts filed here.
     board: Board,
-    /// Login for pgsplit's own queries (fencing, promoting): the first user, database `postgres`.
-    login: tokio_postgres::Config,
+    /// Certificates of both sides: loaded again at every reload.
+    tls: Arc<Tls>,
 }
 
 /// The apply lock, held: the only way to swap in a promotion. Whoever holds it is the one topology change running.
@@ -100,13 +104,8 @@ impl Exclusive<'_> {
 }
 
 impl Control {
-    pub fn new(topology: SharedTopology, config_path: Option<PathBuf>) -> Control {
-        let current = topology.load();
-        let user = &current.config.users[0];
-        let deadline = statement_deadline(current.config.health.timeout);
-        let login = own_login(&user.name, &user.password, "pgsplit-control", deadline);
-        let (swapped, _) = watch::channel(current.generation);
-        drop(current);
+    pub fn new(topology: SharedTopology, tls: Arc<Tls>, config_path: Option<PathBuf>) -> Control {
+        let (swapped, _) = watch::channel(topology.load().generation);
         Control {
             topology,
             gate: Arc::default(),
@@ -114,7 +113,7 @@ impl Control {
             apply: tokio::sync::Mutex::new(()),
             swapped,
             board: Board::default(),
-            login,
+            tls,
         }
     }
 
@@ -152,7 +151,12 @@ impl Control {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let _one_at_a_time = self.apply.lock().await;
         let config = Config::load(path).map_err(ReloadError::Invalid)?;
-        Ok(self.swap(config))
+        // Certificates are read again even when the file did not change: they may have been replaced on disk.
+        let tls_errors = self.tls.reload(&config).iter().map(ToString::to_string).collect();
+        Ok(SwapOutcome {
+            tls_errors,
+            ..self.swap(config)
+        })
     }
 
     /// Installs `config` (the caller holds the apply lock): instances kept by name and address keep their
@@ -182,6 +186,7 @@ impl Control {
             added: names(&next.left_out_of(&previous)),
             removed: names(&gone),
             needs_restart,
+            tls_errors: Vec::new(),
         };
         for instance in next.instances() {
             if previous
@@ -257,22 +262,19 @@ impl Control {
     /// [`Control::deadline`]), for the changeover's queries.
     pub async fn connect(&self, instance: &Instance) -> Result<Conn, ConnectError> {
         let deadline = self.deadline();
-        let mut login = self.login.clone();
-        login
-            .host(&*instance.host)
-            .port(instance.port)
-            .connect_timeout(deadline)
-            .options(format!("-c statement_timeout={}", deadline.as_millis()));
+        // The control role's password as the config says now: a reload that changed it applies here.
+        let config = self.topology.load().config.clone();
+        let login = own_login(&config, "pgsplit-control", deadline);
         let name = instance.name.to_string();
-        match tokio::time::timeout(deadline, Conn::open(&login, &name)).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(error)) => Err(ConnectError::Failed {
+        let tls = self.tls.servers();
+        match Conn::open(&login, &instance.host, instance.port, &tls, &config, deadline, &name).await {
+            Ok(conn) => Ok(conn),
+            Err(crate::tls::postgres::OpenError::Timeout(after)) => {
+                Err(ConnectError::Timeout { instance: name, after })
+            }
+            Err(error) => Err(ConnectError::Failed {
                 instance: name,
-                reason: error_chain(&error),
-            }),
-            Err(_) => Err(ConnectError::Timeout {
-                instance: name,
-                after: deadline,
+                reason: error.to_string(),
             }),
         }
     }
@@ -296,10 +298,6 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     if old.proxy.workers != new.proxy.workers {
         differ.push("proxy.workers");
         new.proxy.workers = old.proxy.workers;
-    }
-    if old.proxy.tls != new.proxy.tls {
-        differ.push("proxy.tls");
-        new.proxy.tls = old.proxy.tls.clone();
     }
     differ.into_iter().map(String::from).collect()
 }

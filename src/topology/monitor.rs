@@ -25,6 +25,8 @@ use tokio_postgres::SimpleQueryMessage;
 use super::conn::{Conn, error_chain, own_login, statement_deadline};
 use super::health::Observation;
 use super::{Instance, Role, SharedTopology};
+use crate::config::Config;
+use crate::tls::{ServerTls, Tls};
 use lag::{LeaderHistory, Limits, Reading, follower_observation};
 use verdict::{Receiver, Reference, verdict};
 
@@ -81,8 +83,8 @@ pub struct Monitor {
     topology: SharedTopology,
     /// `health.timeout` of the topology's config, read every round.
     timeout: Duration,
-    /// User, password, database `postgres`, connect timeout, keepalives; host and port are added per instance.
-    base: tokio_postgres::Config,
+    /// TLS towards the instances, as loaded last; the login itself comes from the config of each round.
+    tls: Arc<Tls>,
     watched: HashMap<Key, Watched>,
     /// Whose WAL `history` holds; a different leader starts a new history.
     leader: Option<Key>,
@@ -96,14 +98,12 @@ impl Monitor {
     /// Starts the monitor on the current Tokio runtime (must be called from within one). It loads the topology
     /// afresh every round, so swapped-in instances are watched from the next round and removed ones forgotten,
     /// and a reloaded `[health]` applies from the next round.
-    pub fn spawn(topology: SharedTopology, user: String, password: String) -> MonitorHandle {
+    pub fn spawn(topology: SharedTopology, tls: Arc<Tls>) -> MonitorHandle {
         let health = topology.load().config.health.clone();
-        let mut base = own_login(&user, &password, "pgsplit-monitor", statement_deadline(health.timeout));
-        base.connect_timeout(health.timeout);
         let monitor = Monitor {
             topology,
             timeout: health.timeout,
-            base,
+            tls,
             watched: HashMap::new(),
             leader: None,
             history: LeaderHistory::default(),
@@ -126,13 +126,7 @@ impl Monitor {
             self.round().await;
             done.send_modify(|n| *n += 1);
             let health = self.topology.load().config.health.clone();
-            if health.timeout != self.timeout {
-                self.timeout = health.timeout;
-                let deadline = statement_deadline(health.timeout);
-                self.base
-                    .connect_timeout(health.timeout)
-                    .options(format!("-c statement_timeout={}", deadline.as_millis()));
-            }
+            self.timeout = health.timeout;
             if health.interval != interval {
                 (tick, interval) = ticker(health.interval);
                 tick.tick().await; // the first tick is immediate
@@ -163,13 +157,24 @@ impl Monitor {
         }
 
         let mut checks = JoinSet::new();
+        // Logins as the config says now: a reloaded password or TLS setting applies to the next connection.
+        let login = Arc::new(own_login(
+            &topology.config,
+            "pgsplit-monitor",
+            statement_deadline(self.timeout),
+        ));
+        let servers = self.tls.servers();
         for (index, (instance, _)) in targets.iter().enumerate() {
             let conn = self.watched.get_mut(&key_of(instance)).and_then(|w| w.conn.take());
-            let mut config = self.base.clone();
-            config.host(&*instance.host).port(instance.port);
-            let (name, timeout) = (instance.name.clone(), self.timeout);
+            let target = Target {
+                login: login.clone(),
+                tls: servers.clone(),
+                config: topology.config.clone(),
+                instance: instance.clone(),
+            };
+            let timeout = self.timeout;
             checks.spawn(async move {
-                let result = tokio::time::timeout(timeout, probe(conn, &config, &name)).await;
+                let result = tokio::time::timeout(timeout, probe(conn, &target, timeout)).await;
                 (index, result.unwrap_or(Err(CheckError::Timeout(timeout))))
             });
         }
@@ -378,20 +383,37 @@ enum CheckError {
     Task,
 }
 
+/// Where one check connects, and how it logs in.
+struct Target {
+    login: Arc<tokio_postgres::Config>,
+    tls: Arc<ServerTls>,
+    config: Arc<Config>,
+    instance: Arc<Instance>,
+}
+
 /// Reuses `conn` if it is still open, else connects and reads which cluster the server belongs to; then runs the
 /// check query. The caller bounds it by the timeout; on any failure the connection is dropped, so the next check
 /// starts from a fresh one.
 async fn probe(
     conn: Option<Identified>,
-    config: &tokio_postgres::Config,
-    name: &str,
+    target: &Target,
+    timeout: Duration,
 ) -> Result<(Identified, Reading), CheckError> {
     let conn = match conn {
         Some(known) if !known.conn.is_closed() => known,
         _ => {
-            let conn = Conn::open(config, name)
-                .await
-                .map_err(|e| CheckError::Connect(error_chain(&e)))?;
+            let instance = &target.instance;
+            let conn = Conn::open(
+                &target.login,
+                &instance.host,
+                instance.port,
+                &target.tls,
+                &target.config,
+                timeout,
+                &instance.name,
+            )
+            .await
+            .map_err(|e| CheckError::Connect(error_chain(&e)))?;
             let answer = first_row(&conn, IDENTITY_SQL).await?;
             let identity = answer
                 .first()

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use pgsplit::config::Config;
+use pgsplit::tls::Tls;
 use pgsplit::topology::catalog::{FunctionCatalog, volatile_user_functions};
 use pgsplit::topology::health::HealthSnapshot;
 use pgsplit::topology::monitor::{Monitor, MonitorHandle};
@@ -23,11 +24,10 @@ fn watch(cluster: &LocalCluster, config: &Config) -> (SharedTopology, MonitorHan
         .with_env_filter("pgsplit=info")
         .try_init();
     let topology: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::from_config(config)));
-    let monitor = Monitor::spawn(
-        topology.clone(),
-        cluster.app_user().into(),
-        cluster.app_password().into(),
-    );
+    // The config's first user (the cluster's app user) is the control role.
+    assert_eq!(config.users[0].name, cluster.app_user());
+    let tls = Arc::new(Tls::load(config).expect("TLS config loads"));
+    let monitor = Monitor::spawn(topology.clone(), tls);
     (topology, monitor)
 }
 
@@ -207,8 +207,8 @@ async fn catalog_lists_volatile_user_functions_not_immutable_ones() {
 
     let config = config_with_followers(c, 16 << 20, Duration::from_secs(5));
     let topology: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::from_config(&config)));
-    let (user, password) = (c.app_user().to_string(), c.app_password().to_string());
-    let catalog = FunctionCatalog::with_max_age(topology, &HEALTH, user, password, Duration::from_millis(200));
+    let tls = Arc::new(Tls::load(&config).expect("TLS config loads"));
+    let catalog = FunctionCatalog::with_max_age(topology, tls, &HEALTH, Duration::from_millis(200));
     let listed = catalog.get(c.app_database()).await;
     assert!(listed.contains(&bump) && !listed.contains(&pure), "{listed:?}");
 
@@ -237,7 +237,8 @@ async fn catalog_answers_empty_and_fast_when_the_leader_is_unreachable() {
         .unwrap()
         .port();
     let topology: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::from_config(&config)));
-    let catalog = FunctionCatalog::new(topology, &HEALTH, "app".into(), "app".into());
+    let tls = Arc::new(Tls::load(&config).expect("TLS config loads"));
+    let catalog = FunctionCatalog::new(topology, tls, &HEALTH);
     let started = Instant::now();
     assert!(catalog.get("app").await.is_empty());
     assert!(

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-pub use pgsplit::demo::cluster::{ClusterOptions, Instance, LocalCluster, StopMode, Toolbox, Watchdog};
+pub use pgsplit::demo::cluster::{
+    ClusterOptions, Instance, LocalCluster, ServerCertificate, StopMode, Toolbox, Watchdog,
+};
 
 /// Bound for the harness's waits (replication catch-up, pgbench setup).
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -108,15 +110,34 @@ impl Drop for PrivateCluster {
     }
 }
 
+/// A [`PrivateCluster`] started with `options` (its base dir is chosen here).
+pub fn private_cluster_with(options: ClusterOptions) -> PrivateCluster {
+    match start_guarded_with(options) {
+        Ok((cluster, watchdog)) => PrivateCluster {
+            cluster: Some(cluster),
+            watchdog: Some(watchdog),
+        },
+        Err(e) => panic!("a private test cluster did not start: {e}"),
+    }
+}
+
 /// Arms a watchdog on a fresh base dir, then starts the cluster in it.
 fn start_guarded(followers: usize) -> Result<(LocalCluster, Watchdog), pgsplit::demo::cluster::ClusterError> {
+    start_guarded_with(ClusterOptions {
+        followers,
+        ..ClusterOptions::default()
+    })
+}
+
+fn start_guarded_with(
+    options: ClusterOptions,
+) -> Result<(LocalCluster, Watchdog), pgsplit::demo::cluster::ClusterError> {
     let tools = Toolbox::locate()?;
     let base_dir = pgsplit::demo::cluster::unique_base_dir()?;
     let watchdog = Watchdog::spawn(&tools, &base_dir)?;
     let options = ClusterOptions {
-        followers,
         base_dir: Some(base_dir),
-        ..ClusterOptions::default()
+        ..options
     };
     let cluster = LocalCluster::start(options)?;
     Ok((cluster, watchdog))

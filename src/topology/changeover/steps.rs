@@ -166,7 +166,7 @@ pub(super) async fn check(control: &Control, request: &PromoteRequest) -> Result
     let repoint_granted = granted.get(1).cloned().flatten().as_deref() == Some("t");
     if granted.first().cloned().flatten().as_deref() != Some("t") || (request.repoint && !repoint_granted) {
         return Err(ChangeoverError::Privileges {
-            user: topology.config.users[0].name.clone(),
+            user: topology.config.control_login().0.to_owned(),
         });
     }
     let sizes = old_conn.row(&WAL_GEOMETRY, 2, deadline).await.map_err(on(&old))?;
