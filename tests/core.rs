@@ -8,6 +8,8 @@ mod auth;
 mod chaos;
 #[path = "core/hostile.rs"]
 mod hostile;
+#[path = "core/hostile_server.rs"]
+mod hostile_server;
 #[path = "core/lifecycle.rs"]
 mod lifecycle;
 #[path = "core/limits.rs"]
