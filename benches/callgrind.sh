@@ -30,11 +30,13 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$(id -u)" -eq 0 ]; then chown postgres "$work"; fi
-as_pg "$pgbin/initdb" -D "$work/data" -U postgres --auth=trust >/dev/null
+# Over TCP the server asks for SCRAM, as pgsplit's `server.auth_methods` requires by default; setup goes over the
+# socket.
+as_pg "$pgbin/initdb" -D "$work/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
 as_pg "$pgbin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
     -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=100" start >/dev/null
-psql -h 127.0.0.1 -p "$pg_port" -U postgres -q -c "CREATE ROLE app LOGIN PASSWORD 'app'" -c "CREATE DATABASE app OWNER app"
-PGPASSWORD=app pgbench -i -q -s 1 -h 127.0.0.1 -p "$pg_port" -U app app 2>/dev/null
+psql -h "$work" -p "$pg_port" -U postgres -q -c "CREATE ROLE app LOGIN PASSWORD 'app'" -c "CREATE DATABASE app OWNER app"
+pgbench -i -q -s 1 -h "$work" -p "$pg_port" -U app app 2>/dev/null
 
 cat >"$work/proxy.toml" <<EOF
 [proxy]
@@ -50,7 +52,7 @@ port = $pg_port
 max_connections = 8
 EOF
 
-bench() { PGPASSWORD=app pgbench -n -h 127.0.0.1 -p "$proxy_port" -U app "$@" app >/dev/null 2>&1; }
+bench() { PGPASSWORD=app pgbench -n -h 127.0.0.1 -p "$proxy_port" -U app "$@" app >"$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" "$work/vg.log" >&2; return 1; }; }
 
 printf '%-40s %-28s %12s\n' build workload instructions/txn
 workloads=("-S -M simple -c 16 -j 2 -t 1000" "-S -M simple -c 1 -t 5000" "-S -M extended -c 1 -t 5000"
