@@ -160,8 +160,8 @@ impl Relay {
             max_message_size: config.proxy.max_message_size,
             planner: Planner::new(functions, text_rules),
             stop: StopSignal::new(ctx.shutdown.clone()),
+            attachment: Attachment::new(ctx.topology.clone(), config.proxy.pool_mode, endpoint, login, cancel),
             ctx,
-            attachment: Attachment::new(config.proxy.pool_mode, endpoint, login, cancel),
             wanted,
             client,
             client_buf: BytesMut::new(),
@@ -306,12 +306,9 @@ impl Relay {
             return false;
         }
         let unscanned = self.client_buf.len() - self.to_server.scanned();
-        let room = if self.scan_paused() {
-            BACKPRESSURE
-        } else {
-            BACKPRESSURE.max(self.client_need)
-        };
-        unscanned < room
+        // Under the limit whatever scanning does (the usual case: nothing unscanned between messages); over it,
+        // only the rest of the message being read, and only while scanning goes on.
+        unscanned < BACKPRESSURE || (unscanned < self.client_need && !self.scan_paused())
     }
 
     /// Reads what the client sent. The buffer grows only once there is something to read: an idle client holds

@@ -26,7 +26,8 @@ use crate::protocol::frame::Framer;
 use crate::protocol::login::LoginError;
 use crate::router::{RouteReason, Wants};
 use crate::topology::gate::{Direction, Gate};
-use crate::topology::{FollowerPool, Instance, Role, Served, WorkGuard};
+use crate::topology::{FollowerPool, Instance, Role, Served, SharedTopology, Topology, WorkGuard};
+use arc_swap::cache::Cache;
 
 /// A borrowed server connection, the instance it belongs to, the role that instance had when routed to, and where
 /// the relay is in the connection's stream of messages.
@@ -43,6 +44,9 @@ pub(super) struct Attached {
 
 pub(super) struct Attachment {
     server: Option<Attached>,
+    /// The topology as this session last saw it: checking whether it changed costs a pointer comparison, not a
+    /// load of the shared snapshot.
+    topology: Cache<SharedTopology, Arc<Topology>>,
     /// Taken from the config at login: a reload changes them for new clients only.
     pool_mode: PoolMode,
     endpoint: Endpoint,
@@ -63,9 +67,16 @@ pub(super) struct RouteRequest<'a> {
 }
 
 impl Attachment {
-    pub fn new(pool_mode: PoolMode, endpoint: Endpoint, login: LoginInfo, cancel: Arc<CancelSlot>) -> Attachment {
+    pub fn new(
+        topology: SharedTopology,
+        pool_mode: PoolMode,
+        endpoint: Endpoint,
+        login: LoginInfo,
+        cancel: Arc<CancelSlot>,
+    ) -> Attachment {
         Attachment {
             server: None,
+            topology: Cache::new(topology),
             pool_mode,
             endpoint,
             login,
@@ -141,7 +152,7 @@ impl Attachment {
         loop {
             ctx.gate.wait_open(direction).await;
             // One snapshot per attempt: the routing decision and the checkout see the same topology.
-            let topology = ctx.topology.load_full();
+            let topology = self.topology.load().clone();
             let config = &topology.config;
             // A leader that cannot be reached is retried until this deadline.
             let deadline = started + config.server.checkout_timeout;
@@ -209,7 +220,7 @@ impl Attachment {
                 self.detach(true);
                 continue;
             }
-            if !self.role_still_holds(ctx, topology.generation) {
+            if !self.role_still_holds(topology.generation) {
                 // A swap while this unit waited for a connection: it must not run on a leader that was replaced
                 // (never two leaders), nor read on an instance that is no longer a follower.
                 self.detach(true);
@@ -227,8 +238,8 @@ impl Attachment {
 
     /// The attached instance still has the role it was attached for: nothing was swapped since generation
     /// `routed_on`, or the current topology gives it the same role.
-    fn role_still_holds(&self, ctx: &SessionContext, routed_on: u64) -> bool {
-        let now = ctx.topology.load();
+    fn role_still_holds(&mut self, routed_on: u64) -> bool {
+        let now = self.topology.load();
         now.generation == routed_on
             || self
                 .server
