@@ -39,6 +39,19 @@ pub fn render(status: &Status) -> String {
     }
 
     out.family(
+        "pgsplit_server_checkout_waits_total",
+        "counter",
+        "Units that had to wait for a free server connection, per instance (they wait up to server.checkout_timeout).",
+    );
+    for instance in &status.instances {
+        out.sample(
+            "pgsplit_server_checkout_waits_total",
+            &[("instance", &instance.name)],
+            instance.server_connections.waits,
+        );
+    }
+
+    out.family(
         "pgsplit_queries_total",
         "counter",
         "Units of work routed to an instance, by routing reason; pool is \"leader\" for the leader.",
@@ -207,6 +220,7 @@ mod tests {
             "pgsplit_topology_generation",
             "pgsplit_client_connections",
             "pgsplit_server_connections",
+            "pgsplit_server_checkout_waits_total",
             "pgsplit_queries_total",
             "pgsplit_replication_lag_bytes",
             "pgsplit_replication_lag_seconds",

@@ -107,6 +107,9 @@ pub struct Connections {
     pub idle: usize,
     /// Clients waiting for a connection.
     pub waiting: usize,
+    /// Checkouts that had to wait for a connection, since pgsplit started (a counter).
+    #[serde(default)]
+    pub waits: u64,
     /// The instance's connection limit.
     pub max: usize,
 }
@@ -185,6 +188,7 @@ fn instance_status(instance: &Instance, role: Role, pool: Option<&str>, max: usi
             active: stats.total.saturating_sub(stats.idle),
             idle: stats.idle,
             waiting: stats.waiting,
+            waits: stats.waits,
             max,
         },
         outstanding: instance.outstanding(),
@@ -221,6 +225,7 @@ impl InstanceStatus {
                 active: 3,
                 idle: 1,
                 waiting: 0,
+                waits: 0,
                 max: 20,
             },
             outstanding: 0,

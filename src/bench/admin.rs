@@ -56,6 +56,8 @@ pub struct InstanceSummary {
     pub max_lag_commits: Option<u64>,
     /// Most clients seen waiting for one of its server connections at once.
     pub max_waiting: usize,
+    /// Units that had to wait for one of its server connections during the run (pgsplit's counter).
+    pub waits: u64,
     pub healthy_at_end: bool,
 }
 
@@ -83,6 +85,9 @@ struct Track {
     max_lag_seconds: Option<f64>,
     max_lag_commits: Option<u64>,
     max_waiting: usize,
+    /// The instance's checkout-wait counter at the last look, and the waits counted since the first.
+    waits_counter: u64,
+    waits: u64,
     healthy: bool,
 }
 
@@ -135,6 +140,8 @@ impl AdminWatch {
                     max_lag_seconds: None,
                     max_lag_commits: None,
                     max_waiting: instance.server_connections.waiting,
+                    waits_counter: instance.server_connections.waits,
+                    waits: 0,
                     healthy: instance.healthy,
                 };
                 (instance.name.clone(), track)
@@ -201,6 +208,7 @@ impl AdminWatch {
                     max_lag_seconds: t.max_lag_seconds,
                     max_lag_commits: t.max_lag_commits,
                     max_waiting: t.max_waiting,
+                    waits: t.waits,
                     healthy_at_end: t.healthy,
                 })
                 .collect(),
@@ -240,6 +248,8 @@ impl State {
                             max_lag_seconds: None,
                             max_lag_commits: None,
                             max_waiting: 0,
+                            waits_counter: 0,
+                            waits: 0,
                             healthy: instance.healthy,
                         },
                     ));
@@ -256,6 +266,9 @@ impl State {
             track.pool.clone_from(&instance.pool);
             track.healthy = instance.healthy;
             track.max_waiting = track.max_waiting.max(instance.server_connections.waiting);
+            let counter = instance.server_connections.waits;
+            track.waits += counter.checked_sub(track.waits_counter).unwrap_or(counter);
+            track.waits_counter = counter;
             let follower = instance.pool.is_some();
             if follower {
                 track.max_lag_bytes = Some(track.max_lag_bytes.unwrap_or(0).max(instance.lag_bytes));

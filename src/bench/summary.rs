@@ -299,8 +299,8 @@ fn admin_text(out: &mut String, admin: &AdminSummary) {
     );
     let _ = writeln!(
         out,
-        "  {:<12} {:<18} {:>10} {:>7}  {:<26} most waiting",
-        "instance", "role", "units", "share", "largest lag"
+        "  {:<12} {:<18} {:>10} {:>7}  {:<26} {:>12}  most waiting",
+        "instance", "role", "units", "share", "largest lag", "pool waits"
     );
     for i in &admin.instances {
         let role = if i.role == i.role_at_start {
@@ -314,12 +314,13 @@ fn admin_text(out: &mut String, admin: &AdminSummary) {
         };
         let _ = writeln!(
             out,
-            "  {:<12} {:<18} {:>10} {:>6.1}%  {:<26} {}",
+            "  {:<12} {:<18} {:>10} {:>6.1}%  {:<26} {:>12}  {}",
             i.name,
             role,
             thousands(i.units),
             i.share * 100.0,
             lag,
+            thousands(i.waits),
             i.max_waiting
         );
     }

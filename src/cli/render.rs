@@ -198,6 +198,7 @@ mod tests {
             active: 0,
             idle: 2,
             waiting: 0,
+            waits: 0,
             max: 10,
         };
         let mut f2 = InstanceStatus::example("f2", Some("default"));

@@ -54,6 +54,8 @@ struct PoolState {
     waiters: VecDeque<Waiter>,
     /// A sweeper task is running (it ends when nobody waits).
     sweeping: bool,
+    /// Checkouts that had to wait, ever (a counter for metrics).
+    waits: u64,
     /// Per user and database: `is_superuser` and `session_authorization` differ between users.
     server_params: HashMap<ConnKey, ServerParams>,
 }
@@ -124,6 +126,8 @@ pub struct PoolStats {
     pub total: usize,
     pub idle: usize,
     pub waiting: usize,
+    /// Checkouts that had to wait for a connection, since the pool was made.
+    pub waits: u64,
 }
 
 impl InstancePool {
@@ -140,6 +144,7 @@ impl InstancePool {
                 idle: Vec::new(),
                 waiters: VecDeque::new(),
                 sweeping: false,
+                waits: 0,
                 server_params: HashMap::new(),
             })),
         }
@@ -155,6 +160,7 @@ impl InstancePool {
             total: state.total,
             idle: state.idle.len(),
             waiting: state.waiters.len(),
+            waits: state.waits,
         }
     }
 
@@ -221,6 +227,7 @@ impl InstancePool {
         }
         let (grant, receiver) = oneshot::channel();
         let started = Instant::now();
+        state.waits += 1;
         state.waiters.push_back(Waiter {
             key: key.clone(),
             grant,
@@ -521,7 +528,8 @@ mod tests {
             PoolStats {
                 total: 0,
                 idle: 0,
-                waiting: 0
+                waiting: 0,
+                waits: 1
             }
         );
     }
