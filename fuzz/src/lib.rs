@@ -110,7 +110,7 @@ impl Script {
     }
 
     fn fill_in_nonce(&mut self) {
-        const MARK: &[u8] = b"n,,n=,r=";
+        const MARK: &[u8] = b",n=,r=";
         let Some(at) = find(&self.written, MARK) else {
             return;
         };
@@ -232,7 +232,7 @@ pub fn check_error_reaches_peer(error: &SqlError) {
 }
 
 /// The SCRAM iteration count past which inputs are skipped: PBKDF2 runs that many rounds, so a larger count only
-/// costs time (a hostile server can make a login burn CPU this way: docs/robustness.md), not new paths. PostgreSQL's
+/// costs time, not new paths (pgsplit refuses a server's count over `protocol::scram::MAX_ITERATIONS`). PostgreSQL's
 /// default, so real exchanges stay in.
 pub const MAX_ITERATIONS: u64 = 4096;
 
