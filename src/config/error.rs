@@ -96,13 +96,31 @@ impl ConfigErrors {
                     file: file.to_owned(),
                     line,
                     col,
-                    message: problem.message,
+                    message: one_line(problem.message),
                 }
             })
             .collect();
         errors.sort_by_key(|error| (error.line, error.col));
         ConfigErrors { errors }
     }
+}
+
+/// A message as one line: the values it quotes may hold line breaks (a TOML `"""` string) or terminal escapes,
+/// written as Rust writes them in a string (`\n`, `\u{1b}`).
+fn one_line(message: String) -> String {
+    if !message.contains(char::is_control) {
+        return message;
+    }
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// 1-based line and column (in characters) of a byte offset; offsets past the end or inside a character are
@@ -138,6 +156,20 @@ mod tests {
         let text = "é";
         assert_eq!(position(text, 1), (1, 1));
         assert_eq!(position(text, 99), (1, 2));
+    }
+
+    /// Messages quote values, and a TOML string may hold line breaks (`"""…"""`) or terminal escapes: found by the
+    /// config fuzz target with `checkout_timeout = """…\n…"""`.
+    #[test]
+    fn a_quoted_value_cannot_break_the_one_line_per_problem_rule() {
+        let text = "a = \"\"\"x\ny\"\"\"\nb = 1\n";
+        let problems = vec![Problem {
+            span: Some(4..13),
+            message: "\"x\ny\r\u{1b}[2J\" is not a duration".into(),
+        }];
+        let errors = ConfigErrors::from_problems("p.toml", text, problems);
+        assert_eq!(errors.errors[0].message, r#""x\ny\r\u{1b}[2J" is not a duration"#);
+        assert_eq!(errors.to_string().lines().count(), 1);
     }
 
     #[test]

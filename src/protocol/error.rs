@@ -1,7 +1,7 @@
 //! Errors a client sees: severity, SQLSTATE and a message that names the limit or instance involved (SPEC §4).
 //!
 //! One constructor per situation, so the same condition always reads the same way; `encode` writes the
-//! ErrorResponse bytes.
+//! ErrorResponse bytes, well-formed whatever text a message quotes.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -129,13 +129,26 @@ impl SqlError {
         .chain(self.hint.as_deref().map(|h| (b'H', h)))
         {
             out.put_u8(field);
-            out.put_slice(value.as_bytes());
-            out.put_u8(0);
+            put_field_value(out, value);
         }
         out.put_u8(0);
         let len = (out.len() - start - 1) as u32;
         out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
     }
+}
+
+/// A field's value and its terminating NUL. Messages quote what peers sent (a malformed SCRAM message, a server's
+/// refusal), and a NUL there would end the field early and make the rest fields of the peer's choosing — a SQLSTATE
+/// among them: each NUL is written as the two characters `\0` instead.
+fn put_field_value(out: &mut BytesMut, value: &str) {
+    let mut rest = value.as_bytes();
+    while let Some(nul) = memchr::memchr(0, rest) {
+        out.put_slice(&rest[..nul]);
+        out.put_slice(b"\\0");
+        rest = &rest[nul + 1..];
+    }
+    out.put_slice(rest);
+    out.put_u8(0);
 }
 
 impl fmt::Display for SqlError {
@@ -155,5 +168,45 @@ mod tests {
         let mut out = BytesMut::new();
         SqlError::new(Severity::Fatal, code::TOO_MANY_CONNECTIONS, "full").encode(&mut out);
         assert_eq!(&out[..], b"E\0\0\0\x20SFATAL\0VFATAL\0C53300\0Mfull\0\0");
+    }
+
+    /// The fields of an encoded ErrorResponse, as a client splits them.
+    fn fields(out: &[u8]) -> Vec<(u8, &[u8])> {
+        let mut body = &out[5..];
+        let mut fields = Vec::new();
+        while let [field, rest @ ..] = body
+            && *field != 0
+        {
+            let nul = rest.iter().position(|&b| b == 0).expect("a terminated field");
+            fields.push((*field, &rest[..nul]));
+            body = &rest[nul + 1..];
+        }
+        assert_eq!(body, [0], "one terminator ends the list");
+        fields
+    }
+
+    /// Messages quote what a peer sent: a client's malformed SCRAM message (found by the client_auth fuzz target),
+    /// a server's SCRAM refusal (server_login). A NUL in them must not end the field early and turn the rest into
+    /// fields of the peer's choosing.
+    #[test]
+    fn a_nul_in_a_field_cannot_end_it() {
+        let mut out = BytesMut::new();
+        SqlError::protocol_violation("invalid SCRAM message: \u{11}\0n,,n=,r=abc")
+            .with_hint("x\0C00000")
+            .encode(&mut out);
+        assert_eq!(
+            fields(&out),
+            [
+                (b'S', &b"FATAL"[..]),
+                (b'V', b"FATAL"),
+                (b'C', b"08P01"),
+                (b'M', b"invalid SCRAM message: \x11\\0n,,n=,r=abc"),
+                (b'H', b"x\\0C00000"),
+            ]
+        );
+        assert_eq!(
+            u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
+            out.len() - 1
+        );
     }
 }
