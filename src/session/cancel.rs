@@ -1,6 +1,10 @@
 //! Cancel keys. Each client gets a (pid, secret) from pgsplit; while it borrows a server connection, its slot
 //! points at that connection's own key, so a CancelRequest reaches whichever server runs the client's query. The
 //! pid also names the session to end when someone terminates it (as `pg_terminate_backend` ends a backend).
+//!
+//! A CancelRequest goes to the server the way pgsplit's connections do (`[server] tls`, as libpq sends its
+//! cancels): over TLS when the mode asks for it, verified as the mode says, never in plaintext where TLS is
+//! required.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -8,11 +12,11 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use rand::RngExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use crate::pool::CancelTarget;
+use crate::tls::ServerTls;
 
 const CANCEL_REQUEST_CODE: u32 = 80877102;
 
@@ -79,9 +83,9 @@ impl CancelRegistry {
         Registration { registry: self, slot }
     }
 
-    /// Forwards a client's CancelRequest to the server connection it is using, if the key matches; connecting to
-    /// the server may take up to `connect_timeout`.
-    pub async fn cancel(&self, pid: u32, secret: u32, connect_timeout: Duration) {
+    /// Forwards a client's CancelRequest to the server connection it is using, if the key matches, with TLS as
+    /// `tls` says; connecting to the server may take up to `connect_timeout`.
+    pub async fn cancel(&self, pid: u32, secret: u32, connect_timeout: Duration, tls: &ServerTls) {
         let target = self
             .lock()
             .get(&pid)
@@ -89,7 +93,7 @@ impl CancelRegistry {
             .and_then(|slot| slot.target());
         match target {
             Some(target) => {
-                let sent = crate::runtime::timeout(connect_timeout, send_cancel(&target)).await;
+                let sent = crate::runtime::timeout(connect_timeout, send_cancel(&target, tls)).await;
                 if let Err(error) = sent.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
                     tracing::warn!(%error, host = %target.host, port = target.port, "forwarding a cancel request failed");
                 }
@@ -115,8 +119,9 @@ impl CancelRegistry {
     }
 }
 
-async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect((&*target.host, target.port)).await?;
+async fn send_cancel(target: &CancelTarget, tls: &ServerTls) -> std::io::Result<()> {
+    let tcp = TcpStream::connect((&*target.host, target.port)).await?;
+    let (mut stream, _) = tls.handshake(tcp, &target.host).await.map_err(std::io::Error::other)?;
     let mut packet = BytesMut::with_capacity(16);
     packet.put_u32(16);
     packet.put_u32(CANCEL_REQUEST_CODE);
