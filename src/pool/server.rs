@@ -106,12 +106,16 @@ pub enum ConnectError {
 
 impl ConnectError {
     /// What a client is told: the server's own refusal (bad database, bad setting) as it is, anything else as
-    /// 57P03 naming the instance.
+    /// 57P03 naming the instance — a TLS failure with what to check rather than "retry later".
     pub fn to_sql_error(&self, instance: &str) -> SqlError {
         match self {
             ConnectError::Login(LoginError::Refused { code, message }) => {
                 SqlError::new(Severity::Error, code.clone(), message.clone())
             }
+            ConnectError::Tls(_) => SqlError::server_unavailable(instance, self).with_hint(
+                "pgsplit never connects to a server without the TLS that server.tls asks for; check server.tls, \
+                 server.tls_ca and the server's certificate.",
+            ),
             other => SqlError::server_unavailable(instance, other),
         }
     }

@@ -130,3 +130,98 @@ async fn send_cancel(target: &CancelTarget, tls: &ServerTls) -> std::io::Result<
     stream.write_all(&packet).await?;
     stream.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::{ServerConfig, ServerTlsMode};
+    use crate::tls::testing::Pki;
+
+    fn server_tls(mode: ServerTlsMode) -> ServerTls {
+        ServerTls::load(&ServerConfig {
+            tls: mode,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            auth_methods: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            checkout_timeout: Duration::from_secs(5),
+        })
+        .expect("nothing to load")
+    }
+
+    /// A server on loopback that answers an SSLRequest with `answer` (`S`: then a TLS handshake with `pki`'s
+    /// certificate) and returns the bytes it received afterwards, until the client closes.
+    async fn server(
+        answer: u8,
+        pki: Option<Arc<rustls::ServerConfig>>,
+    ) -> (CancelTarget, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let received = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 8];
+            tcp.read_exact(&mut request).await.expect("SSLRequest");
+            assert_eq!(request, crate::tls::connect::SSL_REQUEST);
+            tcp.write_all(&[answer]).await.expect("answer");
+            let mut rest = Vec::new();
+            match pki {
+                Some(config) => {
+                    let mut tls = tokio_rustls::TlsAcceptor::from(config)
+                        .accept(tcp)
+                        .await
+                        .expect("handshake");
+                    let _ = tls.read_to_end(&mut rest).await;
+                }
+                None => {
+                    let _ = tcp.read_to_end(&mut rest).await;
+                }
+            }
+            rest
+        });
+        let target = CancelTarget {
+            host: "127.0.0.1".into(),
+            port,
+            pid: 7,
+            secret: 42,
+        };
+        (target, received)
+    }
+
+    fn packet() -> Vec<u8> {
+        [16u32, CANCEL_REQUEST_CODE, 7, 42]
+            .iter()
+            .flat_map(|n| n.to_be_bytes())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_cancel_goes_over_tls_when_the_server_takes_it_and_never_in_plaintext_when_tls_is_required() {
+        let pki = Pki::new();
+        let (target, received) = server(b'S', Some(pki.server_config())).await;
+        send_cancel(&target, &server_tls(ServerTlsMode::Require))
+            .await
+            .expect("sent over TLS");
+        assert_eq!(received.await.expect("server task"), packet(), "the request, decrypted");
+
+        let (target, received) = server(b'N', None).await;
+        let refused = send_cancel(&target, &server_tls(ServerTlsMode::Require)).await;
+        assert!(refused.is_err());
+        assert!(
+            received.await.expect("server task").is_empty(),
+            "nothing sent in plaintext"
+        );
+
+        // prefer, like libpq: plaintext only when the server says it has no TLS.
+        let (target, received) = server(b'N', None).await;
+        send_cancel(&target, &server_tls(ServerTlsMode::Prefer))
+            .await
+            .expect("sent in plaintext");
+        assert_eq!(received.await.expect("server task"), packet());
+    }
+}
