@@ -30,10 +30,11 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$(id -u)" -eq 0 ]; then chown postgres "$work"; fi
-as_pg "$pgbin/initdb" -D "$work/data" -U postgres --auth=trust >/dev/null
+# SCRAM over TCP, as pgsplit logs in by default (server.auth_methods = ["scram-sha-256"]); trust on the socket for setup.
+as_pg "$pgbin/initdb" -D "$work/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
 as_pg "$pgbin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
     -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=100" start >/dev/null
-psql -h 127.0.0.1 -p "$pg_port" -U postgres -q -c "CREATE ROLE app LOGIN PASSWORD 'app'" -c "CREATE DATABASE app OWNER app"
+psql -h "$work" -p "$pg_port" -U postgres -q -c "CREATE ROLE app LOGIN PASSWORD 'app'" -c "CREATE DATABASE app OWNER app"
 PGPASSWORD=app pgbench -i -q -s 1 -h 127.0.0.1 -p "$pg_port" -U app app 2>/dev/null
 
 cat >"$work/proxy.toml" <<EOF

@@ -110,6 +110,7 @@ impl Transport {
     }
 
     /// The socket: options, addresses.
+    #[inline]
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Plain(tcp) => tcp,
@@ -123,6 +124,7 @@ impl Transport {
 
     /// Ready when a read would not block: bytes on the socket, or TLS plaintext (or the peer's close) already in
     /// memory.
+    #[inline]
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Transport::Plain(tcp) => tcp.poll_read_ready(cx),
@@ -132,6 +134,7 @@ impl Transport {
     }
 
     /// Ready when the socket takes bytes.
+    #[inline]
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.tcp().poll_write_ready(cx)
     }
@@ -139,6 +142,7 @@ impl Transport {
     /// Reads what is available into `buf`'s spare capacity without blocking: `Ok(0)` is the end of the stream
     /// (close_notify, or the socket's EOF), `WouldBlock` means nothing yet. A TLS error (a forged or broken record)
     /// is `InvalidData`; the alert goes out if the socket takes it.
+    #[inline]
     pub fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         if buf.capacity() == buf.len() {
             buf.reserve(MIN_READ);
@@ -152,6 +156,7 @@ impl Transport {
     /// Takes as much of `bytes` as fits without blocking and returns how much; `WouldBlock` when nothing fits. For
     /// TLS, pending ciphertext is sent first, and what is taken may wait encrypted in memory (bounded by
     /// [`MAX_PENDING_TLS`]) until [`flush_now`](Self::flush_now).
+    #[inline]
     pub fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(tcp) => tcp.try_write(bytes),
@@ -161,6 +166,7 @@ impl Transport {
 
     /// Ciphertext is waiting for the socket: poll for writability and call [`flush_now`](Self::flush_now) even
     /// when there is nothing more to write. Always false for plain sockets.
+    #[inline]
     pub fn wants_flush(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
@@ -169,6 +175,7 @@ impl Transport {
     }
 
     /// Sends pending ciphertext; `WouldBlock` if the socket did not take all of it.
+    #[inline]
     pub fn flush_now(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(_) => Ok(()),
@@ -221,6 +228,9 @@ impl TlsSession {
         self.plaintext > 0 || self.peer_closed || self.eof
     }
 
+    // Out of line, like try_write and flush_now: the plain path's dispatch stays small enough to inline into
+    // the relay.
+    #[inline(never)]
     fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         self.fill()?;
         let start = buf.len();
@@ -282,6 +292,7 @@ impl TlsSession {
         }
     }
 
+    #[inline(never)]
     fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         match self.flush_now() {
             Err(e) if e.kind() != ErrorKind::WouldBlock => return Err(e),
@@ -299,6 +310,7 @@ impl TlsSession {
         Ok(taken)
     }
 
+    #[inline(never)]
     fn flush_now(&mut self) -> io::Result<()> {
         while self.conn.wants_write() {
             if self.conn.write_tls(&mut NonBlocking(&self.tcp))? == 0 {

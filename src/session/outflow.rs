@@ -85,8 +85,12 @@ impl Outflow {
     }
 
     /// Writes as much as `stream` takes without blocking; the rest waits for writability. Over TLS, ciphertext
-    /// left from earlier writes is sent too, even with nothing due.
+    /// left from earlier writes goes first (each TLS write sends it), and also with nothing due.
+    #[inline]
     pub fn write(&mut self, stream: &mut Transport, source: &mut BytesMut) -> std::io::Result<()> {
+        if self.is_empty() {
+            return flush_now(stream);
+        }
         if !self.outbox.is_empty() {
             let mut len = self.outbox.len();
             write_now(stream, &mut self.outbox, &mut len)?;
@@ -94,12 +98,12 @@ impl Outflow {
                 return Ok(());
             }
         }
-        write_now(stream, source, &mut self.due)?;
-        flush_now(stream)
+        write_now(stream, source, &mut self.due)
     }
 }
 
 /// Sends the TLS ciphertext `stream` holds, as far as the socket takes it now (nothing to do for plain sockets).
+#[inline]
 pub fn flush_now(stream: &mut Transport) -> std::io::Result<()> {
     if !stream.wants_flush() {
         return Ok(());
