@@ -311,7 +311,14 @@ impl Proxies {
         let pgbouncer = match pgbouncer_binary() {
             Some(bin) => {
                 let pools = [settings.pool, session_pool];
-                Some(start_pgbouncer(work, tools, &bin, (p[4], leader_port), pools, "")?)
+                Some(start_pgbouncer(
+                    work,
+                    tools,
+                    &bin,
+                    (p[4], leader_port),
+                    pools,
+                    (PASSWORD, ""),
+                )?)
             }
             None => {
                 println!("PgBouncer not found (/usr/sbin/pgbouncer, PATH): its rows are skipped");
@@ -672,17 +679,18 @@ fn pgbouncer_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// One PgBouncer on `port` with a database per pooling mode ([`BOUNCER_TXN_DB`], [`BOUNCER_SESSION_DB`]) and
-/// `extra` settings (TLS). Runs as the PostgreSQL OS user when we are root (PgBouncer refuses root).
+/// One PgBouncer on `port` with a database per pooling mode ([`BOUNCER_TXN_DB`], [`BOUNCER_SESSION_DB`]), the
+/// app user's `secret` in its auth_file (the password, or the server's SCRAM secret) and `extra` settings (TLS).
+/// Runs as the PostgreSQL OS user when we are root (PgBouncer refuses root).
 fn start_pgbouncer(
     work: &WorkDir,
     tools: &Toolbox,
     bin: &Path,
     (port, leader_port): (u16, u16),
     [pool, session_pool]: [usize; 2],
-    extra: &str,
+    (secret, extra): (&str, &str),
 ) -> Result<ProxyProcess> {
-    let auth_file = work.write(tools, "userlist.txt", &format!("\"{USER}\" \"{PASSWORD}\"\n"))?;
+    let auth_file = work.write(tools, "userlist.txt", &format!("\"{USER}\" \"{secret}\"\n"))?;
     let server = format!("host=127.0.0.1 port={leader_port} dbname={DATABASE}");
     let ini = format!(
         "[databases]\n\
@@ -790,7 +798,11 @@ fn print_header(cluster: &LocalCluster, settings: &Settings, session_pool: usize
     println!(
         "- cluster: leader + {} followers, pgbench scale {}; {} s per run, {} round(s); pool size {} (transaction), \
          {session_pool} (session)",
-        settings.followers, settings.scale, settings.secs, settings.rounds, settings.pool
+        cluster.followers().len(),
+        settings.scale,
+        settings.secs,
+        settings.rounds,
+        settings.pool
     );
     Ok(())
 }
