@@ -17,6 +17,8 @@
 mod procs;
 #[path = "e2e/report.rs"]
 mod report;
+#[path = "e2e/tls.rs"]
+mod tls;
 
 #[path = "common.rs"]
 mod common;
@@ -55,6 +57,8 @@ struct Settings {
     baseline: Option<PathBuf>,
     /// Rounds per workload and client count, the targets interleaved within each.
     rounds: u32,
+    /// Run the TLS comparison instead (`tls.rs`).
+    tls: bool,
 }
 
 impl Settings {
@@ -67,6 +71,7 @@ impl Settings {
             scale: env_number("PGSPLIT_BENCH_SCALE", 10)?,
             baseline: std::env::var_os("PGSPLIT_BENCH_BASELINE").map(PathBuf::from),
             rounds: env_number("PGSPLIT_BENCH_ROUNDS", 1)?.max(1),
+            tls: env_number::<u32>("PGSPLIT_BENCH_TLS", 0)? != 0,
         })
     }
 }
@@ -153,6 +158,9 @@ fn run() -> Result<()> {
         std::fs::copy(baseline, work.path(BASELINE_BINARY))
             .with_context(|| format!("copying the baseline binary {}", baseline.display()))?;
     }
+    if settings.tls {
+        return tls::run(&settings, &tools, &work);
+    }
     let base_dir = unique_base_dir()?;
     // Declared before the cluster, so dropped after it: it finds nothing left unless the bench died first.
     let _watchdog = Watchdog::spawn(&tools, &base_dir)?;
@@ -185,14 +193,14 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
     // Warm-up: every pool opens its server connections before anything is measured.
     for target in proxy_targets() {
         let args = pgbench_args(&["-S"], MOST_CLIENTS as u32, 2, 1);
-        procs::pgbench(tools, target.port, target.database, (USER, PASSWORD), &args)
+        procs::pgbench(tools, (target.port, target.database), (USER, PASSWORD), &args, &[])
             .with_context(|| format!("warm-up through {}", target.name))?;
     }
     let mut memory = Vec::new();
     // One PgBouncer process serves both pooling modes: measure it once.
     for target in proxy_targets().filter(|t| !(t.kind == Kind::PgBouncer && t.database == BOUNCER_SESSION_DB)) {
         eprintln!("e2e: {} idle clients on {}", settings.idle_clients, target.name);
-        memory.push((target.name, idle_memory(target, settings.idle_clients)));
+        memory.push((target.name, idle_memory(target, settings.idle_clients, None)));
     }
 
     let (mut ratios, mut baseline_ratios) = (Vec::new(), Vec::new());
@@ -211,7 +219,7 @@ fn with_cluster(cluster: &LocalCluster, tools: &Toolbox, work: &WorkDir, setting
                 {
                     eprintln!("e2e: {} | {} | {clients} clients", workload.args.join(" "), target.name);
                     let args = pgbench_args(workload.args, clients, threads, settings.secs);
-                    let outcome = measure(tools, target, &args);
+                    let outcome = measure(tools, target, &args, &[]);
                     rows.push(Row {
                         target: target.name,
                         kind: target.kind,
@@ -272,6 +280,7 @@ impl Proxies {
             leader_port,
             pool: settings.pool,
             followers: &[],
+            extra: "",
         };
         let pgsplit_txn = start_pgsplit(work, tools, &transaction)?;
         let session = PgsplitSpec {
@@ -302,7 +311,14 @@ impl Proxies {
         let pgbouncer = match pgbouncer_binary() {
             Some(bin) => {
                 let pools = [settings.pool, session_pool];
-                Some(start_pgbouncer(work, tools, &bin, p[4], leader_port, pools)?)
+                Some(start_pgbouncer(
+                    work,
+                    tools,
+                    &bin,
+                    (p[4], leader_port),
+                    pools,
+                    (PASSWORD, ""),
+                )?)
             }
             None => {
                 println!("PgBouncer not found (/usr/sbin/pgbouncer, PATH): its rows are skipped");
@@ -436,7 +452,12 @@ fn split_reads(
     for (clients, threads) in CLIENTS {
         eprintln!("e2e: -S split | {} | {clients} clients", target.name);
         let before = commits()?;
-        let outcome = measure(tools, target, &pgbench_args(&["-S"], clients, threads, settings.secs));
+        let outcome = measure(
+            tools,
+            target,
+            &pgbench_args(&["-S"], clients, threads, settings.secs),
+            &[],
+        );
         let after = commits()?;
         let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
         let total = deltas.iter().sum::<u64>() as f64;
@@ -565,12 +586,13 @@ fn pgbench_args(workload: &[&str], clients: u32, threads: u32, secs: u64) -> Vec
     args
 }
 
-/// One timed pgbench run, with the proxy's CPU time and context switches read before and after.
-fn measure(tools: &Toolbox, target: &Target, args: &[String]) -> Result<Measured, String> {
+/// One timed pgbench run (`env` added to its environment), with the proxy's CPU time and context switches read
+/// before and after.
+fn measure(tools: &Toolbox, target: &Target, args: &[String], env: &[(&str, &str)]) -> Result<Measured, String> {
     let usage = |pid| anyhow::Ok((procs::cpu_micros(pid)?, procs::context_switches(pid)?));
     let text = |e: anyhow::Error| format!("{e:#}");
     let before = target.pid.map(usage).transpose().map_err(text)?;
-    let run = procs::pgbench(tools, target.port, target.database, (USER, PASSWORD), args).map_err(text)?;
+    let run = procs::pgbench(tools, (target.port, target.database), (USER, PASSWORD), args, env).map_err(text)?;
     let after = target.pid.map(usage).transpose().map_err(text)?;
     if !run.problem.is_empty() {
         eprintln!("e2e: {}: {}", target.name, run.problem);
@@ -590,7 +612,8 @@ fn measure(tools: &Toolbox, target: &Target, args: &[String]) -> Result<Measured
     })
 }
 
-/// One pgsplit to start: `binary` is a file name in the scratch dir; `label` names its config, log and process.
+/// One pgsplit to start: `binary` is a file name in the scratch dir; `label` names its config, log and process;
+/// `extra` is appended to its config (tables of its own: `[proxy.tls]`, `[server]`).
 #[derive(Clone, Copy)]
 struct PgsplitSpec<'a> {
     label: &'a str,
@@ -600,6 +623,7 @@ struct PgsplitSpec<'a> {
     leader_port: u16,
     pool: usize,
     followers: &'a [u16],
+    extra: &'a str,
 }
 
 fn start_pgsplit(work: &WorkDir, tools: &Toolbox, spec: &PgsplitSpec) -> Result<ProxyProcess> {
@@ -611,6 +635,7 @@ fn start_pgsplit(work: &WorkDir, tools: &Toolbox, spec: &PgsplitSpec) -> Result<
         leader_port,
         pool,
         followers,
+        extra,
     } = *spec;
     let mut config = format!(
         "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\npool_mode = \"{mode}\"\n\n\
@@ -630,6 +655,7 @@ fn start_pgsplit(work: &WorkDir, tools: &Toolbox, spec: &PgsplitSpec) -> Result<
         }
         config.push_str("]\n");
     }
+    config.push_str(extra);
     let path = work.write(tools, &format!("pgsplit-{label}.toml"), &config)?;
     let mut cmd = Command::new(work.path(binary));
     cmd.arg("run").arg("-c").arg(&path).env("RUST_LOG", "info");
@@ -653,17 +679,18 @@ fn pgbouncer_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// One PgBouncer with a database per pooling mode ([`BOUNCER_TXN_DB`], [`BOUNCER_SESSION_DB`]). Runs as
-/// the PostgreSQL OS user when we are root (PgBouncer refuses root).
+/// One PgBouncer on `port` with a database per pooling mode ([`BOUNCER_TXN_DB`], [`BOUNCER_SESSION_DB`]), the
+/// app user's `secret` in its auth_file (the password, or the server's SCRAM secret) and `extra` settings (TLS).
+/// Runs as the PostgreSQL OS user when we are root (PgBouncer refuses root).
 fn start_pgbouncer(
     work: &WorkDir,
     tools: &Toolbox,
     bin: &Path,
-    port: u16,
-    leader_port: u16,
+    (port, leader_port): (u16, u16),
     [pool, session_pool]: [usize; 2],
+    (secret, extra): (&str, &str),
 ) -> Result<ProxyProcess> {
-    let auth_file = work.write(tools, "userlist.txt", &format!("\"{USER}\" \"{PASSWORD}\"\n"))?;
+    let auth_file = work.write(tools, "userlist.txt", &format!("\"{USER}\" \"{secret}\"\n"))?;
     let server = format!("host=127.0.0.1 port={leader_port} dbname={DATABASE}");
     let ini = format!(
         "[databases]\n\
@@ -673,7 +700,7 @@ fn start_pgbouncer(
          listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
          auth_type = scram-sha-256\nauth_file = {}\n\
          pool_mode = transaction\ndefault_pool_size = {pool}\nmax_client_conn = 1000\n\
-         log_connections = 0\nlog_disconnections = 0\n",
+         log_connections = 0\nlog_disconnections = 0\n{extra}",
         auth_file.display()
     );
     let ini = work.write(tools, "pgbouncer.ini", &ini)?;
@@ -685,12 +712,13 @@ fn start_pgbouncer(
     Ok(proxy)
 }
 
-fn idle_memory(target: &Target, clients: usize) -> Result<Memory> {
+/// RSS of the target's proxy idle and with `clients` idle clients (over TLS when `tls` gives a client config).
+fn idle_memory(target: &Target, clients: usize, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Memory> {
     let pid = target.pid.context("no proxy process")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let idle_kib = procs::rss_kib(pid)?;
-    let open =
-        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(120), open_clients(target, clients)).await });
+    let open = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(120), open_clients(target, clients, tls)).await });
     let open = open.map_err(|_| anyhow::anyhow!("opening {clients} clients took over 120 s"))??;
     std::thread::sleep(Duration::from_millis(500));
     let loaded_kib = procs::rss_kib(pid)?;
@@ -703,8 +731,12 @@ fn idle_memory(target: &Target, clients: usize) -> Result<Memory> {
     })
 }
 
-/// Logs `n` clients in (16 handshakes at a time) and keeps them open, idle.
-async fn open_clients(target: &Target, n: usize) -> Result<Vec<tokio_postgres::Client>> {
+/// Logs `n` clients in (16 handshakes at a time; over TLS with `tls`) and keeps them open, idle.
+async fn open_clients(
+    target: &Target,
+    n: usize,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Vec<tokio_postgres::Client>> {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
@@ -715,12 +747,26 @@ async fn open_clients(target: &Target, n: usize) -> Result<Vec<tokio_postgres::C
         .connect_timeout(Duration::from_secs(10));
     let limit = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = tokio::task::JoinSet::new();
+    if tls.is_some() {
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
     for _ in 0..n {
-        let (config, limit) = (config.clone(), limit.clone());
+        let (config, limit, tls) = (config.clone(), limit.clone(), tls.cloned());
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await?;
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
+            let client = match tls {
+                Some(tls) => {
+                    let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                    let (client, connection) = config.connect(tls).await?;
+                    tokio::spawn(connection);
+                    client
+                }
+                None => {
+                    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                    tokio::spawn(connection);
+                    client
+                }
+            };
             anyhow::Ok(client)
         });
     }
@@ -752,7 +798,11 @@ fn print_header(cluster: &LocalCluster, settings: &Settings, session_pool: usize
     println!(
         "- cluster: leader + {} followers, pgbench scale {}; {} s per run, {} round(s); pool size {} (transaction), \
          {session_pool} (session)",
-        settings.followers, settings.scale, settings.secs, settings.rounds, settings.pool
+        cluster.followers().len(),
+        settings.scale,
+        settings.secs,
+        settings.rounds,
+        settings.pool
     );
     Ok(())
 }

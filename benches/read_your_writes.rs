@@ -191,8 +191,8 @@ impl Bench {
         all.extend(args.iter().map(|a| a.to_string()));
         let (tools, port) = (self.tools.clone(), proxy.local_addr().port());
         let (cpu0, reads0) = (procs::cpu_micros(std::process::id())?, reads(proxy));
-        let run =
-            tokio::task::spawn_blocking(move || procs::pgbench(&tools, port, "app", ("app", "app"), &all)).await??;
+        let run = tokio::task::spawn_blocking(move || procs::pgbench(&tools, (port, "app"), ("app", "app"), &all, &[]))
+            .await??;
         let (cpu1, reads1) = (procs::cpu_micros(std::process::id())?, reads(proxy));
         if !run.problem.is_empty() {
             bail!("{}", run.problem);

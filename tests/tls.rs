@@ -1,93 +1,40 @@
-//! TLS for real, against a PostgreSQL leader with `ssl = on` and `hostssl` rules, with certificates made here (a CA,
-//! a certificate for localhost and 127.0.0.1, and a CA that signed nothing): psql logging in through pgsplit with
-//! `sslmode=verify-full` and `channel_binding=require` (right and wrong CA, wrong host name), plaintext refused by
-//! `mode = "require"`, PostgreSQL 17's direct TLS spoken with rustls, pgsplit's own connections verifying the server
-//! (or refusing it), a server asking for a cleartext password refused, and no secret in logs, `/status` or
-//! `Debug`.
-//!
-//! Until the relay takes a TLS transport, a session over TLS ends after its greeting with FATAL 0A000: these tests
-//! check the login up to there.
+//! TLS for real, against a PostgreSQL leader with `ssl = on` and `hostssl` rules only, with certificates made by the
+//! tests (`support::tls`): logins here — psql through pgsplit with `sslmode=verify-full` and
+//! `channel_binding=require` running real queries (right and wrong CA, wrong host name), plaintext refused by
+//! `mode = "require"`, PostgreSQL 17's direct TLS spoken with rustls, pgsplit's own connections (pooled, monitor)
+//! verifying the server or refusing it and never falling back to plaintext, a server asking for a cleartext
+//! password refused, and no secret in logs, `/status` or `Debug`. Sessions over TLS on both sides are in
+//! `tls/sessions.rs` (pgbench, COPY, large results, pipelining, cancel), their memory in `tls/memory.rs`.
 
 mod support;
 
-use std::path::PathBuf;
+#[path = "tls/memory.rs"]
+mod memory;
+#[path = "tls/sessions.rs"]
+mod sessions;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pgsplit::admin::Status;
 use pgsplit::config::Config;
 use pgsplit::proxy::Proxy;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{ClusterOptions, PrivateCluster, ServerCertificate, eventually, private_cluster_with, psql};
+use support::tls::pki;
+use support::{ClusterOptions, PrivateCluster, eventually, private_cluster_with, psql};
 
-/// The test's certificates, as files.
-struct Files {
-    dir: PathBuf,
-    ca: PathBuf,
-    wrong_ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    ca_der: CertificateDer<'static>,
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn files() -> &'static Files {
-    static FILES: OnceLock<Files> = OnceLock::new();
-    FILES.get_or_init(|| {
-        let (ca, wrong) = (ca("pgsplit test CA"), ca("somebody else's CA"));
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-        params.distinguished_name.push(DnType::CommonName, "localhost");
-        let cert = params.signed_by(&key, &ca).unwrap();
-        let dir = std::env::temp_dir().join(format!("pgsplit-tls-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let write = |name: &str, text: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        Files {
-            ca: write("ca.crt", &ca.pem()),
-            wrong_ca: write("wrong-ca.crt", &wrong.pem()),
-            cert: write("server.crt", &cert.pem()),
-            key: write("server.key", &key.serialize_pem()),
-            ca_der: ca.der().clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            dir,
-        }
-    })
-}
-
-/// The leader: TLS on; `cleartext` may log in only with a cleartext password, `app` also without TLS (pooled
-/// connections are plain until the relay takes TLS), everyone else only over TLS.
+/// The leader: TLS on; `cleartext` may log in only with a cleartext password, everyone else with SCRAM, and every
+/// TCP login only over TLS — pgsplit's pooled connections too.
 fn cluster() -> &'static PrivateCluster {
     static CLUSTER: OnceLock<PrivateCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let files = files();
         let cluster = private_cluster_with(ClusterOptions {
             followers: 0,
-            ssl: Some(ServerCertificate {
-                cert_pem: files.cert_pem.clone(),
-                key_pem: files.key_pem.clone(),
-            }),
-            hba_rules: vec![
-                "hostssl all cleartext 127.0.0.1/32 password".into(),
-                "host all app 127.0.0.1/32 scram-sha-256".into(),
-            ],
+            ssl: Some(pki().server_certificate()),
+            hba_rules: vec!["hostssl all cleartext 127.0.0.1/32 password".into()],
             ..ClusterOptions::default()
         });
         psql(
@@ -101,29 +48,52 @@ fn cluster() -> &'static PrivateCluster {
     })
 }
 
-/// pgsplit in front of the leader; `extra` is appended to the config (its tables after `[[users]]`).
-async fn start(proxy_tls: &str, server: &str, extra: &str) -> Proxy {
-    let (c, f) = (cluster(), files());
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{proxy_tls}\n[server]\n{server}\n\
-         [[users]]\nname = \"app\"\npassword = \"app\"\n[leader]\nhost = \"127.0.0.1\"\nport = {}\n\
+/// The app user, logging in with its password.
+const APP: &str = "[[users]]\nname = \"app\"\npassword = \"app\"\n";
+
+/// pgsplit's config after `[proxy]`'s own keys: `proxy_tls` (a `[proxy.tls]` table or nothing), `[server]` with
+/// `server`, `users`, the leader, and `extra` (tables after `[[users]]`). `$CA`, `$WRONG_CA` stand for the files.
+fn config_rest(proxy_tls: &str, server: &str, users: &str, extra: &str) -> String {
+    let f = pki();
+    format!(
+        "{proxy_tls}\n[server]\n{server}\n{users}[leader]\nhost = \"127.0.0.1\"\nport = {}\n\
          [health]\ninterval = \"100ms\"\ntimeout = \"2s\"\n{extra}",
-        c.leader().port
+        cluster().leader().port
     )
     .replace("$CA", &f.ca.display().to_string())
     .replace("$WRONG_CA", &f.wrong_ca.display().to_string())
-    .replace("$CERT", &f.cert.display().to_string())
-    .replace("$KEY", &f.key.display().to_string());
-    let config = Config::parse(&text, &f.dir.join("proxy.toml").display().to_string()).expect("valid config");
+}
+
+/// pgsplit in front of the leader, in this process: see [`config_rest`].
+async fn start_with(proxy_tls: &str, server: &str, users: &str, extra: &str) -> Proxy {
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}",
+        config_rest(proxy_tls, server, users, extra)
+    );
+    let config = Config::parse(&text, &pki().dir.join("proxy.toml").display().to_string()).expect("valid config");
     Proxy::start(config).await.expect("proxy starts")
 }
 
-const CLIENT_TLS: &str = "[proxy.tls]\nmode = \"require\"\ncert = \"$CERT\"\nkey = \"$KEY\"\n";
+/// [`start_with`] the app user.
+async fn start(proxy_tls: &str, server: &str, extra: &str) -> Proxy {
+    start_with(proxy_tls, server, APP, extra).await
+}
 
-/// psql with `conninfo` (password app): (success, stderr).
-async fn psql_through(conninfo: &str) -> (bool, String) {
-    let run = tokio::process::Command::new("psql")
-        .args(["-X", "-At", "-c", "SELECT 1", conninfo])
+/// `[proxy.tls]` with `mode = "require"`.
+fn client_tls() -> String {
+    pki().proxy_tls("require")
+}
+
+/// psql running `commands` (each its own `-c`) with `conninfo` (password app unless it says otherwise):
+/// (success, stdout, stderr).
+async fn psql_through(conninfo: &str, commands: &[&str]) -> (bool, String, String) {
+    let mut psql = tokio::process::Command::new("psql");
+    psql.args(["-X", "-At", "-v", "ON_ERROR_STOP=1"]);
+    for command in commands {
+        psql.args(["-c", command]);
+    }
+    let run = psql
+        .arg(conninfo)
         .env("PGPASSWORD", "app")
         .env("PGCONNECT_TIMEOUT", "10")
         .output();
@@ -131,42 +101,56 @@ async fn psql_through(conninfo: &str) -> (bool, String) {
         .await
         .expect("psql ends within 30 s")
         .expect("psql runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    (out.status.success(), text(out.stdout), text(out.stderr))
 }
 
+/// Whether the server connection that runs this session's statements is TLS, as the server sees it.
+const SERVER_SIDE_TLS: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
 #[tokio::test]
-async fn psql_logs_in_over_verified_tls_with_channel_binding() {
-    let p = start(CLIENT_TLS, "tls = \"prefer\"", "").await;
-    let (port, ca) = (p.local_addr().port(), files().ca.display().to_string());
+async fn psql_runs_queries_over_verified_tls_with_channel_binding() {
+    let p = start(&client_tls(), "tls = \"verify-full\"\ntls_ca = \"$CA\"", "").await;
+    let (port, ca) = (p.local_addr().port(), pki().ca.display().to_string());
     let conninfo = format!(
         "host=localhost port={port} user=app dbname=app sslmode=verify-full sslrootcert={ca} channel_binding=require"
     );
-    let (ok, stderr) = psql_through(&conninfo).await;
     // libpq checked the certificate and the name, and that SCRAM signed this TLS channel (channel_binding=require
-    // fails at AuthenticationOk otherwise); then pgsplit said what it cannot do yet.
-    assert!(!ok, "{stderr}");
-    assert!(stderr.contains("cannot relay queries over TLS yet"), "{stderr}");
-    let wrong = psql_through(&format!("{conninfo} password=wrong")).await.1;
-    assert!(wrong.contains("password authentication failed"), "{wrong}");
+    // fails at AuthenticationOk otherwise); then a transaction, a read and the TLS facts of both sides.
+    let commands = [
+        "DROP TABLE IF EXISTS tls_psql",
+        "BEGIN; CREATE TABLE tls_psql (i int); INSERT INTO tls_psql SELECT generate_series(1, 1000); COMMIT",
+        "SELECT count(*), sum(i) FROM tls_psql",
+        SERVER_SIDE_TLS,
+        "\\conninfo",
+    ];
+    let (ok, stdout, stderr) = psql_through(&conninfo, &commands).await;
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.contains(&"1000|500500"), "{stdout}");
+    assert!(lines.contains(&"t"), "the pooled connection is TLS: {stdout}");
+    assert!(stdout.contains("SSL connection (protocol: TLSv1."), "{stdout}");
+    let (ok, _, wrong) = psql_through(&format!("{conninfo} password=wrong"), &["SELECT 1"]).await;
+    assert!(!ok && wrong.contains("password authentication failed"), "{wrong}");
     p.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
 async fn a_wrong_ca_or_host_name_fails_in_the_client_and_plaintext_is_refused_with_28000() {
-    let p = start(CLIENT_TLS, "tls = \"prefer\"", "").await;
+    let p = start(&client_tls(), "tls = \"prefer\"", "").await;
     let port = p.local_addr().port();
-    let f = files();
+    let f = pki();
     let wrong_ca = format!(
         "host=localhost port={port} user=app dbname=app sslmode=verify-full sslrootcert={}",
         f.wrong_ca.display()
     );
-    let (ok, stderr) = psql_through(&wrong_ca).await;
+    let (ok, _, stderr) = psql_through(&wrong_ca, &["SELECT 1"]).await;
     assert!(!ok && stderr.contains("certificate verify failed"), "{stderr}");
     let wrong_host = format!(
         "host=pgsplit.invalid hostaddr=127.0.0.1 port={port} user=app dbname=app sslmode=verify-full sslrootcert={}",
         f.ca.display()
     );
-    let (ok, stderr) = psql_through(&wrong_host).await;
+    let (ok, _, stderr) = psql_through(&wrong_host, &["SELECT 1"]).await;
     assert!(!ok && stderr.contains("does not match host name"), "{stderr}");
 
     let plain = format!("host=127.0.0.1 port={port} user=app password=app dbname=app sslmode=disable");
@@ -180,14 +164,7 @@ async fn a_wrong_ca_or_host_name_fails_in_the_client_and_plaintext_is_refused_wi
 
 /// A TLS client of pgsplit's own port: (socket with TLS, whether ALPN was agreed).
 async fn direct_tls(port: u16, alpn: bool) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(files().ca_der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = pki().client_config();
     if alpn {
         config.alpn_protocols = vec![b"postgresql".to_vec()];
     }
@@ -212,7 +189,7 @@ async fn first_answer(stream: &mut tokio_rustls::client::TlsStream<TcpStream>) -
 
 #[tokio::test]
 async fn direct_tls_with_alpn_postgresql_is_taken_and_offers_scram_plus() {
-    let p = start(CLIENT_TLS, "tls = \"prefer\"", "").await;
+    let p = start(&client_tls(), "tls = \"prefer\"", "").await;
     let port = p.local_addr().port();
     let mut stream = direct_tls(port, true).await.expect("direct TLS handshake");
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
@@ -293,6 +270,66 @@ async fn a_server_asking_for_a_cleartext_password_is_refused_unless_allowed() {
     })
     .await;
     allowed.shutdown(Duration::from_secs(5)).await;
+
+    // A client of that role: its pooled connection meets the same request, and the client is told why.
+    let users = format!("{APP}[[users]]\nname = \"cleartext\"\npassword = \"clear-s3cret\"\n");
+    let pooled = start_with("", "tls = \"verify-full\"\ntls_ca = \"$CA\"", &users, "").await;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=cleartext password=clear-s3cret dbname=app",
+        pooled.local_addr().port()
+    );
+    let error = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
+    let message = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    assert!(message.contains("\"password\" authentication"), "{error}");
+    pooled.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn pooled_connections_verify_the_server_and_never_fall_back_to_plaintext() {
+    let plain_client = |p: &Proxy| {
+        format!(
+            "host=127.0.0.1 port={} user=app password=app dbname=app",
+            p.local_addr().port()
+        )
+    };
+    // verify-full with the right CA: the session's statements run over TLS (the server says so).
+    let good = start("", "tls = \"verify-full\"\ntls_ca = \"$CA\"", "").await;
+    let (client, connection) = tokio_postgres::connect(&plain_client(&good), tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
+    assert_eq!(support::value(&client, SERVER_SIDE_TLS).await, "t");
+    drop(client);
+    good.shutdown(Duration::from_secs(5)).await;
+
+    // A wrong CA: the client hears why, naming the certificate. Had pgsplit tried plaintext, the hostssl-only
+    // server would have answered "no encryption" instead.
+    let wrong = start("", "tls = \"verify-ca\"\ntls_ca = \"$WRONG_CA\"", "").await;
+    let error = tokio_postgres::connect(&plain_client(&wrong), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
+    let db = error.as_db_error().expect("an error pgsplit sent");
+    assert_eq!(db.code().code(), "57P03", "{error}");
+    assert!(
+        db.message().contains("UnknownIssuer") && !db.message().contains("no encryption"),
+        "{error}"
+    );
+    assert!(db.hint().unwrap_or_default().contains("server.tls"), "{error}");
+    wrong.shutdown(Duration::from_secs(5)).await;
+
+    // disable: plaintext as told, which this server refuses (its own error, passed on).
+    let plain = start("", "tls = \"disable\"", "").await;
+    let error = tokio_postgres::connect(&plain_client(&plain), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
+    let message = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    assert!(message.contains("no encryption"), "{error:?}");
+    plain.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -300,7 +337,7 @@ async fn no_secret_reaches_the_logs_status_or_debug_output() {
     let logs = support::logs::capture();
     // A wrong control password: its failure is logged and shown in /status.
     let control = "[control]\nuser = \"watcher\"\npassword = \"not-the-watch-s3cret\"\n";
-    let p = start(CLIENT_TLS, "tls = \"verify-full\"\ntls_ca = \"$CA\"", control).await;
+    let p = start(&client_tls(), "tls = \"verify-full\"\ntls_ca = \"$CA\"", control).await;
     eventually("the control login refused", || match leader_health(&p) {
         (false, reason) if reason.contains("password authentication failed") => Ok(()),
         (healthy, reason) => Err(format!("healthy: {healthy}, reason: {reason}")),
@@ -321,7 +358,8 @@ async fn no_secret_reaches_the_logs_status_or_debug_output() {
 async fn the_pooled_connection_handshake_verifies_and_never_falls_back() {
     use pgsplit::config::{ServerConfig, ServerTlsMode};
     use pgsplit::tls::ServerTls;
-    let (c, f) = (cluster(), files());
+    use std::path::PathBuf;
+    let (c, f) = (cluster(), pki());
     let server = |tls: ServerTlsMode, ca: Option<PathBuf>| ServerConfig {
         tls,
         tls_ca: ca,

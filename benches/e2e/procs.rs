@@ -235,14 +235,15 @@ pub struct PgbenchOutput {
     pub problem: String,
 }
 
-/// One pgbench invocation against `127.0.0.1:port/database` as `user`, killed if it outlives its duration by
-/// [`PGBENCH_SLACK`]. `Err` when it produced no result (could not start, stalled, no tps line).
+/// One pgbench invocation against `127.0.0.1:port/database` as `user`, with `env` added to its environment (say,
+/// `PGSSLMODE`), killed if it outlives its duration by [`PGBENCH_SLACK`]. `Err` when it produced no result (could
+/// not start, stalled, no tps line).
 pub fn pgbench(
     tools: &Toolbox,
-    port: u16,
-    database: &str,
+    (port, database): (u16, &str),
     login: (&str, &str),
     args: &[String],
+    env: &[(&str, &str)],
 ) -> Result<PgbenchOutput> {
     let duration: u64 = args
         .iter()
@@ -256,6 +257,7 @@ pub fn pgbench(
         .arg(database)
         .env("PGPASSWORD", login.1)
         .env("PGCONNECT_TIMEOUT", "10")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

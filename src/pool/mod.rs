@@ -26,6 +26,7 @@ pub use settings::Settings;
 pub use slot::Slot;
 
 use crate::protocol::error::SqlError;
+use crate::tls::Tls;
 
 /// Cached, so a client's login can be answered without a server round trip: the ParameterStatus set the
 /// instance reports (server_version, server_encoding, …).
@@ -169,8 +170,14 @@ impl InstancePool {
         self.lock().server_params.get(key).cloned()
     }
 
-    /// Lends a connection for `login.key`, opening one if the cap allows, else waiting up to `timeout`.
-    pub async fn checkout(&self, login: &LoginInfo, timeout: Duration) -> Result<Box<ServerConn>, CheckoutError> {
+    /// Lends a connection for `login.key`, opening one (with TLS as `tls` says) if the cap allows, else waiting up
+    /// to `timeout`.
+    pub async fn checkout(
+        &self,
+        login: &LoginInfo,
+        tls: &Tls,
+        timeout: Duration,
+    ) -> Result<Box<ServerConn>, CheckoutError> {
         let next = loop {
             match self.next_for(&login.key, timeout) {
                 Ok(next) => break next,
@@ -181,13 +188,13 @@ impl InstancePool {
         };
         match next {
             Next::Ready(conn) => Ok(conn),
-            Next::Open { slot } => Box::pin(self.open(login, slot)).await,
+            Next::Open { slot } => Box::pin(self.open(login, tls, slot)).await,
             Next::Retired => Err(self.retired_error()),
             Next::Wait { receiver, started } => {
                 // Grants are sent and expired waiters dropped under the lock: a waiter gets one or the other.
                 match receiver.await.ok() {
                     Some(Grant::Conn(conn)) => Ok(conn),
-                    Some(Grant::Slot(slot)) => Box::pin(self.open(login, slot)).await,
+                    Some(Grant::Slot(slot)) => Box::pin(self.open(login, tls, slot)).await,
                     None if self.lock().retired => Err(self.retired_error()),
                     None => Err(CheckoutError::Timeout {
                         instance: self.name.clone(),
@@ -247,9 +254,11 @@ impl InstancePool {
 
     /// Opens a connection in `slot`; the slot goes back if it fails. Callers box this future: a login's state is
     /// large, and unboxed it would sit in every session's task for its whole life.
-    async fn open(&self, login: &LoginInfo, slot: Slot) -> Result<Box<ServerConn>, CheckoutError> {
+    async fn open(&self, login: &LoginInfo, tls: &Tls, slot: Slot) -> Result<Box<ServerConn>, CheckoutError> {
         let connect = self.lock().connect;
-        match ServerConn::connect(&self.host, self.port, login, connect, slot).await {
+        // The server side as loaded now: a reload's new certificates apply to connections opened after it.
+        let tls = tls.servers();
+        match ServerConn::connect((&self.host, self.port), login, connect, &tls, slot).await {
             Ok(conn) => {
                 let mut state = self.lock();
                 if !state.server_params.contains_key(&conn.key) {
@@ -446,9 +455,15 @@ mod tests {
                 keepalive_count: 6,
                 user_timeout: Duration::from_secs(60),
             },
-            tls: crate::config::ServerTlsMode::Prefer,
             auth: crate::protocol::login::AuthMethods::default(),
         }
+    }
+
+    /// `[server] tls = "prefer"` (the default), nothing to load.
+    fn tls() -> Arc<Tls> {
+        let text = "[leader]\nhost = \"h\"\nport = 1\n[[users]]\nname = \"a\"\npassword = \"a\"\n";
+        let config = crate::config::Config::parse(text, "t.toml").expect("valid config");
+        Arc::new(Tls::load(&config).expect("nothing to load"))
     }
 
     /// A pool that can never lend a connection (cap 0), so every checkout waits.
@@ -459,11 +474,11 @@ mod tests {
     #[tokio::test]
     async fn waits_end_at_their_own_deadlines_and_the_sweeper_stops_when_nobody_waits() {
         let pool = Arc::new(full_pool());
-        let login = login();
+        let (login, tls) = (login(), tls());
         let started = Instant::now();
         let (short, long) = tokio::join!(
-            pool.checkout(&login, Duration::from_millis(40)),
-            pool.checkout(&login, Duration::from_millis(120)),
+            pool.checkout(&login, &tls, Duration::from_millis(40)),
+            pool.checkout(&login, &tls, Duration::from_millis(120)),
         );
         let waited = |result: Result<Box<ServerConn>, CheckoutError>| match result {
             Err(CheckoutError::Timeout { waited, pool_size, .. }) => {
@@ -490,7 +505,7 @@ mod tests {
         let pool = Arc::new(full_pool());
         let waiting = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.checkout(&login(), Duration::from_secs(5)).await }
+            async move { pool.checkout(&login(), &tls(), Duration::from_secs(5)).await }
         });
         while pool.stats().waiting == 0 {
             tokio::task::yield_now().await;
@@ -510,7 +525,7 @@ mod tests {
         let pool = Arc::new(full_pool());
         let waiting = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.checkout(&login(), Duration::from_secs(30)).await }
+            async move { pool.checkout(&login(), &tls(), Duration::from_secs(30)).await }
         });
         while pool.stats().waiting == 0 {
             tokio::task::yield_now().await;
@@ -522,7 +537,7 @@ mod tests {
             retired(waiting.await.expect("checkout task")),
             "the waiter is told at once"
         );
-        assert!(retired(pool.checkout(&login(), Duration::from_secs(30)).await));
+        assert!(retired(pool.checkout(&login(), &tls(), Duration::from_secs(30)).await));
         assert_eq!(
             pool.stats(),
             PoolStats {

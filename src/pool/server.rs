@@ -1,22 +1,26 @@
-//! One server connection: its socket, read buffer, the parameters the server reported, and its cancel key.
-//! Opened and logged in here; the session relays bytes over it; the pool owns it while idle.
+//! One server connection: its transport (plain, or TLS per `[server] tls`), read buffer, the parameters the server
+//! reported, and its cancel key. Opened (SSLRequest and handshake through [`ServerTls`]) and logged in here —
+//! SCRAM-SHA-256-PLUS when the server offers it over TLS; the session relays bytes over it; the pool owns it while
+//! idle.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::prepared::PreparedCache;
 use super::settings::Settings;
 use super::slot::Slot;
-use crate::config::{Config, ServerTlsMode, TcpConfig};
+use crate::config::{Config, TcpConfig};
 use crate::protocol::error::{Severity, SqlError};
 use crate::protocol::io::read_frame;
 use crate::protocol::login::{self, AuthMethods, LoginError, Security};
 use crate::protocol::messages::{self, TxStatus};
+use crate::protocol::transport::Transport;
 use crate::secret::Secret;
+use crate::tls::ServerTls;
+use crate::tls::connect::HandshakeError;
 
 /// Server connections are shared only between clients of the same user and database.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -34,14 +38,14 @@ pub struct LoginInfo {
     pub password: Secret,
 }
 
-/// How connections to servers are opened: the connect-and-login deadline, the socket options, TLS, and the
-/// authentication methods a server may ask for.
+/// How connections to servers are opened: the connect-and-login deadline, the socket options, and the
+/// authentication methods a server may ask for. TLS is the [`ServerTls`] loaded from the same `[server]` table
+/// (its files are read at start and reload, never by a pool), given at checkout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectOptions {
     /// Connecting and logging in must finish within this (`server.connect_timeout`).
     pub timeout: Duration,
     pub tcp: TcpConfig,
-    pub tls: ServerTlsMode,
     pub auth: AuthMethods,
 }
 
@@ -50,7 +54,6 @@ impl ConnectOptions {
         ConnectOptions {
             timeout: config.server.connect_timeout,
             tcp: config.tcp,
-            tls: config.server.tls,
             auth: AuthMethods::of(&config.server.auth_methods),
         }
     }
@@ -67,7 +70,7 @@ pub struct CancelTarget {
 
 #[derive(Debug)]
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: Transport,
     /// Bytes read from the server and not yet forwarded.
     pub buf: BytesMut,
     pub key: ConnKey,
@@ -95,21 +98,24 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Login(#[from] LoginError),
-    #[error(
-        "server.tls = \"{0}\" needs TLS on pooled server connections, which this build does not relay yet; use \
-         \"prefer\" or \"disable\" for now"
-    )]
-    TlsNotYet(&'static str),
+    /// No TLS as `server.tls` requires it (refused, or the certificate failed verification): never retried in
+    /// plaintext.
+    #[error(transparent)]
+    Tls(#[from] HandshakeError),
 }
 
 impl ConnectError {
     /// What a client is told: the server's own refusal (bad database, bad setting) as it is, anything else as
-    /// 57P03 naming the instance.
+    /// 57P03 naming the instance — a TLS failure with what to check rather than "retry later".
     pub fn to_sql_error(&self, instance: &str) -> SqlError {
         match self {
             ConnectError::Login(LoginError::Refused { code, message }) => {
                 SqlError::new(Severity::Error, code.clone(), message.clone())
             }
+            ConnectError::Tls(_) => SqlError::server_unavailable(instance, self).with_hint(
+                "pgsplit never connects to a server without the TLS that server.tls asks for; check server.tls, \
+                 server.tls_ca and the server's certificate.",
+            ),
             other => SqlError::server_unavailable(instance, other),
         }
     }
@@ -119,15 +125,15 @@ impl ConnectError {
 pub const READ_CHUNK: usize = 16 * 1024;
 
 impl ServerConn {
-    /// Opens a connection in `slot` (which goes back if this fails).
+    /// Opens a connection in `slot` (which goes back if this fails), with TLS as `tls` says.
     pub(super) async fn connect(
-        host: &Arc<str>,
-        port: u16,
+        (host, port): (&Arc<str>, u16),
         login: &LoginInfo,
         options: ConnectOptions,
+        tls: &ServerTls,
         slot: Slot,
     ) -> Result<Box<Self>, ConnectError> {
-        crate::runtime::timeout(options.timeout, Self::open(host, port, login, &options, slot))
+        crate::runtime::timeout(options.timeout, Self::open(host, port, login, &options, tls, slot))
             .await
             .map_err(|_| ConnectError::Timeout(options.timeout))?
     }
@@ -137,22 +143,19 @@ impl ServerConn {
         port: u16,
         login: &LoginInfo,
         options: &ConnectOptions,
+        tls: &ServerTls,
         slot: Slot,
     ) -> Result<Box<Self>, ConnectError> {
-        // TODO(lead): with `stream: Transport`, open through `ServerTls::handshake` (crate::tls::connect) and log
-        // in with `Security { tls, end_point }` from its certificate; until the relay reads a `Transport`, pooled
-        // connections are plain, and a mode that requires TLS refuses to open one rather than go without.
-        if !matches!(options.tls, ServerTlsMode::Disable | ServerTlsMode::Prefer) {
-            return Err(ConnectError::TlsNotYet(crate::tls::connect::mode_name(options.tls)));
-        }
-        let mut stream = TcpStream::connect((&**host, port)).await?;
-        crate::tcp::configure(&stream, &options.tcp)?;
+        let tcp = TcpStream::connect((&**host, port)).await?;
+        crate::tcp::configure(&tcp, &options.tcp)?;
+        // SSLRequest and handshake per `server.tls`; a refusal or a failed verification ends here.
+        let (mut stream, certificate) = tls.handshake(tcp, host).await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let params = [("user", &*login.key.user), ("database", &*login.key.database)];
         let security = Security {
             methods: options.auth,
-            tls: false,
-            end_point: None,
+            tls: stream.is_tls(),
+            end_point: certificate.as_deref().and_then(crate::tls::binding::end_point),
         };
         let password = login.password.expose();
         let greeting = login::login(&mut stream, &mut buf, &params, &login.key.user, password, &security).await?;
@@ -188,8 +191,7 @@ impl ServerConn {
         if Instant::now() < self.probe_at {
             return true;
         }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.is_silent()
     }
 
     /// Marks the moment the connection went back to the pool.

@@ -9,15 +9,19 @@
 //! `WouldBlock`, never grow a buffer. Ciphertext that could not be sent at once is reported by
 //! [`Transport::wants_flush`] and sent by [`Transport::flush_now`] when the socket is writable again.
 //!
+//! The await-style paths that speak whole messages (logins, pgsplit's own statements) use it as an `AsyncRead` +
+//! `AsyncWrite` instead.
+//!
 //! Never does TLS handshakes or picks certificates (that is `crate::tls`); it takes over a connection whose
 //! handshake is done, with whatever the peer sent after it.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use rustls::{ClientConnection, Connection, ServerConnection};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Ciphertext that may wait in memory for a slow peer before `try_write` stops taking plaintext.
@@ -106,6 +110,7 @@ impl Transport {
     }
 
     /// The socket: options, addresses.
+    #[inline]
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Plain(tcp) => tcp,
@@ -119,15 +124,17 @@ impl Transport {
 
     /// Ready when a read would not block: bytes on the socket, or TLS plaintext (or the peer's close) already in
     /// memory.
+    #[inline]
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Transport::Plain(tcp) => tcp.poll_read_ready(cx),
-            Transport::Tls(tls) if tls.plaintext > 0 || tls.peer_closed || tls.eof => Poll::Ready(Ok(())),
+            Transport::Tls(tls) if tls.has_news() => Poll::Ready(Ok(())),
             Transport::Tls(tls) => tls.tcp.poll_read_ready(cx),
         }
     }
 
     /// Ready when the socket takes bytes.
+    #[inline]
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.tcp().poll_write_ready(cx)
     }
@@ -135,6 +142,7 @@ impl Transport {
     /// Reads what is available into `buf`'s spare capacity without blocking: `Ok(0)` is the end of the stream
     /// (close_notify, or the socket's EOF), `WouldBlock` means nothing yet. A TLS error (a forged or broken record)
     /// is `InvalidData`; the alert goes out if the socket takes it.
+    #[inline]
     pub fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         if buf.capacity() == buf.len() {
             buf.reserve(MIN_READ);
@@ -148,6 +156,7 @@ impl Transport {
     /// Takes as much of `bytes` as fits without blocking and returns how much; `WouldBlock` when nothing fits. For
     /// TLS, pending ciphertext is sent first, and what is taken may wait encrypted in memory (bounded by
     /// [`MAX_PENDING_TLS`]) until [`flush_now`](Self::flush_now).
+    #[inline]
     pub fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(tcp) => tcp.try_write(bytes),
@@ -157,6 +166,7 @@ impl Transport {
 
     /// Ciphertext is waiting for the socket: poll for writability and call [`flush_now`](Self::flush_now) even
     /// when there is nothing more to write. Always false for plain sockets.
+    #[inline]
     pub fn wants_flush(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
@@ -165,6 +175,7 @@ impl Transport {
     }
 
     /// Sends pending ciphertext; `WouldBlock` if the socket did not take all of it.
+    #[inline]
     pub fn flush_now(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(_) => Ok(()),
@@ -180,51 +191,62 @@ impl Transport {
         }
     }
 
-    /// Await-style, for paths off the relay (login refusals, pgsplit's own statements): writes all of `bytes`.
-    pub async fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        loop {
-            match self.try_write(bytes) {
-                Ok(0) if !bytes.is_empty() => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-            if bytes.is_empty() {
-                break;
-            }
-            self.tcp().writable().await?;
+    /// The peer has said nothing: no decrypted bytes or end of stream in memory, and nothing on the socket. One
+    /// non-blocking read of a byte, which is lost if there was one: only for a connection that is closed when this
+    /// says false (a pooled server connection before it is lent).
+    pub fn is_silent(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let socket_silent = matches!(self.tcp().try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock);
+        match self {
+            Transport::Plain(_) => socket_silent,
+            Transport::Tls(tls) => !tls.has_news() && socket_silent,
         }
+    }
+
+    /// Await-style, for paths off the relay (login refusals, answers pgsplit makes itself, pgsplit's own
+    /// statements): writes all of `bytes`, and sends every ciphertext byte. Small as a future: it lives in the
+    /// states of the relay's futures.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        AsyncWriteExt::write_all(self, bytes).await?;
         self.flush().await
     }
 
     /// Await-style: sends every pending ciphertext byte.
     pub async fn flush(&mut self) -> io::Result<()> {
-        loop {
-            match self.flush_now() {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => self.tcp().writable().await?,
-                done => return done,
-            }
-        }
+        AsyncWriteExt::flush(self).await
     }
 
     /// Await-style close: close_notify for TLS, then the socket's write side.
     pub async fn shutdown(&mut self) -> io::Result<()> {
-        self.close_notify();
-        self.flush().await?;
-        match self {
-            Transport::Plain(tcp) => tcp.shutdown().await,
-            Transport::Tls(tls) => tls.tcp.shutdown().await,
-        }
+        AsyncWriteExt::shutdown(self).await
     }
 }
 
 impl TlsSession {
+    /// Decrypted bytes (or the end of the stream) are in memory: a read takes them without the socket.
+    fn has_news(&self) -> bool {
+        self.plaintext > 0 || self.peer_closed || self.eof
+    }
+
+    // Out of line, like try_write and flush_now: the plain path's dispatch stays small enough to inline into
+    // the relay.
+    #[inline(never)]
     fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        loop {
-            if self.plaintext > 0 || self.peer_closed || self.eof {
-                return self.read_plaintext(buf);
-            }
-            // No plaintext in memory: one read of ciphertext (WouldBlock passes up, and tokio clears readiness).
+        self.fill()?;
+        let start = buf.len();
+        // Only as many bytes as are waiting are initialised, however large the buffer's capacity.
+        let room = (buf.capacity() - start).min(self.plaintext.max(1));
+        buf.resize(start + room, 0);
+        let result = self.take_plaintext(&mut buf[start..]);
+        buf.truncate(start + *result.as_ref().unwrap_or(&0));
+        result
+    }
+
+    /// Reads and decrypts ciphertext until plaintext (or the end) is in memory; `WouldBlock` when the socket has
+    /// no whole record yet (tokio then clears its readiness). Reads ciphertext only while no plaintext waits, so
+    /// rustls holds at most one record's worth.
+    fn fill(&mut self) -> io::Result<()> {
+        while !self.has_news() {
             if self.conn.read_tls(&mut NonBlocking(&self.tcp))? == 0 {
                 self.eof = true;
             }
@@ -246,18 +268,12 @@ impl TlsSession {
                 }
             }
         }
+        Ok(())
     }
 
-    /// Copies decrypted bytes into `buf`; only as many bytes as are waiting are initialised, however large the
-    /// buffer's capacity.
-    fn read_plaintext(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        let start = buf.len();
-        let room = (buf.capacity() - start).min(self.plaintext.max(1));
-        buf.resize(start + room, 0);
-        let result = self.conn.reader().read(&mut buf[start..]);
-        let n = *result.as_ref().unwrap_or(&0);
-        buf.truncate(start + n);
-        match result {
+    /// Copies decrypted bytes into `dst` (not empty).
+    fn take_plaintext(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        match self.conn.reader().read(dst) {
             Ok(n) => {
                 self.plaintext = self.plaintext.saturating_sub(n);
                 Ok(n)
@@ -276,6 +292,7 @@ impl TlsSession {
         }
     }
 
+    #[inline(never)]
     fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         match self.flush_now() {
             Err(e) if e.kind() != ErrorKind::WouldBlock => return Err(e),
@@ -293,6 +310,7 @@ impl TlsSession {
         Ok(taken)
     }
 
+    #[inline(never)]
     fn flush_now(&mut self) -> io::Result<()> {
         while self.conn.wants_write() {
             if self.conn.write_tls(&mut NonBlocking(&self.tcp))? == 0 {
@@ -300,6 +318,86 @@ impl TlsSession {
             }
         }
         Ok(())
+    }
+}
+
+/// For the await-style paths off the relay that speak whole messages: pgsplit's logins to servers, its own
+/// statements on a pooled connection, cancel requests. Plain sockets are tokio's own; TLS goes through the same
+/// non-blocking steps as the relay, waiting on the socket's readiness when a step would block.
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let tls = match self.get_mut() {
+            Transport::Plain(tcp) => return Pin::new(tcp).poll_read(cx, buf),
+            Transport::Tls(tls) => tls,
+        };
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if !tls.has_news() {
+                ready!(tls.tcp.poll_read_ready(cx))?;
+            }
+            match tls.fill() {
+                Ok(()) => {}
+                // Readiness was cleared: the next poll waits for the kernel.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            let room = buf.remaining().min(tls.plaintext.max(1));
+            match tls.take_plaintext(buf.initialize_unfilled_to(room)) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        let tls = match self.get_mut() {
+            Transport::Plain(tcp) => return Pin::new(tcp).poll_write(cx, bytes),
+            Transport::Tls(tls) => tls,
+        };
+        loop {
+            match tls.try_write(bytes) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ready!(tls.tcp.poll_write_ready(cx))?,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Transport::Tls(tls) => tls.poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Transport::Tls(tls) => {
+                // Idempotent in rustls: a shutdown polled again queues nothing more.
+                tls.conn.send_close_notify();
+                ready!(tls.poll_flush(cx))?;
+                Pin::new(&mut tls.tcp).poll_shutdown(cx)
+            }
+        }
+    }
+}
+
+impl TlsSession {
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.flush_now() {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ready!(self.tcp.poll_write_ready(cx))?,
+                done => return Poll::Ready(done),
+            }
+        }
     }
 }
 

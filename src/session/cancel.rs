@@ -1,6 +1,10 @@
 //! Cancel keys. Each client gets a (pid, secret) from pgsplit; while it borrows a server connection, its slot
 //! points at that connection's own key, so a CancelRequest reaches whichever server runs the client's query. The
 //! pid also names the session to end when someone terminates it (as `pg_terminate_backend` ends a backend).
+//!
+//! A CancelRequest goes to the server the way pgsplit's connections do (`[server] tls`, as libpq sends its
+//! cancels): over TLS when the mode asks for it, verified as the mode says, never in plaintext where TLS is
+//! required.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -8,11 +12,11 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use rand::RngExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use crate::pool::CancelTarget;
+use crate::tls::ServerTls;
 
 const CANCEL_REQUEST_CODE: u32 = 80877102;
 
@@ -79,9 +83,9 @@ impl CancelRegistry {
         Registration { registry: self, slot }
     }
 
-    /// Forwards a client's CancelRequest to the server connection it is using, if the key matches; connecting to
-    /// the server may take up to `connect_timeout`.
-    pub async fn cancel(&self, pid: u32, secret: u32, connect_timeout: Duration) {
+    /// Forwards a client's CancelRequest to the server connection it is using, if the key matches, with TLS as
+    /// `tls` says; connecting to the server may take up to `connect_timeout`.
+    pub async fn cancel(&self, pid: u32, secret: u32, connect_timeout: Duration, tls: &ServerTls) {
         let target = self
             .lock()
             .get(&pid)
@@ -89,7 +93,7 @@ impl CancelRegistry {
             .and_then(|slot| slot.target());
         match target {
             Some(target) => {
-                let sent = crate::runtime::timeout(connect_timeout, send_cancel(&target)).await;
+                let sent = crate::runtime::timeout(connect_timeout, send_cancel(&target, tls)).await;
                 if let Err(error) = sent.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
                     tracing::warn!(%error, host = %target.host, port = target.port, "forwarding a cancel request failed");
                 }
@@ -115,8 +119,9 @@ impl CancelRegistry {
     }
 }
 
-async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect((&*target.host, target.port)).await?;
+async fn send_cancel(target: &CancelTarget, tls: &ServerTls) -> std::io::Result<()> {
+    let tcp = TcpStream::connect((&*target.host, target.port)).await?;
+    let (mut stream, _) = tls.handshake(tcp, &target.host).await.map_err(std::io::Error::other)?;
     let mut packet = BytesMut::with_capacity(16);
     packet.put_u32(16);
     packet.put_u32(CANCEL_REQUEST_CODE);
@@ -124,4 +129,99 @@ async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
     packet.put_u32(target.secret);
     stream.write_all(&packet).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::{ServerConfig, ServerTlsMode};
+    use crate::tls::testing::Pki;
+
+    fn server_tls(mode: ServerTlsMode) -> ServerTls {
+        ServerTls::load(&ServerConfig {
+            tls: mode,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            auth_methods: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            checkout_timeout: Duration::from_secs(5),
+        })
+        .expect("nothing to load")
+    }
+
+    /// A server on loopback that answers an SSLRequest with `answer` (`S`: then a TLS handshake with `pki`'s
+    /// certificate) and returns the bytes it received afterwards, until the client closes.
+    async fn server(
+        answer: u8,
+        pki: Option<Arc<rustls::ServerConfig>>,
+    ) -> (CancelTarget, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let received = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 8];
+            tcp.read_exact(&mut request).await.expect("SSLRequest");
+            assert_eq!(request, crate::tls::connect::SSL_REQUEST);
+            tcp.write_all(&[answer]).await.expect("answer");
+            let mut rest = Vec::new();
+            match pki {
+                Some(config) => {
+                    let mut tls = tokio_rustls::TlsAcceptor::from(config)
+                        .accept(tcp)
+                        .await
+                        .expect("handshake");
+                    let _ = tls.read_to_end(&mut rest).await;
+                }
+                None => {
+                    let _ = tcp.read_to_end(&mut rest).await;
+                }
+            }
+            rest
+        });
+        let target = CancelTarget {
+            host: "127.0.0.1".into(),
+            port,
+            pid: 7,
+            secret: 42,
+        };
+        (target, received)
+    }
+
+    fn packet() -> Vec<u8> {
+        [16u32, CANCEL_REQUEST_CODE, 7, 42]
+            .iter()
+            .flat_map(|n| n.to_be_bytes())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_cancel_goes_over_tls_when_the_server_takes_it_and_never_in_plaintext_when_tls_is_required() {
+        let pki = Pki::new();
+        let (target, received) = server(b'S', Some(pki.server_config())).await;
+        send_cancel(&target, &server_tls(ServerTlsMode::Require))
+            .await
+            .expect("sent over TLS");
+        assert_eq!(received.await.expect("server task"), packet(), "the request, decrypted");
+
+        let (target, received) = server(b'N', None).await;
+        let refused = send_cancel(&target, &server_tls(ServerTlsMode::Require)).await;
+        assert!(refused.is_err());
+        assert!(
+            received.await.expect("server task").is_empty(),
+            "nothing sent in plaintext"
+        );
+
+        // prefer, like libpq: plaintext only when the server says it has no TLS.
+        let (target, received) = server(b'N', None).await;
+        send_cancel(&target, &server_tls(ServerTlsMode::Prefer))
+            .await
+            .expect("sent in plaintext");
+        assert_eq!(received.await.expect("server task"), packet());
+    }
 }

@@ -10,7 +10,6 @@
 //! to a server, which refuses them as unknown settings.
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
 
 use super::floor::{ReadFloor, invalid_min_lsn};
 use super::plan::{Local, analyze};

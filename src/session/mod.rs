@@ -18,6 +18,7 @@ pub mod relay;
 pub mod replies;
 mod retry;
 mod server;
+mod sockets;
 pub mod statements;
 mod stop;
 
@@ -108,21 +109,20 @@ pub async fn serve(
         tls,
     } = session;
     let user = login.key.user.clone();
-    if let Some(tls) = tls {
-        // TODO(lead): once the relay reads and writes through `Transport`, hand it this one
-        // (`Transport::server_side(stream, *tls)`) instead of the socket, and drop this refusal.
-        // Boxed: rare, and its state would otherwise weigh on every session's task.
-        return Box::pin(refuse_relay_over_tls(Transport::server_side(stream, *tls), &user)).await;
-    }
     // Boxed: a catalog load's state is large and would otherwise stay in the task's size after the login.
     let functions = Box::pin(ctx.functions.for_database(&login.key.database)).await;
+    // A client that logged in over TLS keeps its TLS session, with whatever it already sent, for the relay.
+    let client = match tls {
+        Some(tls) => Transport::server_side(stream, *tls),
+        None => Transport::Plain(stream),
+    };
     let arrival = Arrival {
         login,
         wanted,
         text_rules,
         functions,
     };
-    let mut relay = Relay::new(ctx.clone(), endpoint, arrival, cancel.slot.clone(), stream);
+    let mut relay = Relay::new(ctx.clone(), endpoint, arrival, cancel.slot.clone(), client);
     relay.floor.set_min(min_lsn.as_deref());
     match relay.run().await {
         SessionEnd::ClientGone => tracing::debug!(%user, "client left"),
@@ -245,7 +245,7 @@ async fn log_in_on<'a>(
         Some(p) => p,
         // First client of this user and database: log in to the server once now, so the client hears the
         // server's real parameters and a bad database name fails at login as it would without pgsplit.
-        None => match server::borrow(&pool, &login, &wanted, &config).await {
+        None => match server::borrow(&pool, &login, &wanted, &ctx.tls, &config).await {
             Ok(conn) => {
                 let params = Arc::new(conn.params.clone());
                 pool.release(conn);
@@ -330,7 +330,9 @@ async fn negotiate(
             StartupPacket::GssEncRequest => io.write_all(b"N").await.map_err(LoginEnd::Gone)?,
             StartupPacket::Cancel { pid, secret } => {
                 let connect_timeout = ctx.config().server.connect_timeout;
-                ctx.cancels.cancel(pid, secret, connect_timeout).await;
+                ctx.cancels
+                    .cancel(pid, secret, connect_timeout, &ctx.tls.servers())
+                    .await;
                 return Err(LoginEnd::Cancel);
             }
             StartupPacket::Startup(params) => {
@@ -363,24 +365,6 @@ async fn negotiate(
             }
         }
     }
-}
-
-/// Until the relay takes a [`Transport`], a client that logged in over TLS is told so and closed, over TLS.
-async fn refuse_relay_over_tls(mut transport: Transport, user: &str) {
-    tracing::info!(
-        user,
-        "TLS login done, but sessions over TLS are not relayed yet; client closed"
-    );
-    let error = SqlError::new(
-        Severity::Fatal,
-        code::FEATURE_NOT_SUPPORTED,
-        "this pgsplit authenticated you over TLS but cannot relay queries over TLS yet; connect with \
-         sslmode=disable, or set [proxy.tls] mode = \"disable\"",
-    );
-    let mut out = BytesMut::new();
-    error.encode(&mut out);
-    let _ = transport.write_all(&out).await;
-    let _ = transport.shutdown().await;
 }
 
 async fn reject(mut stream: TcpStream, error: SqlError) {

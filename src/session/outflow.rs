@@ -6,11 +6,15 @@
 //! server never sent), what is due so far moves into an outbox and the change is made there; frames after it join
 //! the outbox until it drains, so everything still leaves in order and in one write. Once the outbox is empty the
 //! zero-copy path resumes.
+//!
+//! Writes go through the peer's [`Transport`]: over TLS, what the transport took may still wait encrypted in it
+//! (bounded by `MAX_PENDING_TLS`), and each write sends that first.
 
 use std::io::ErrorKind;
 
 use bytes::{Buf, BytesMut};
-use tokio::net::TcpStream;
+
+use crate::protocol::transport::Transport;
 
 #[derive(Debug, Default)]
 pub struct Outflow {
@@ -80,8 +84,13 @@ impl Outflow {
         }
     }
 
-    /// Writes as much as `stream` takes without blocking; the rest waits for writability.
-    pub fn write(&mut self, stream: &TcpStream, source: &mut BytesMut) -> std::io::Result<()> {
+    /// Writes as much as `stream` takes without blocking; the rest waits for writability. Over TLS, ciphertext
+    /// left from earlier writes goes first (each TLS write sends it), and also with nothing due.
+    #[inline]
+    pub fn write(&mut self, stream: &mut Transport, source: &mut BytesMut) -> std::io::Result<()> {
+        if self.is_empty() {
+            return flush_now(stream);
+        }
         if !self.outbox.is_empty() {
             let mut len = self.outbox.len();
             write_now(stream, &mut self.outbox, &mut len)?;
@@ -93,8 +102,20 @@ impl Outflow {
     }
 }
 
-/// Writes as much of `buf[..*due]` as the socket takes without blocking.
-fn write_now(stream: &TcpStream, buf: &mut BytesMut, due: &mut usize) -> std::io::Result<()> {
+/// Sends the TLS ciphertext `stream` holds, as far as the socket takes it now (nothing to do for plain sockets).
+#[inline]
+pub fn flush_now(stream: &mut Transport) -> std::io::Result<()> {
+    if !stream.wants_flush() {
+        return Ok(());
+    }
+    match stream.flush_now() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+        done => done,
+    }
+}
+
+/// Writes as much of `buf[..*due]` as the transport takes without blocking.
+fn write_now(stream: &mut Transport, buf: &mut BytesMut, due: &mut usize) -> std::io::Result<()> {
     while *due > 0 {
         match stream.try_write(&buf[..*due]) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),

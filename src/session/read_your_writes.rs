@@ -12,7 +12,6 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
 use super::floor::{PROBE_SQL, REPLAY_SQL, ReadFloor};
 use super::relay::{Relay, SessionEnd};

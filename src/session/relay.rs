@@ -5,7 +5,7 @@
 //! message but DataRow and CopyData is matched to the request it answers (`from_server`)). Both directions are
 //! non-blocking: a write that cannot finish at once waits for readiness while reads go on, so a client pipelining a
 //! large batch never deadlocks against a server streaming results. Everything read in one go is forwarded in one
-//! write (`outflow`).
+//! write (`outflow`), through each side's transport, plain or TLS (`sockets`).
 //!
 //! Each unit of work — an autocommit statement, an extended-protocol batch, or a whole transaction — is routed
 //! when it starts: provable reads to a follower, the rest to the leader. A unit that must go to the leader while
@@ -16,12 +16,8 @@
 
 use std::io::ErrorKind;
 use std::sync::Arc;
-use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
-
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::analyses::TextRules;
 use super::cancel::CancelSlot;
@@ -34,18 +30,18 @@ use super::plan::StreamState;
 use super::read_your_writes::Probe;
 use super::retry::RetryPolicy;
 use super::server::{Attachment, RouteRequest};
+use super::sockets::Event;
 use super::stop::StopSignal;
 use crate::context::{Endpoint, GaugeCount, SessionContext};
-use crate::pool::server::READ_CHUNK;
 use crate::pool::{LoginInfo, Settings};
 use crate::protocol::error::SqlError;
 use crate::protocol::frame::{FrameError, Framer, HEADER_LEN, Header, Look, Step};
-use crate::protocol::io::read_now;
 use crate::protocol::messages::{self, TxStatus};
+use crate::protocol::transport::Transport;
 use crate::router::{FunctionSet, RouteReason, Wants};
 
 /// Stop reading a side while this much of its data waits to be written to the other.
-const BACKPRESSURE: usize = 256 * 1024;
+pub(super) const BACKPRESSURE: usize = 256 * 1024;
 
 /// Requests whose answers may be owed at once; past it, the client's next messages wait for answers to come.
 const MAX_OWED: usize = 2048;
@@ -77,7 +73,8 @@ pub struct Relay {
     pub(super) planner: Planner,
     pub(super) stop: StopSignal,
 
-    pub(super) client: TcpStream,
+    /// The client's connection: plain, or the TLS session it logged in with.
+    pub(super) client: Transport,
     /// Bytes from the client, scanned up to `to_server.scanned()`.
     pub(super) client_buf: BytesMut,
     /// The length of the client message being read, once its header is in: reading goes on until it is whole.
@@ -123,14 +120,6 @@ pub(super) enum Hold {
     UntilQuiet,
 }
 
-enum Event {
-    ClientReadable(std::io::Result<()>),
-    ServerReadable(std::io::Result<()>),
-    ClientWritable(std::io::Result<()>),
-    ServerWritable(std::io::Result<()>),
-    Shutdown,
-}
-
 /// What a client brings from its login to the relay.
 pub struct Arrival {
     pub login: LoginInfo,
@@ -147,7 +136,7 @@ impl Relay {
         endpoint: Endpoint,
         arrival: Arrival,
         cancel: Arc<CancelSlot>,
-        client: TcpStream,
+        client: Transport,
     ) -> Self {
         let Arrival {
             login,
@@ -183,15 +172,13 @@ impl Relay {
         }
     }
 
-    /// Runs until the client leaves or a fatal error; a fatal error is sent to the client before returning. Takes
-    /// the relay by reference: by value, the task would hold the relay twice (once as the argument, once moved).
+    /// Runs until the client leaves or a fatal error; a fatal error is sent to the client before returning (and
+    /// TLS's close_notify). Takes the relay by reference: by value, the task would hold the relay twice (once as
+    /// the argument, once moved).
     pub async fn run(&mut self) -> SessionEnd {
         let end = self.relay().await;
-        if let SessionEnd::Fatal(error) = &end {
-            self.out.clear();
-            error.encode(&mut self.out);
-            let _ = self.client.write_all(&self.out).await;
-        }
+        // Boxed: rare, and its state would otherwise weigh on every session's task.
+        Box::pin(self.goodbye(&end)).await;
         let quiet = self.is_quiet();
         let pinned = self.stream.pinned;
         let deadline = self.ctx.config().health.timeout;
@@ -212,17 +199,13 @@ impl Relay {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
                     Err(e) => Err(SessionEnd::ClientIo(e)),
                 },
-                Event::ServerReadable(Ok(())) => {
-                    let Some(server) = self.attachment.attached_mut() else {
-                        continue;
-                    };
-                    match read_now(&server.conn.stream, &mut server.conn.buf) {
-                        Ok(0) => self.server_lost().await,
-                        Ok(_) => self.on_server_data(),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
-                        Err(_) => self.server_lost().await,
-                    }
-                }
+                Event::ServerReadable(Ok(())) => match self.read_from_server() {
+                    None => continue,
+                    Some(Ok(0)) => self.server_lost().await,
+                    Some(Ok(_)) => self.on_server_data(),
+                    Some(Err(e)) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+                    Some(Err(_)) => self.server_lost().await,
+                },
                 Event::ServerReadable(Err(_)) | Event::ServerWritable(Err(_)) => self.server_lost().await,
                 Event::ClientReadable(Err(e)) | Event::ClientWritable(Err(e)) => Err(SessionEnd::ClientIo(e)),
                 Event::ClientWritable(Ok(())) | Event::ServerWritable(Ok(())) => Ok(()),
@@ -254,54 +237,12 @@ impl Relay {
         }
     }
 
-    /// Waits for the first thing the relay can act on, in this order: a stop, taken only when nothing is in flight
-    /// (so a client cannot keep a stopping proxy busy); writes due to the server, then to the client; reads from
-    /// the server, then from the client. Readiness is polled on the sockets themselves (one waker slot per
-    /// direction), not through futures made anew each turn.
-    async fn next_event(&mut self) -> Event {
-        let read_client = self.reads_client();
-        let quiet = self.is_quiet();
-        // Replies held for a possible re-run are not due yet: waiting to write them would spin.
-        let client_due = !self.to_client.is_empty() && !self.retry.armed();
-        let server_due = !self.to_server.is_empty();
-        let read_server = self.to_client.pending() < BACKPRESSURE;
-        if let Some(server) = self.attachment.attached_mut().filter(|_| read_server) {
-            server.conn.buf.reserve(READ_CHUNK);
-        }
-        let (client, stop) = (&self.client, &mut self.stop);
-        let server = self.attachment.attached().map(|s| &s.conn.stream);
-        std::future::poll_fn(|cx| {
-            // Without a server nothing is in flight.
-            if (quiet || server.is_none()) && stop.poll_stopping(cx) {
-                return Poll::Ready(Event::Shutdown);
-            }
-            if let Some(server) = server {
-                if server_due && let Poll::Ready(r) = server.poll_write_ready(cx) {
-                    return Poll::Ready(Event::ServerWritable(r));
-                }
-                if client_due && let Poll::Ready(r) = client.poll_write_ready(cx) {
-                    return Poll::Ready(Event::ClientWritable(r));
-                }
-                if read_server && let Poll::Ready(r) = server.poll_read_ready(cx) {
-                    return Poll::Ready(Event::ServerReadable(r));
-                }
-            }
-            if (read_client || server.is_none())
-                && let Poll::Ready(r) = client.poll_read_ready(cx)
-            {
-                return Poll::Ready(Event::ClientReadable(r));
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
     /// The one rule for reading the client: only while what it sent and pgsplit has not dealt with stays small.
     /// Bytes due to the server are bounded by `BACKPRESSURE`; so are bytes not yet scanned — except, while scanning
     /// goes on, the rest of the one message being read (`client_need`, at most `max_message_size`). While scanning
     /// waits (a unit held back, an armed read's outcome, too many answers owed or due to the client), the client
     /// is simply not read further: its own socket buffer and then TCP hold it back.
-    fn reads_client(&self) -> bool {
+    pub(super) fn reads_client(&self) -> bool {
         if self.terminating || self.to_server.pending() >= BACKPRESSURE {
             return false;
         }
@@ -309,13 +250,6 @@ impl Relay {
         // Under the limit whatever scanning does (the usual case: nothing unscanned between messages); over it,
         // only the rest of the message being read, and only while scanning goes on.
         unscanned < BACKPRESSURE || (unscanned < self.client_need && !self.scan_paused())
-    }
-
-    /// Reads what the client sent. The buffer grows only once there is something to read: an idle client holds
-    /// no read buffer until its first message.
-    fn read_from_client(&mut self) -> std::io::Result<usize> {
-        self.client_buf.reserve(READ_CHUNK);
-        read_now(&self.client, &mut self.client_buf)
     }
 
     /// Scans newly read client bytes, routing each unit of work at its first message.
@@ -559,28 +493,5 @@ impl Relay {
             }
         })
         .await
-    }
-
-    /// Writes whatever each side can take now without waiting.
-    fn flush(&mut self) -> Result<(), SessionEnd> {
-        let Some(server) = self.attachment.attached_mut() else {
-            return Ok(());
-        };
-        let to_server = self.to_server.write(&server.conn.stream, &mut self.client_buf);
-        let to_client = match self.retry.armed() {
-            // Held back until the read shows a result (or is re-run on the leader).
-            true => Ok(()),
-            false => self.to_client.write(&self.client, &mut server.conn.buf),
-        };
-        if to_server.is_err() {
-            return Err(self.attachment.lose());
-        }
-        to_client.map_err(SessionEnd::ClientIo)
-    }
-
-    pub(super) async fn send_to_client(&mut self, build: impl FnOnce(&mut BytesMut)) -> Result<(), SessionEnd> {
-        self.out.clear();
-        build(&mut self.out);
-        self.client.write_all(&self.out).await.map_err(SessionEnd::ClientIo)
     }
 }

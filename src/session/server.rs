@@ -25,6 +25,7 @@ use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::frame::Framer;
 use crate::protocol::login::LoginError;
 use crate::router::{RouteReason, Wants};
+use crate::tls::Tls;
 use crate::topology::gate::{Direction, Gate};
 use crate::topology::{FollowerPool, Instance, Role, Served, SharedTopology, Topology, WorkGuard};
 use arc_swap::cache::Cache;
@@ -183,13 +184,14 @@ impl Attachment {
                 Wants::Follower(_) => Role::Follower,
             };
             let writes = direction == Direction::Writes;
-            let (instance, reason) = match self.attach(&decision.instance, role, writes, wanted, config).await {
+            let tls = &*ctx.tls;
+            let (instance, reason) = match self.attach(&decision.instance, role, writes, wanted, tls, config).await {
                 Ok(()) => match (decision.confirm, &floor) {
                     (Some(expected), Some(floor)) if !self.confirm_replayed(floor, expected).await => {
                         // Not caught up in time: the read runs on the leader.
                         self.detach(true);
                         let leader = ctx.topology.load().leader.clone();
-                        self.attach(&leader, Role::Leader, false, wanted, config).await?;
+                        self.attach(&leader, Role::Leader, false, wanted, tls, config).await?;
                         (leader, RouteReason::ReadYourWrites)
                     }
                     _ => (decision.instance, decision.reason),
@@ -198,7 +200,7 @@ impl Attachment {
                 Err(error) if role == Role::Follower && self.may_fall_back(config) => {
                     tracing::debug!(instance = %decision.instance.name, %error, "follower unavailable; reading on the leader");
                     let leader = ctx.topology.load().leader.clone();
-                    self.attach(&leader, Role::Leader, false, wanted, config).await?;
+                    self.attach(&leader, Role::Leader, false, wanted, tls, config).await?;
                     (leader, RouteReason::Fallback)
                 }
                 // The leader is down: a promotion may come, or the leader may return, before the deadline.
@@ -284,16 +286,18 @@ impl Attachment {
         }
     }
 
-    /// Borrows a connection on `instance`, counted as a running unit (one that may write, if `writes`).
+    /// Borrows a connection on `instance` with the client's settings (opened with `tls` if need be), counted as a
+    /// running unit (one that may write, if `writes`).
     async fn attach(
         &mut self,
         instance: &Arc<Instance>,
         role: Role,
         writes: bool,
         wanted: &Settings,
+        tls: &Tls,
         config: &Config,
     ) -> Result<(), SqlError> {
-        let conn = borrow(&instance.pool, &self.login, wanted, config).await?;
+        let conn = borrow(&instance.pool, &self.login, wanted, tls, config).await?;
         self.cancel.set(Some(conn.cancel.clone()));
         self.server = Some(Attached {
             conn,
@@ -442,17 +446,18 @@ fn direction_of(wants: Wants) -> Direction {
     }
 }
 
-/// Borrows a connection from `pool` (waiting up to `server.checkout_timeout`) and gives it `wanted`'s settings
-/// (within `health.timeout`, the deadline of every statement pgsplit runs itself). A setting the server refuses
-/// comes back as the server's own error; the connection goes back to the pool untouched.
+/// Borrows a connection from `pool` (waiting up to `server.checkout_timeout`; a new one opened with `tls`) and
+/// gives it `wanted`'s settings (within `health.timeout`, the deadline of every statement pgsplit runs itself). A
+/// setting the server refuses comes back as the server's own error; the connection goes back to the pool untouched.
 pub async fn borrow(
     pool: &InstancePool,
     login: &LoginInfo,
     wanted: &Settings,
+    tls: &Tls,
     config: &Config,
 ) -> Result<Box<ServerConn>, SqlError> {
     let mut conn = pool
-        .checkout(login, config.server.checkout_timeout)
+        .checkout(login, tls, config.server.checkout_timeout)
         .await
         .map_err(|e| e.to_sql_error())?;
     match conn.sync_settings(wanted, config.health.timeout).await {

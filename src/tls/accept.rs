@@ -59,6 +59,10 @@ impl Acceptor {
             .with_single_cert(chain, key_der)
             .map_err(|e| TlsFileError::new(key, format!("does not go with {}: {e}", cert.display())))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
+        // No session resumption, as PostgreSQL does: libpq never resumes a TLS session, and each ticket would cost
+        // every login randomness, a cache entry and one more record.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Acceptor {
             mode: tls.mode,
             config: Some(Arc::new(config)),
@@ -246,6 +250,11 @@ mod tests {
         let first = tls.clients();
         assert_eq!(first.mode, ClientTlsMode::Require);
         assert!(first.config().is_some() && first.end_point().is_some());
+        assert_eq!(
+            first.config().map(|c| c.send_tls13_tickets),
+            Some(0),
+            "no resumption tickets"
+        );
         // A reload reads the files again; a broken key keeps what was loaded.
         std::fs::write(dir.join("server.key"), "not a key").unwrap();
         let errors = tls.reload(&config);

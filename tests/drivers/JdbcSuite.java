@@ -32,13 +32,15 @@ import org.postgresql.copy.CopyManager;
 
 public final class JdbcSuite {
     static final String DRIVER = "pgjdbc";
-    static final String PREFIX = "drv_jdbc";
+    /** SUITE_TAG tells a variant of this suite (over TLS) from the plain one: their objects never collide. */
+    static final String PREFIX = "drv_jdbc" + Objects.requireNonNullElse(System.getenv("SUITE_TAG"), "");
     static final String ITEMS = PREFIX + "_items";
     static final String COPY_TABLE = PREFIX + "_copy";
     static final String SCHEMA = PREFIX + "_schema";
     static final String CHANNEL = PREFIX + "_chan";
     static final int CLIENTS = 16;
-    static final int ROUNDS = 25;
+    /** Fewer for the TLS variant (SUITE_ROUNDS), which runs the same checks over TLS. */
+    static final int ROUNDS = Integer.parseInt(Objects.requireNonNullElse(System.getenv("SUITE_ROUNDS"), "25"));
     static final int COPY_ROWS = 500;
     static final long DEADLINE = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
 
@@ -59,11 +61,12 @@ public final class JdbcSuite {
         check(System.nanoTime() < DEADLINE, "out of time during " + what);
     }
 
-    /** DATABASE_URL (postgresql://user:password@host:port/database) as a JDBC URL plus credentials. */
+    /** DATABASE_URL (postgresql://user:password@host:port/database[?sslmode=…]) as a JDBC URL plus credentials. */
     static void configure(String databaseUrl) {
         URI uri = URI.create(databaseUrl);
         String[] userInfo = uri.getUserInfo().split(":", 2);
-        jdbcUrl = "jdbc:postgresql://" + uri.getHost() + ":" + uri.getPort() + uri.getPath();
+        String query = uri.getQuery() == null ? "" : "?" + uri.getQuery();
+        jdbcUrl = "jdbc:postgresql://" + uri.getHost() + ":" + uri.getPort() + uri.getPath() + query;
         PROPS.setProperty("user", userInfo[0]);
         PROPS.setProperty("password", userInfo[1]);
         PROPS.setProperty("prepareThreshold", "1");

@@ -13,13 +13,15 @@ const pg = require('pg');
 const { from: copyFrom, to: copyTo } = require('pg-copy-streams');
 
 const DRIVER = 'node-postgres';
-const PREFIX = 'drv_node';
+// SUITE_TAG tells a variant of this suite (over TLS) from the plain one: their objects never collide.
+const PREFIX = 'drv_node' + (process.env.SUITE_TAG || '');
 const ITEMS = `${PREFIX}_items`;
 const COPY_TABLE = `${PREFIX}_copy`;
 const SCHEMA = `${PREFIX}_schema`;
 const CHANNEL = `${PREFIX}_chan`;
 const CLIENTS = 16;
-const ROUNDS = 25;
+// Fewer for the TLS variant (SUITE_ROUNDS), which runs the same checks over TLS.
+const ROUNDS = Number(process.env.SUITE_ROUNDS || 25);
 const COPY_ROWS = 500;
 const TIME_LIMIT_MS = 60000;
 

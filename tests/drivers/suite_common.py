@@ -3,12 +3,14 @@
 Imported by psycopg_suite.py and asyncpg_suite.py (Python puts the running script's folder on the import path).
 """
 
+import os
 import sys
 import time
 import traceback
 
 CLIENTS = 16
-ROUNDS = 25
+# Fewer for the TLS variants (SUITE_ROUNDS), which run the same checks over TLS.
+ROUNDS = int(os.environ.get("SUITE_ROUNDS", "25"))
 COPY_ROWS = 500
 
 
@@ -22,8 +24,9 @@ def check(condition, message):
 
 
 def names(driver):
-    """The suite's own objects, so that suites running side by side never collide: items, copy, schema, channel."""
-    prefix = f"drv_{driver}"
+    """The suite's own objects, so that suites running side by side never collide: items, copy, schema, channel.
+    SUITE_TAG tells a variant of the same driver's suite (over TLS) from the plain one."""
+    prefix = f"drv_{driver}{os.environ.get('SUITE_TAG', '')}"
     return f"{prefix}_items", f"{prefix}_copy", f"{prefix}_schema", f"{prefix}_chan"
 
 

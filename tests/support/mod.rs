@@ -15,6 +15,7 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod relay;
+pub mod tls;
 
 use std::ops::Deref;
 use std::sync::OnceLock;

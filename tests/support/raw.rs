@@ -1,8 +1,9 @@
 //! A bare-socket client for tests that must send what no driver would: garbage, lying lengths, odd startup codes.
+//! The readers and writers take any stream: a socket, or TLS over one (`support::tls`).
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub async fn connect(port: u16) -> TcpStream {
@@ -29,7 +30,7 @@ pub fn startup_with(user: &str, database: &str, params: &[(&str, &str)]) -> Vec<
 }
 
 /// Reads backend messages as (tag, body) until the connection closes (bounded by a timeout).
-pub async fn read_until_close(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+pub async fn read_until_close(stream: &mut (impl AsyncRead + Unpin)) -> Vec<(u8, Vec<u8>)> {
     let mut bytes = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
         .await
@@ -39,7 +40,7 @@ pub async fn read_until_close(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
 }
 
 /// Reads messages until one with `tag` arrives; returns all read so far.
-pub async fn read_until(stream: &mut TcpStream, tag: u8) -> Vec<(u8, Vec<u8>)> {
+pub async fn read_until(stream: &mut (impl AsyncRead + Unpin), tag: u8) -> Vec<(u8, Vec<u8>)> {
     let mut bytes = Vec::new();
     loop {
         let messages = split_messages(&bytes);
@@ -57,7 +58,7 @@ pub async fn read_until(stream: &mut TcpStream, tag: u8) -> Vec<(u8, Vec<u8>)> {
 }
 
 /// Reads messages until an ErrorResponse arrives or the connection closes; returns all read so far.
-pub async fn read_until_error_or_close(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+pub async fn read_until_error_or_close(stream: &mut (impl AsyncRead + Unpin)) -> Vec<(u8, Vec<u8>)> {
     let mut bytes = Vec::new();
     loop {
         let messages = split_messages(&bytes);
@@ -98,8 +99,10 @@ pub fn error_code(messages: &[(u8, Vec<u8>)]) -> Option<String> {
         .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
 }
 
-pub async fn send(stream: &mut TcpStream, bytes: &[u8]) {
+pub async fn send(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) {
     stream.write_all(bytes).await.expect("writable");
+    // A TLS stream may hold the last record until flushed.
+    stream.flush().await.expect("writable");
 }
 
 /// One frontend message: `tag`, length, `body`.
@@ -182,7 +185,7 @@ pub async fn login(port: u16, user: &str, database: &str) -> TcpStream {
 }
 
 /// Sends `messages` in one write and reads until the ReadyForQuery of the last Sync.
-pub async fn exchange(stream: &mut TcpStream, messages: &[Vec<u8>]) -> Vec<(u8, Vec<u8>)> {
+pub async fn exchange(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), messages: &[Vec<u8>]) -> Vec<(u8, Vec<u8>)> {
     send(stream, &messages.concat()).await;
     read_until(stream, b'Z').await
 }

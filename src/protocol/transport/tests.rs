@@ -311,3 +311,50 @@ async fn a_broken_record_is_invalid_data() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn await_style_reads_and_writes_cross_tls_whole_and_shutdown_ends_the_stream() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let (mut a, mut b) = tls_pair(&pki).await;
+    let message = pattern(300_000, 9);
+    within("the await-style exchange", async {
+        // Larger than the pending-ciphertext limit and the peer's reads: the writer waits on the socket.
+        let (written, got) = tokio::join!(
+            async {
+                a.write_all(&message).await.unwrap();
+                a.shutdown().await.unwrap();
+            },
+            async {
+                let mut got = Vec::new();
+                AsyncReadExt::read_to_end(&mut b, &mut got).await.unwrap();
+                got
+            }
+        );
+        let () = written;
+        assert!(
+            got == message,
+            "{} of {} bytes, or other bytes",
+            got.len(),
+            message.len()
+        );
+        assert!(!a.wants_flush(), "close_notify went out with the rest");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_silent_and_one_that_spoke_is_not() {
+    let pki = Pki::new();
+    let (mut a, b) = tls_pair(&pki).await;
+    within("the checks", async {
+        assert!(b.is_silent());
+        send(&mut a, b"unsolicited", 100).await;
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while b.is_silent() {
+            assert!(std::time::Instant::now() < deadline, "never saw the bytes");
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
