@@ -4,7 +4,11 @@
 
 mod support;
 
+#[path = "pooling/pids.rs"]
+mod pids;
 #[path = "pooling/prepared.rs"]
 mod prepared;
+#[path = "pooling/startup.rs"]
+mod startup;
 #[path = "pooling/state.rs"]
 mod state;

@@ -5,6 +5,8 @@
 //! [`Settings::sync_sql`] compares the two and writes one `SET`/`RESET` statement for the differences, or nothing
 //! when they match (the common case: no round trip).
 
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+
 /// Reported by the server but not settable per session; never replayed.
 const SERVER_OWNED: &[&str] = &[
     "server_version",
@@ -104,31 +106,47 @@ impl Settings {
     }
 
     /// The statement that turns `server`'s settings into these, or None when they already match.
+    ///
+    /// A value given as a string (a startup parameter, a reported one, `options=-c`) is applied with
+    /// `set_config(name, value, false)`, which parses it with the setting's own input rules exactly as a startup
+    /// packet would: `search_path=a,b` is two schemas and `DateStyle=ISO, MDY` two words, where `SET search_path =
+    /// 'a,b'` would be one quoted schema name. A value the client set with SQL `SET` is replayed as that statement
+    /// was written.
     pub fn sync_sql(&self, server: &Settings) -> Option<String> {
         // The usual checkout: the connection last served a client with the same settings, recorded in the same order.
         if self == server {
             return None;
         }
-        let mut sql = String::new();
+        let mut calls = Vec::new();
+        let mut statements = String::new();
         for (name, value) in &self.values {
             let on_server = server
                 .values
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v);
-            if on_server != Some(value) {
-                let value = match value {
-                    Value::Literal(text) => quote_literal(text),
-                    Value::Sql(expression) => expression.clone(),
-                };
-                sql.push_str(&format!("SET {} = {value};", quote_name(name)));
+            if on_server == Some(value) {
+                continue;
+            }
+            match value {
+                Value::Literal(text) => calls.push(format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    escape_literal(&name.to_ascii_lowercase()),
+                    escape_literal(text)
+                )),
+                Value::Sql(expression) => statements.push_str(&format!("SET {} = {expression};", quote_name(name))),
             }
         }
         for (name, _) in &server.values {
             if self.get(name).is_none() {
-                sql.push_str(&format!("RESET {};", quote_name(name)));
+                statements.push_str(&format!("RESET {};", quote_name(name)));
             }
         }
+        let mut sql = String::new();
+        if !calls.is_empty() {
+            sql = format!("SELECT {};", calls.join(", "));
+        }
+        sql.push_str(&statements);
         (!sql.is_empty()).then_some(sql)
     }
 }
@@ -175,13 +193,9 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
 /// Quotes each dotted part of a setting name as an identifier, so no name can inject SQL.
 fn quote_name(name: &str) -> String {
     name.split('.')
-        .map(|part| format!("\"{}\"", part.to_ascii_lowercase().replace('"', "\"\"")))
+        .map(|part| escape_identifier(&part.to_ascii_lowercase()))
         .collect::<Vec<_>>()
         .join(".")
-}
-
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
 
 #[cfg(test)]
@@ -238,7 +252,24 @@ mod tests {
         let server = Settings::from_startup(&params(&[("application_name", "x"), ("Time\"Zone", "UTC")])).unwrap();
         assert_eq!(
             client.sync_sql(&server).as_deref(),
-            Some("SET \"application_name\" = 'it''s';RESET \"time\"\"zone\";")
+            Some("SELECT pg_catalog.set_config('application_name', 'it''s', false);RESET \"time\"\"zone\";")
+        );
+    }
+
+    #[test]
+    fn string_values_are_given_as_the_server_parses_startup_parameters() {
+        let client = Settings::from_startup(&params(&[
+            ("options", "-c search_path=acc_b,public -c x.path=C:\\\\dir"),
+            ("DateStyle", "ISO, MDY"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            client.sync_sql(&Settings::default()).as_deref(),
+            Some(
+                "SELECT pg_catalog.set_config('search_path', 'acc_b,public', false), \
+                 pg_catalog.set_config('x.path',  E'C:\\\\dir', false), \
+                 pg_catalog.set_config('datestyle', 'ISO, MDY', false);"
+            )
         );
     }
 

@@ -24,6 +24,7 @@ impl Relay {
     }
 
     fn relay_server_messages(&mut self) -> Result<(), SessionEnd> {
+        let client_pid = self.attachment.client_key().pid;
         let Some(attached) = self.attachment.attached_mut() else {
             return Ok(());
         };
@@ -62,7 +63,11 @@ impl Relay {
                 Step::Head(header) => (header, &[][..]),
                 Step::Whole(header) => {
                     let at = self.to_client.scanned();
-                    (header, &server.buf[at + HEADER_LEN..at + header.frame_len()])
+                    let body = at + HEADER_LEN..at + header.frame_len();
+                    if header.tag == b'A' {
+                        own_notification(&mut server.buf[body.clone()], server.cancel.pid, client_pid);
+                    }
+                    (header, &server.buf[body])
                 }
             };
             let whole = matches!(step, Step::Whole(_));
@@ -94,6 +99,7 @@ impl Relay {
                         // session, to be carried to the next server connection it borrows.
                         self.wanted.set(name, value);
                         server.settings.set(name, value);
+                        crate::pool::server::record_parameter(&mut server.params, name, value);
                         self.planner.follow(name, value);
                     }
                 }
@@ -128,5 +134,16 @@ impl Relay {
             return;
         };
         self.exchange.write_made(&mut self.to_client, &mut server.conn.buf);
+    }
+}
+
+/// A NotificationResponse sent by the client's own session names the server backend's pid; the client knows the
+/// pid pgsplit gave it, and compares (apps ignore their own notifications): that one is rewritten, in place.
+/// Notifications from other sessions keep the backend's pid, which names no client.
+fn own_notification(body: &mut [u8], backend_pid: u32, client_pid: u32) {
+    if let Some(pid) = body.get_mut(..4)
+        && *pid == backend_pid.to_be_bytes()
+    {
+        pid.copy_from_slice(&client_pid.to_be_bytes());
     }
 }

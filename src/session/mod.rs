@@ -18,6 +18,7 @@ pub mod relay;
 pub mod replies;
 mod retry;
 mod server;
+mod signal;
 pub mod statements;
 mod stop;
 
@@ -29,8 +30,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::ClientTlsMode;
+use crate::config::Config;
 use crate::context::{Endpoint, GaugeCount, SessionContext};
-use crate::pool::{ConnKey, LoginInfo, Settings};
+use crate::pool::{ConnKey, InstancePool, LoginInfo, Settings};
 use crate::protocol::auth::{self, AuthError};
 use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::messages::{self, TxStatus};
@@ -241,31 +243,17 @@ async fn log_in_on<'a>(
     };
     // The login-time connection (parameters for the greeting) comes from the leader, which always exists.
     let pool = ctx.topology.load().leader.pool.clone();
-    let server_params = match pool.server_params(&login.key) {
-        Some(p) => p,
-        // First client of this user and database: log in to the server once now, so the client hears the
-        // server's real parameters and a bad database name fails at login as it would without pgsplit.
-        None => match server::borrow(&pool, &login, &wanted, &config).await {
-            Ok(conn) => {
-                let params = Arc::new(conn.params.clone());
-                pool.release(conn);
-                params
-            }
-            Err(mut error) => {
-                error.severity = Severity::Fatal;
-                return Err(error.into());
-            }
-        },
+    let told = match greeting_parameters(&pool, &login, &wanted, &config).await {
+        Ok(told) => told,
+        Err(mut error) => {
+            error.severity = Severity::Fatal;
+            return Err(error.into());
+        }
     };
-    let text_rules = TextRules::from_reported(|name| {
-        wanted
-            .get(name)
-            .or_else(|| server_params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()))
-    });
-    let cancel = ctx.cancels.register(task);
+    let text_rules = TextRules::from_reported(|name| told.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()));
+    let cancel = ctx.cancels.register(task, &user);
     let mut greeting = BytesMut::new();
-    for (name, value) in server_params.iter() {
-        let value = wanted.get(name).unwrap_or(value);
+    for (name, value) in &told {
         messages::parameter_status(&mut greeting, name, value);
     }
     messages::backend_key_data(&mut greeting, cancel.slot.pid, cancel.slot.secret);
@@ -282,6 +270,45 @@ async fn log_in_on<'a>(
         client_slot,
         tls: None,
     })
+}
+
+/// The parameters a client is told at login: the server's, with the client's own settings in their place as the
+/// server reports them (`client_encoding=utf8` as `UTF8`, `DateStyle=iso` as `ISO, MDY`: drivers compare them).
+/// A spelling not yet known, or the first client of this user and database, logs in to the server now: so the
+/// client hears the server's real parameters, and a bad database name or setting fails at login as it would
+/// without pgsplit.
+async fn greeting_parameters(
+    pool: &InstancePool,
+    login: &LoginInfo,
+    wanted: &Settings,
+    config: &Config,
+) -> Result<Vec<(String, String)>, SqlError> {
+    let server_params = pool.server_params(&login.key);
+    let mut told = Vec::new();
+    let mut unknown = server_params.is_none();
+    for (name, value) in server_params.iter().flat_map(|p| p.iter()) {
+        let value = match wanted.get(name) {
+            Some(given) if given != value => pool.spelling(&login.key, name, given).unwrap_or_else(|| {
+                unknown = true;
+                given.to_owned()
+            }),
+            _ => value.clone(),
+        };
+        told.push((name.clone(), value));
+    }
+    if !unknown {
+        return Ok(told);
+    }
+    // A connection given the client's settings has had them reported (ParameterStatus) as the server spells them.
+    let conn = server::borrow(pool, login, wanted, config).await?;
+    for (name, reported) in &conn.params {
+        if let Some(given) = wanted.get(name).filter(|given| given != reported) {
+            pool.learn_spelling(&login.key, name, given, reported);
+        }
+    }
+    let told = conn.params.clone();
+    pool.release(conn);
+    Ok(told)
 }
 
 /// Answers SSL/GSS requests and cancel requests; returns the StartupMessage. TLS starts on an SSLRequest (answered

@@ -3,6 +3,7 @@
 //! its `SET`s change (applied once the server has accepted them), and which SQL-level prepared statement it names.
 //! Pure: classification only, no I/O.
 
+use super::signal::Signal;
 use crate::pool::Settings;
 use crate::router::{
     Access, Classification, FunctionSet, Isolation, Reason, RouteReason, Span, StatementKind, Wants, statements,
@@ -63,6 +64,8 @@ pub enum Local {
     /// `SET [SESSION | LOCAL] pgsplit.min_lsn {TO | =} value` with the value's text; `None` for `RESET
     /// pgsplit.min_lsn` and `SET … TO DEFAULT`.
     SetMinLsn(Option<String>),
+    /// `SELECT pg_terminate_backend(pid)` / `pg_cancel_backend(pid)`: answered only for a pid pgsplit issued.
+    Signal(Signal),
 }
 
 /// What a statement does to the session, in the order of the query string.
@@ -175,6 +178,10 @@ pub fn analyze(sql: &str, functions: &FunctionSet, conforming: bool) -> Analysis
     // connection only: keep the client there.
     if analysis.prepared.is_none() && analysis.mentions_prepare(sql, functions, conforming) {
         analysis.effects.push(Effect::Pin);
+    }
+    if local.is_none() && analysis.summary.statements == 1 && analysis.summary.reason == Reason::Function {
+        // Both are writing built-ins; looked for only then.
+        local = super::signal::recognise(sql).map(Local::Signal);
     }
     analysis.local = local.filter(|_| analysis.summary.statements == 1);
     analysis

@@ -472,7 +472,11 @@ impl Relay {
     /// The message is a Query, or starts an extended-protocol batch, about a statement pgsplit answers.
     fn starts_local_answer(&self, header: Header, intent: &Intent) -> bool {
         match header.tag {
-            b'Q' | b'P' => intent.analysis.as_ref().is_some_and(|a| a.local.is_some()),
+            b'Q' | b'P' => intent
+                .analysis
+                .as_ref()
+                .and_then(|a| a.local.as_ref())
+                .is_some_and(|local| self.takes_local(header.tag, local)),
             b'B' | b'D' | b'C' => {
                 let at = self.to_server.scanned();
                 let body = &self.client_buf[at + HEADER_LEN..at + header.frame_len()];

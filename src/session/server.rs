@@ -117,6 +117,11 @@ impl Attachment {
         &self.login
     }
 
+    /// The client's own key: the pid pgsplit gave it, and who logged in.
+    pub fn client_key(&self) -> &Arc<CancelSlot> {
+        &self.cancel
+    }
+
     pub fn last_route(&self) -> Option<&(Arc<str>, RouteReason)> {
         self.last_route.as_ref()
     }
