@@ -10,6 +10,7 @@ mod exchange;
 pub mod floor;
 mod from_server;
 mod intent;
+mod known;
 mod local;
 pub mod outflow;
 pub mod plan;

@@ -161,6 +161,8 @@ impl Relay {
             planner: Planner::new(functions, text_rules),
             stop: StopSignal::new(ctx.shutdown.clone()),
             ctx,
+            // Before the login moves into the attachment.
+            exchange: Exchange::new(config.proxy.max_prepared_statements, &login.key),
             attachment: Attachment::new(config.proxy.pool_mode, endpoint, login, cancel),
             wanted,
             client,
@@ -169,7 +171,6 @@ impl Relay {
             client_framer: Framer::default(),
             to_server: Outflow::default(),
             to_client: Outflow::default(),
-            exchange: Exchange::new(config.proxy.max_prepared_statements),
             stream: StreamState::default(),
             pin_count: None,
             held: None,
@@ -399,7 +400,7 @@ impl Relay {
                 .await?;
         }
         if !self.attachment.is_attached() {
-            if self.answer_without_server(header.tag).await? {
+            if self.answer_without_server(header, &mut intent).await? {
                 self.client_buf.advance(len);
                 return Ok(());
             }
@@ -539,9 +540,10 @@ impl Relay {
     }
 
     /// Messages that need no server when none is attached: a lone Sync is answered here, Flush and stray COPY
-    /// messages are dropped. Returns whether the frame was consumed.
-    async fn answer_without_server(&mut self, tag: u8) -> Result<bool, SessionEnd> {
-        match tag {
+    /// messages are dropped, statements pgsplit knows are prepared, described and closed (`known`). Returns whether
+    /// the frame was consumed.
+    async fn answer_without_server(&mut self, header: Header, intent: &mut Intent) -> Result<bool, SessionEnd> {
+        match header.tag {
             b'S' => {
                 self.skip_until_sync = false;
                 self.send_to_client(|out| messages::ready_for_query(out, TxStatus::Idle))
@@ -549,6 +551,7 @@ impl Relay {
                 Ok(true)
             }
             b'H' | b'c' | b'f' => Ok(true),
+            b'P' | b'D' | b'C' if !self.skip_until_sync => self.answer_from_memory(header, intent).await,
             b'P' | b'B' | b'D' | b'E' | b'C' => Ok(self.skip_until_sync),
             _ => Ok(false),
         }

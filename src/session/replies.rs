@@ -171,6 +171,12 @@ impl<U> Replies<U> {
         self.queue.is_empty()
     }
 
+    /// What the request the next reply answers carries (its undo), if anything.
+    #[inline]
+    pub fn head_undo(&self) -> Option<&U> {
+        self.queue.front()?.undo.as_ref()
+    }
+
     /// The next reply answers pgsplit's probe.
     pub fn probing(&self) -> bool {
         self.queue.front().is_some_and(|head| head.answer == Answer::Probe)
