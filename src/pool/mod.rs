@@ -59,6 +59,8 @@ struct PoolState {
     /// Per user and database, a reported parameter's value as a client gave it → as the server reports it
     /// (`utf8` → `UTF8`), learned from a server and bounded by [`MAX_SPELLINGS`].
     spellings: HashMap<(ConnKey, String, String), String>,
+    /// Per user and database, the server's defaults a session routes by (`default_transaction_isolation`, …).
+    defaults: HashMap<ConnKey, ServerParams>,
 }
 
 /// Spellings of reported values remembered per pool; past it they are forgotten and learned again.
@@ -148,6 +150,7 @@ impl InstancePool {
                 sweeping: false,
                 server_params: HashMap::new(),
                 spellings: HashMap::new(),
+                defaults: HashMap::new(),
             })),
         }
     }
@@ -184,6 +187,16 @@ impl InstancePool {
         }
         let entry = (key.clone(), name.to_ascii_lowercase(), given.to_owned());
         state.spellings.insert(entry, reported.to_owned());
+    }
+
+    /// The defaults a session of `key` routes by, once learned ([`InstancePool::learn_defaults`]).
+    pub fn defaults(&self, key: &ConnKey) -> Option<ServerParams> {
+        self.lock().defaults.get(key).cloned()
+    }
+
+    /// Remembers the server's defaults for sessions of `key`.
+    pub fn learn_defaults(&self, key: &ConnKey, defaults: ServerParams) {
+        self.lock().defaults.insert(key.clone(), defaults);
     }
 
     /// Lends a connection for `login.key`, opening one if the cap allows, else waiting up to `timeout`.

@@ -20,10 +20,22 @@ const SERVER_OWNED: &[&str] = &[
 /// Startup keys that describe the connection rather than settings.
 const CONNECTION_KEYS: &[&str] = &["user", "database", "replication", "options"];
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
     values: Vec<(String, Value)>,
+    /// What the server gives this login when nothing is set (role and database defaults, read at login): never
+    /// replayed nor compared, only consulted by [`Settings::effective`]. Shared by every session of the login.
+    defaults: std::sync::Arc<Vec<(String, String)>>,
 }
+
+/// Two sets of settings are the same when their values are: the defaults are the server's, on every connection.
+impl PartialEq for Settings {
+    fn eq(&self, other: &Settings) -> bool {
+        self.values == other.values
+    }
+}
+
+impl Eq for Settings {}
 
 /// A setting's value: a plain string (startup parameters, ParameterStatus), or the SQL expression a client's own
 /// successful `SET` used (`'a', b` for search_path), replayed verbatim.
@@ -87,6 +99,11 @@ impl Settings {
         self.values.clear();
     }
 
+    /// Whether no setting is set (defaults aside).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
     fn put(&mut self, name: &str, value: Value) {
         if SERVER_OWNED.iter().any(|s| s.eq_ignore_ascii_case(name)) {
             return;
@@ -97,9 +114,25 @@ impl Settings {
         }
     }
 
-    /// Whether a boolean setting is on, however it was written (`on`, `'true'`, `1`, `yes`).
+    /// Records what the server gives this login for settings it does not set (role and database defaults).
+    pub fn set_defaults(&mut self, defaults: std::sync::Arc<Vec<(String, String)>>) {
+        self.defaults = defaults;
+    }
+
+    /// The value in effect: the one set, else the server's default for this login, if known.
+    pub fn effective(&self, name: &str) -> Option<&str> {
+        self.get(name).or_else(|| {
+            self.defaults
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        })
+    }
+
+    /// Whether a boolean setting is on (as set, else by the server's default), however it was written (`on`,
+    /// `'true'`, `1`, `yes`).
     pub fn is_on(&self, name: &str) -> bool {
-        self.get(name).is_some_and(|v| {
+        self.effective(name).is_some_and(|v| {
             let v = v.trim().trim_matches('\'').to_ascii_lowercase();
             matches!(v.as_str(), "on" | "true" | "1" | "yes" | "t" | "y")
         })
@@ -287,6 +320,24 @@ mod tests {
         assert_eq!(client.get("search_path"), None);
         client.reset_all();
         assert_eq!(client, Settings::default());
+    }
+
+    #[test]
+    fn server_defaults_count_but_are_never_replayed() {
+        let mut client = Settings::default();
+        client.set_defaults(std::sync::Arc::new(vec![
+            ("default_transaction_isolation".into(), "serializable".into()),
+            ("default_transaction_read_only".into(), "on".into()),
+        ]));
+        assert_eq!(client.effective("DEFAULT_TRANSACTION_ISOLATION"), Some("serializable"));
+        assert!(client.is_on("default_transaction_read_only"));
+        assert_eq!(client, Settings::default());
+        assert_eq!(client.sync_sql(&Settings::default()), None);
+        client.set("default_transaction_read_only", "off");
+        assert!(
+            !client.is_on("default_transaction_read_only"),
+            "what the client sets wins"
+        );
     }
 
     #[test]

@@ -109,6 +109,7 @@ fn statement(span: Span, mut kind: Kind, verdict: Verdict, facts: Facts) -> Stat
                 Facts {
                     write_function: true, ..
                 } => (Access::Write, Reason::Function),
+                Facts { leader_only: true, .. } => (Access::Write, Reason::LeaderOnly),
                 _ => (Access::Read, Reason::Read),
             }
         }

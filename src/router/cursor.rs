@@ -7,6 +7,7 @@
 
 use super::functions::{FunctionName, FunctionSet, is_session_advisory_lock};
 use super::lexer::{Lexer, Token, TokenKind};
+use super::standby;
 
 /// Write markers seen in a statement, at any depth.
 #[derive(Clone, Copy, Debug, Default)]
@@ -22,6 +23,8 @@ pub(super) struct Facts {
     pub into_temp: bool,
     pub write_function: bool,
     pub session_advisory_lock: bool,
+    /// Something a standby refuses or answers otherwise (see `standby`).
+    pub leader_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +48,8 @@ pub(super) struct Cursor<'l, 'a> {
     /// `CREATE [OR REPLACE] FUNCTION | PROCEDURE`: `BEGIN ATOMIC … END` may hold `;`.
     routine: bool,
     atomic_depth: u32,
+    /// The token being observed is `current_setting`'s argument.
+    setting_argument: bool,
     /// Where the statement's first token starts (or where the text stopped lexing) and its last token ends.
     pub first: Option<usize>,
     pub last_end: usize,
@@ -70,6 +75,7 @@ impl<'l, 'a> Cursor<'l, 'a> {
             depth: 0,
             routine: false,
             atomic_depth: 0,
+            setting_argument: false,
             first: None,
             last_end: 0,
         }
@@ -177,6 +183,13 @@ impl<'l, 'a> Cursor<'l, 'a> {
     fn observe(&mut self, t: Token<'a>) {
         self.first.get_or_insert(t.start);
         self.last_end = t.end();
+        if std::mem::take(&mut self.setting_argument) {
+            let plain = t.kind == TokenKind::String && t.text.starts_with('\'');
+            self.facts.leader_only |= standby::current_setting_argument_differs(t.text, plain);
+        }
+        if matches!(t.kind, TokenKind::Word | TokenKind::QuotedIdent) {
+            self.facts.leader_only |= standby::names_session_only(t.text) || self.functions.unlogged().contains(t.text);
+        }
         let (p1, k1) = self.back(1);
         // `x.update` is a column, not a keyword.
         let kw = if p1.kind == TokenKind::Dot {
@@ -244,6 +257,8 @@ impl<'l, 'a> Cursor<'l, 'a> {
         );
         self.facts.write_function |= self.functions.is_write(schema, name);
         self.facts.session_advisory_lock |= is_session_advisory_lock(schema, name);
+        self.facts.leader_only |= standby::reports_recovery(schema, name);
+        self.setting_argument = name == "current_setting" && schema.is_none_or(|s| s == "pg_catalog");
     }
 }
 

@@ -5,6 +5,7 @@
 //! per config/catalog load, then only read: a lookup never allocates.
 
 use super::lexer::{Lexer, MAX_IDENTIFIER_LEN, TokenKind, fold_identifier, identifier};
+use super::standby::UnloggedRelations;
 use crate::fast_hash::FastHashMap;
 
 /// Built-in functions that make a statement a write: every built-in a hot standby refuses, or whose effect or answer
@@ -142,6 +143,8 @@ pub struct FunctionSet {
     /// cannot lengthen the probe chains of keys it did not insert.
     by_name: FastHashMap<Box<str>, Schemas>,
     longest: usize,
+    /// The database's UNLOGGED relations, from the same catalog load: a read of one is not a follower's.
+    unlogged: UnloggedRelations,
 }
 
 /// Where a name is a writer: everywhere (built-ins, unqualified config entries) or in the listed schemas.
@@ -177,6 +180,7 @@ impl FunctionSet {
         let mut set = FunctionSet {
             by_name: FastHashMap::default(),
             longest: 0,
+            unlogged: UnloggedRelations::default(),
         };
         let safe: Vec<_> = read_only_functions
             .iter()
@@ -201,6 +205,17 @@ impl FunctionSet {
             set.insert(None, name);
         }
         set
+    }
+
+    /// The set, knowing the database's UNLOGGED relations too.
+    pub fn with_unlogged(mut self, unlogged: UnloggedRelations) -> Self {
+        self.unlogged = unlogged;
+        self
+    }
+
+    /// The database's UNLOGGED relations.
+    pub fn unlogged(&self) -> &UnloggedRelations {
+        &self.unlogged
     }
 
     fn insert(&mut self, schema: Option<&str>, name: &str) {

@@ -46,6 +46,9 @@ pub enum Reason {
     Empty,
     /// Text that does not lex (unterminated string, comment or dollar quote) or a statement whose shape is unknown.
     Unparsable,
+    /// A read a hot standby refuses or answers otherwise: an UNLOGGED or temporary relation, a setting a standby
+    /// forces (`transaction_read_only`), `pg_is_in_recovery()` (see `standby`).
+    LeaderOnly,
 }
 
 impl Reason {
@@ -66,6 +69,7 @@ impl Reason {
             Reason::Pin => "pin",
             Reason::Empty => "empty",
             Reason::Unparsable => "unparsable",
+            Reason::LeaderOnly => "leader_only",
         }
     }
 }

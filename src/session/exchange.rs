@@ -39,7 +39,7 @@ pub struct Exchange {
     /// A hash of the client's user and database: with its settings, the kind of client a server prepares for.
     owner: u64,
     /// The ParameterDescription of a statement being described, until its RowDescription or NoData.
-    parameters: Option<Vec<u8>>,
+    parameters: Option<Box<[u8]>>,
 }
 
 /// The kind of client a server parses statements for: `owner` (its user and database) and its settings (the
@@ -143,6 +143,12 @@ impl Exchange {
     /// pgsplit's own query, sent after the client's unit ended.
     pub fn expect_probe(&mut self) {
         self.replies.push(Expected::probe());
+    }
+
+    /// A simple Query pgsplit sent on the client's behalf, whose answer the client must not see (its error would
+    /// be the client's to see).
+    pub fn expect_hidden_query(&mut self) {
+        self.replies.push(Expected::new(Request::Sync, Answer::Hidden));
     }
 
     /// The server connection is gone with only the probe owed: nothing is owed any more.
@@ -269,13 +275,13 @@ impl Exchange {
         match (tag, self.replies.head_undo()) {
             (b'1', Some(Undo::Prepared { statement, .. })) => statement.confirm(client_kind(self.owner, wanted)),
             (b't', Some(Undo::Described(_))) => {
-                self.parameters = (!body.is_empty()).then(|| whole_message(tag, body));
+                self.parameters = (!body.is_empty()).then(|| whole_message(tag, body).into());
             }
             (b'T' | b'n', Some(Undo::Described(statement))) => {
-                if let Some(mut description) = self.parameters.take()
+                if let Some(parameters) = self.parameters.take()
                     && (tag == b'n' || !body.is_empty())
                 {
-                    description.extend_from_slice(&whole_message(tag, body));
+                    let description = [&parameters[..], &whole_message(tag, body)].concat();
                     statement.remember_description(client_kind(self.owner, wanted), &description);
                 }
             }

@@ -12,6 +12,7 @@ mod from_server;
 mod intent;
 mod known;
 mod local;
+mod moves;
 pub mod outflow;
 pub mod plan;
 mod read_your_writes;
@@ -252,6 +253,7 @@ async fn log_in_on<'a>(
         }
     };
     let text_rules = TextRules::from_reported(|name| told.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()));
+    wanted.set_defaults(routing_defaults(&pool, &login, &config).await);
     let cancel = ctx.cancels.register(task, &user);
     let mut greeting = BytesMut::new();
     for (name, value) in &told {
@@ -310,6 +312,45 @@ async fn greeting_parameters(
     let told = conn.params.clone();
     pool.release(conn);
     Ok(told)
+}
+
+/// The server defaults routing depends on, for every session of this user and database (role and database
+/// settings: `ALTER ROLE … SET default_transaction_isolation = 'serializable'` makes every read one a standby
+/// refuses). `reset_val` is what a connection opened with user and database only — as pgsplit opens them — starts
+/// with. Read once per user and database, then remembered; if it cannot be read, none are known (a follower's
+/// refusal is then re-run on the leader).
+const DEFAULTS_SQL: &str = "SELECT string_agg(name || '=' || reset_val, ',') FROM pg_catalog.pg_settings \
+     WHERE name IN ('default_transaction_isolation', 'default_transaction_read_only')";
+
+async fn routing_defaults(pool: &InstancePool, login: &LoginInfo, config: &Config) -> crate::pool::ServerParams {
+    if let Some(defaults) = pool.defaults(&login.key) {
+        return defaults;
+    }
+    let read = async {
+        let mut conn = server::borrow(pool, login, &Settings::default(), config)
+            .await
+            .map_err(|e| e.message)?;
+        let answer = conn.query_own(DEFAULTS_SQL, config.health.timeout).await;
+        let answer = answer.map_err(|e| e.to_string())?;
+        pool.release(conn);
+        Ok::<_, String>(answer.unwrap_or_default())
+    };
+    match read.await {
+        Ok(text) => {
+            let defaults: Vec<(String, String)> = text
+                .split(',')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect();
+            let defaults = Arc::new(defaults);
+            pool.learn_defaults(&login.key, defaults.clone());
+            defaults
+        }
+        Err(error) => {
+            tracing::warn!(%error, user = %login.key.user, "cannot read the server's defaults for this login");
+            Arc::default()
+        }
+    }
 }
 
 /// Answers SSL/GSS requests and cancel requests; returns the StartupMessage. TLS starts on an SSLRequest (answered
@@ -439,7 +480,8 @@ mod tests {
                 unimplemented!(),
             )
         });
-        // 2,752 bytes when this bound was set; 3,096 with the TLS login (issue 18).
+        // 2,752 bytes when this bound was set; 3,096 with the TLS login (issue 18); per-session state of issue 17
+        // (a movable transaction, server defaults, a statement being described) is boxed or shared to stay under it.
         assert!(size <= 3136, "the session future is {size} bytes");
     }
 }

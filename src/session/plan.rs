@@ -249,6 +249,11 @@ impl Analysis {
         Plan { wants, changes }
     }
 
+    /// The text is one BEGIN / START TRANSACTION and nothing else.
+    pub fn is_lone_begin(&self) -> bool {
+        self.first_is_begin && self.summary.statements == 1
+    }
+
     /// A follower refused this text, or one of its shape, as a write: it runs on the leader from now on.
     pub fn mark_known_write(&mut self) {
         self.known_write = true;
@@ -324,7 +329,7 @@ fn identifier(text: &str) -> String {
 /// A standby refuses serializable transactions, so a session defaulting to them reads on the leader.
 fn serializable_session(settings: &Settings) -> bool {
     settings
-        .get("default_transaction_isolation")
+        .effective("default_transaction_isolation")
         .is_some_and(|v| v.to_ascii_lowercase().contains("serializable"))
 }
 

@@ -29,6 +29,7 @@ use super::exchange::{Exchange, Outbound};
 use super::floor::ReadFloor;
 use super::intent::{Intent, Planner, SessionView};
 use super::local::LocalStatements;
+use super::moves::TransactionMove;
 use super::outflow::Outflow;
 use super::plan::StreamState;
 use super::read_your_writes::Probe;
@@ -112,6 +113,8 @@ pub struct Relay {
     pub(super) probe: Probe,
     /// Statements the client prepared that pgsplit answers (`SHOW pgsplit.…` through the extended protocol).
     pub(super) local_statements: LocalStatements,
+    /// A transaction begun on a follower that may still move to the leader.
+    pub(super) moves: TransactionMove,
 }
 
 /// Why client messages wait before being scanned.
@@ -181,6 +184,7 @@ impl Relay {
             floor: ReadFloor::default(),
             probe: Probe::default(),
             local_statements: LocalStatements::default(),
+            moves: TransactionMove::default(),
         }
     }
 
@@ -413,9 +417,12 @@ impl Relay {
             if let Err(error) = routed {
                 return self.refuse(header, error).await;
             }
+            self.replay_moved_begin();
             self.arm_retry(header, &intent);
         } else if self.at_unit_boundary() && (self.switches_side(intent.wants) || self.paused_here()) {
             self.held = Some(Hold::UntilReleased);
+            return Ok(());
+        } else if self.move_to_leader(header, &intent) {
             return Ok(());
         }
         if matches!(header.tag, b'Q' | b'B' | b'F')
@@ -424,6 +431,7 @@ impl Relay {
         {
             self.probe.owe();
         }
+        self.note_transaction_start(header, &intent, self.to_server.scanned());
         if let Some((_, stream)) = &intent.plan {
             self.set_stream(*stream);
         }
