@@ -12,3 +12,5 @@ mod prepared;
 mod startup;
 #[path = "pooling/state.rs"]
 mod state;
+#[path = "pooling/unseen.rs"]
+mod unseen;

@@ -26,12 +26,16 @@ pub struct Settings {
     /// What the server gives this login when nothing is set (role and database defaults, read at login): never
     /// replayed nor compared, only consulted by [`Settings::effective`]. Shared by every session of the login.
     defaults: std::sync::Arc<Vec<(String, String)>>,
+    /// A server connection's settings may hold what nobody recorded (a function set them): the next client's
+    /// settings are applied after resetting them all.
+    unknown: bool,
 }
 
-/// Two sets of settings are the same when their values are: the defaults are the server's, on every connection.
+/// Two sets of settings are the same when their values are (the defaults are the server's, on every connection),
+/// and neither is unknown.
 impl PartialEq for Settings {
     fn eq(&self, other: &Settings) -> bool {
-        self.values == other.values
+        self.values == other.values && !self.unknown && !other.unknown
     }
 }
 
@@ -97,6 +101,13 @@ impl Settings {
 
     pub fn reset_all(&mut self) {
         self.values.clear();
+    }
+
+    /// These settings (a server connection's) may hold what nobody recorded: forget what is recorded, and reset all
+    /// at the next sync.
+    pub fn mark_unknown(&mut self) {
+        self.values.clear();
+        self.unknown = true;
     }
 
     /// Whether no setting is set (defaults aside).
@@ -175,9 +186,13 @@ impl Settings {
                 statements.push_str(&format!("RESET {};", quote_name(name)));
             }
         }
-        let mut sql = String::new();
+        // Unknown settings are all reset first (RESET ALL leaves the role alone), in the same statement.
+        let mut sql = match server.unknown {
+            true => "RESET ALL;RESET ROLE;".to_owned(),
+            false => String::new(),
+        };
         if !calls.is_empty() {
-            sql = format!("SELECT {};", calls.join(", "));
+            sql.push_str(&format!("SELECT {};", calls.join(", ")));
         }
         sql.push_str(&statements);
         (!sql.is_empty()).then_some(sql)
@@ -320,6 +335,23 @@ mod tests {
         assert_eq!(client.get("search_path"), None);
         client.reset_all();
         assert_eq!(client, Settings::default());
+    }
+
+    #[test]
+    fn unknown_settings_are_all_reset_before_the_next_clients_are_applied() {
+        let mut server = Settings::from_startup(&params(&[("application_name", "x")])).unwrap();
+        server.mark_unknown();
+        assert_eq!(
+            Settings::default().sync_sql(&server).as_deref(),
+            Some("RESET ALL;RESET ROLE;")
+        );
+        let client = Settings::from_startup(&params(&[("application_name", "y")])).unwrap();
+        assert_eq!(
+            client.sync_sql(&server).as_deref(),
+            Some("RESET ALL;RESET ROLE;SELECT pg_catalog.set_config('application_name', 'y', false);")
+        );
+        server.clone_from(&client);
+        assert_eq!(client.sync_sql(&server), None, "applied: known again");
     }
 
     #[test]

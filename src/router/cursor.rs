@@ -6,6 +6,7 @@
 //! [`FunctionSet`]. The statement parser (`grammar`) reads the head of a statement; the facts judge the rest.
 
 use super::functions::{FunctionName, FunctionSet, is_session_advisory_lock};
+use super::hidden::Tracker;
 use super::lexer::{Lexer, Token, TokenKind};
 use super::standby;
 
@@ -50,6 +51,8 @@ pub(super) struct Cursor<'l, 'a> {
     atomic_depth: u32,
     /// The token being observed is `current_setting`'s argument.
     setting_argument: bool,
+    /// Session state the statement may change unseen (`set_config` calls followed here).
+    pub hidden: Tracker,
     /// Where the statement's first token starts (or where the text stopped lexing) and its last token ends.
     pub first: Option<usize>,
     pub last_end: usize,
@@ -76,6 +79,7 @@ impl<'l, 'a> Cursor<'l, 'a> {
             routine: false,
             atomic_depth: 0,
             setting_argument: false,
+            hidden: Tracker::default(),
             first: None,
             last_end: 0,
         }
@@ -183,6 +187,7 @@ impl<'l, 'a> Cursor<'l, 'a> {
     fn observe(&mut self, t: Token<'a>) {
         self.first.get_or_insert(t.start);
         self.last_end = t.end();
+        self.hidden.token(&t, self.depth);
         if std::mem::take(&mut self.setting_argument) {
             let plain = t.kind == TokenKind::String && t.text.starts_with('\'');
             self.facts.leader_only |= standby::current_setting_argument_differs(t.text, plain);
@@ -258,7 +263,13 @@ impl<'l, 'a> Cursor<'l, 'a> {
         self.facts.write_function |= self.functions.is_write(schema, name);
         self.facts.session_advisory_lock |= is_session_advisory_lock(schema, name);
         self.facts.leader_only |= standby::reports_recovery(schema, name);
-        self.setting_argument = name == "current_setting" && schema.is_none_or(|s| s == "pg_catalog");
+        let catalog = schema.is_none_or(|s| s == "pg_catalog");
+        self.setting_argument = name == "current_setting" && catalog;
+        if name == "set_config" && catalog {
+            self.hidden.set_config_call(self.depth.saturating_add(1));
+        } else if self.functions.is_user_function(schema, name) {
+            self.hidden.anything();
+        }
     }
 }
 

@@ -152,6 +152,8 @@ pub struct FunctionSet {
 struct Schemas {
     any: bool,
     listed: Vec<Box<str>>,
+    /// A user function (the catalog's, or `write_functions`') has the name: what it does inside is not seen.
+    user: bool,
 }
 
 impl Default for FunctionSet {
@@ -192,17 +194,17 @@ impl FunctionSet {
                 .iter()
                 .any(|(s, n)| n == name && s.as_deref().is_none_or(|s| s == schema));
             if !is_safe {
-                set.insert(Some(schema), name);
+                set.insert(Some(schema), name, true);
             }
         }
         for entry in write_functions {
             match parse_function_name(entry) {
-                Some((schema, name)) => set.insert(schema.as_deref(), &name),
-                None => set.insert(None, &entry.to_lowercase()),
+                Some((schema, name)) => set.insert(schema.as_deref(), &name, true),
+                None => set.insert(None, &entry.to_lowercase(), true),
             }
         }
         for name in BUILTIN_WRITERS {
-            set.insert(None, name);
+            set.insert(None, name, false);
         }
         set
     }
@@ -218,9 +220,11 @@ impl FunctionSet {
         &self.unlogged
     }
 
-    fn insert(&mut self, schema: Option<&str>, name: &str) {
+    /// `user`: a user function's (catalog, `write_functions`), not a built-in's.
+    fn insert(&mut self, schema: Option<&str>, name: &str, user: bool) {
         self.longest = self.longest.max(name.len());
         let schemas = self.by_name.entry(name.into()).or_default();
+        schemas.user |= user;
         match schema {
             None => schemas.any = true,
             Some(s) if !schemas.listed.iter().any(|l| &**l == s) => schemas.listed.push(s.into()),
@@ -237,6 +241,19 @@ impl FunctionSet {
         self.by_name
             .get(name)
             .is_some_and(|s| s.any || schema.is_none_or(|schema| s.listed.iter().any(|l| &**l == schema)))
+    }
+}
+
+impl FunctionSet {
+    /// Whether a call of `schema.name` may be a user function that writes (`read_only_functions` aside): what it
+    /// does to session state inside is not seen.
+    pub fn is_user_function(&self, schema: Option<&str>, name: &str) -> bool {
+        if name.len() > self.longest {
+            return false;
+        }
+        self.by_name
+            .get(name)
+            .is_some_and(|s| s.user && (s.any || schema.is_none_or(|schema| s.listed.iter().any(|l| &**l == schema))))
     }
 }
 

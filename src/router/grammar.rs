@@ -132,6 +132,11 @@ pub(super) fn head<'a>(c: &mut Cursor<'_, 'a>, first: Token<'a>) -> (Kind, Verdi
         "fetch" | "move" | "close" => (Kind::Other, read(Reason::Read)),
         "copy" => copy(c),
         "create" => create(c),
+        "do" | "call" => {
+            // What the block or procedure does to the session is not in the text.
+            c.hidden.anything();
+            (Kind::Other, write(Reason::Write))
+        }
         _ => (Kind::Other, write(Reason::Write)),
     }
 }

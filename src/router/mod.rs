@@ -12,6 +12,7 @@ mod cursor;
 pub mod encoding;
 pub mod functions;
 mod grammar;
+pub mod hidden;
 pub mod lexer;
 pub mod route;
 pub mod shapes;

@@ -3,6 +3,7 @@
 //!
 //! Plain data. Names and values are [`Span`]s into the query text, never copies; this file never looks at SQL.
 
+use super::hidden::HiddenState;
 use super::lexer::Span;
 
 /// Where a statement may run. `Read` only when it is provably read-only (SPEC §3.1); anything else is `Write`.
@@ -220,6 +221,8 @@ pub struct Statement {
     pub reason: Reason,
     /// It calls pg_advisory_lock / pg_try_advisory_lock (or _shared): the session pins on it.
     pub session_advisory_lock: bool,
+    /// Session state it may change that its text does not show (DO, CALL, user functions, `set_config`).
+    pub hidden: HiddenState,
 }
 
 /// The verdict on a whole query string, folded from its statements with [`Classification::push`].

@@ -145,6 +145,16 @@ impl Exchange {
         self.replies.push(Expected::probe());
     }
 
+    /// The next reply answers pgsplit's check of the connection.
+    pub fn checking(&self) -> bool {
+        self.replies.checking()
+    }
+
+    /// pgsplit's check of the connection, sent after the client's unit ended.
+    pub fn expect_check(&mut self) {
+        self.replies.push(Expected::check());
+    }
+
     /// A simple Query pgsplit sent on the client's behalf, whose answer the client must not see (its error would
     /// be the client's to see).
     pub fn expect_hidden_query(&mut self) {

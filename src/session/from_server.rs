@@ -19,6 +19,8 @@ use crate::protocol::messages::{self, TxStatus};
 impl Relay {
     pub(super) fn on_server_data(&mut self) -> Result<(), SessionEnd> {
         self.relay_server_messages()?;
+        self.apply_hidden();
+        self.check_if_due();
         self.probe_if_due();
         Ok(())
     }
@@ -36,9 +38,10 @@ impl Relay {
             // is known by its header and streams through.
             let armed = self.retry.armed();
             let probing = self.exchange.probing();
+            let checking = self.exchange.checking();
             let look = |header: Header| match header.tag {
                 _ if header.body_len > MAX_INSPECTED => Look::Head,
-                b'D' if probing => Look::Whole,
+                b'D' if probing || checking => Look::Whole,
                 b'D' if armed => Look::Head,
                 b'D' | b'd' => Look::Blind,
                 _ => Look::Whole,
@@ -80,6 +83,9 @@ impl Relay {
             if probing && header.tag == b'D' {
                 self.probe.row(body);
             }
+            if checking && header.tag == b'D' {
+                self.hidden.row(body);
+            }
             let conn = ConnState {
                 settings: &mut server.settings,
                 prepared: &mut server.prepared,
@@ -93,6 +99,7 @@ impl Relay {
                     let idle = self.exchange.tx_status() == TxStatus::Idle;
                     self.probe.ended(idle, &mut self.floor);
                 }
+                b'Z' if checking => self.hidden.answered(),
                 b'S' => {
                     if let Some((name, value)) = messages::parse_parameter_status(body) {
                         // The client changed a setting (SET, RESET, SET LOCAL ending): it is now part of its

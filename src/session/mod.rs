@@ -9,6 +9,8 @@ pub mod cancel;
 mod exchange;
 pub mod floor;
 mod from_server;
+mod greeting;
+mod hidden;
 mod intent;
 mod known;
 mod local;
@@ -32,9 +34,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::ClientTlsMode;
-use crate::config::Config;
 use crate::context::{Endpoint, GaugeCount, SessionContext};
-use crate::pool::{ConnKey, InstancePool, LoginInfo, Settings};
+use crate::pool::{ConnKey, LoginInfo, Settings};
 use crate::protocol::auth::{self, AuthError};
 use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::messages::{self, TxStatus};
@@ -245,15 +246,15 @@ async fn log_in_on<'a>(
     };
     // The login-time connection (parameters for the greeting) comes from the leader, which always exists.
     let pool = ctx.topology.load().leader.pool.clone();
-    let told = match greeting_parameters(&pool, &login, &wanted, &config).await {
-        Ok(told) => told,
+    let (told, defaults) = match greeting::learn(&pool, &login, &wanted, &config).await {
+        Ok(learned) => learned,
         Err(mut error) => {
             error.severity = Severity::Fatal;
             return Err(error.into());
         }
     };
     let text_rules = TextRules::from_reported(|name| told.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()));
-    wanted.set_defaults(routing_defaults(&pool, &login, &config).await);
+    wanted.set_defaults(defaults);
     let cancel = ctx.cancels.register(task, &user);
     let mut greeting = BytesMut::new();
     for (name, value) in &told {
@@ -273,84 +274,6 @@ async fn log_in_on<'a>(
         client_slot,
         tls: None,
     })
-}
-
-/// The parameters a client is told at login: the server's, with the client's own settings in their place as the
-/// server reports them (`client_encoding=utf8` as `UTF8`, `DateStyle=iso` as `ISO, MDY`: drivers compare them).
-/// A spelling not yet known, or the first client of this user and database, logs in to the server now: so the
-/// client hears the server's real parameters, and a bad database name or setting fails at login as it would
-/// without pgsplit.
-async fn greeting_parameters(
-    pool: &InstancePool,
-    login: &LoginInfo,
-    wanted: &Settings,
-    config: &Config,
-) -> Result<Vec<(String, String)>, SqlError> {
-    let server_params = pool.server_params(&login.key);
-    let mut told = Vec::new();
-    let mut unknown = server_params.is_none();
-    for (name, value) in server_params.iter().flat_map(|p| p.iter()) {
-        let value = match wanted.get(name) {
-            Some(given) if given != value => pool.spelling(&login.key, name, given).unwrap_or_else(|| {
-                unknown = true;
-                given.to_owned()
-            }),
-            _ => value.clone(),
-        };
-        told.push((name.clone(), value));
-    }
-    if !unknown {
-        return Ok(told);
-    }
-    // A connection given the client's settings has had them reported (ParameterStatus) as the server spells them.
-    let conn = server::borrow(pool, login, wanted, config).await?;
-    for (name, reported) in &conn.params {
-        if let Some(given) = wanted.get(name).filter(|given| given != reported) {
-            pool.learn_spelling(&login.key, name, given, reported);
-        }
-    }
-    let told = conn.params.clone();
-    pool.release(conn);
-    Ok(told)
-}
-
-/// The server defaults routing depends on, for every session of this user and database (role and database
-/// settings: `ALTER ROLE … SET default_transaction_isolation = 'serializable'` makes every read one a standby
-/// refuses). `reset_val` is what a connection opened with user and database only — as pgsplit opens them — starts
-/// with. Read once per user and database, then remembered; if it cannot be read, none are known (a follower's
-/// refusal is then re-run on the leader).
-const DEFAULTS_SQL: &str = "SELECT string_agg(name || '=' || reset_val, ',') FROM pg_catalog.pg_settings \
-     WHERE name IN ('default_transaction_isolation', 'default_transaction_read_only')";
-
-async fn routing_defaults(pool: &InstancePool, login: &LoginInfo, config: &Config) -> crate::pool::ServerParams {
-    if let Some(defaults) = pool.defaults(&login.key) {
-        return defaults;
-    }
-    let read = async {
-        let mut conn = server::borrow(pool, login, &Settings::default(), config)
-            .await
-            .map_err(|e| e.message)?;
-        let answer = conn.query_own(DEFAULTS_SQL, config.health.timeout).await;
-        let answer = answer.map_err(|e| e.to_string())?;
-        pool.release(conn);
-        Ok::<_, String>(answer.unwrap_or_default())
-    };
-    match read.await {
-        Ok(text) => {
-            let defaults: Vec<(String, String)> = text
-                .split(',')
-                .filter_map(|pair| pair.split_once('='))
-                .map(|(name, value)| (name.to_owned(), value.to_owned()))
-                .collect();
-            let defaults = Arc::new(defaults);
-            pool.learn_defaults(&login.key, defaults.clone());
-            defaults
-        }
-        Err(error) => {
-            tracing::warn!(%error, user = %login.key.user, "cannot read the server's defaults for this login");
-            Arc::default()
-        }
-    }
 }
 
 /// Answers SSL/GSS requests and cancel requests; returns the StartupMessage. TLS starts on an SSLRequest (answered

@@ -22,9 +22,17 @@ pub struct StreamState {
 /// A session-level setting change, applied to the client's settings once its statement succeeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Set { name: String, expression: String },
+    Set {
+        name: String,
+        expression: String,
+    },
     Reset(String),
     ResetAll,
+    /// Session state may change unseen (DO, CALL, a user function, `set_config`): the connection is checked once
+    /// the unit is over (`hidden`), whether it succeeded or not.
+    Unseen,
+    /// `set_config('name', …, false)`: the setting is read back once the unit is over.
+    Capture(String),
 }
 
 impl Change {
@@ -33,6 +41,8 @@ impl Change {
             Change::Set { name, expression } => settings.set_sql(name, expression),
             Change::Reset(name) => settings.reset(name),
             Change::ResetAll => settings.reset_all(),
+            // Read from the server after the unit, not known from the text.
+            Change::Unseen | Change::Capture(_) => {}
         }
     }
 }
@@ -166,6 +176,13 @@ pub fn analyze(sql: &str, functions: &FunctionSet, conforming: bool) -> Analysis
         if statement.session_advisory_lock {
             analysis.effects.push(Effect::Pin);
         }
+        if statement.hidden.unseen {
+            analysis.effects.push(Effect::Change(Change::Unseen));
+        }
+        if let Some(setting) = statement.hidden.setting {
+            let name = crate::router::hidden::literal_setting(setting.text(sql));
+            analysis.effects.push(Effect::Change(Change::Capture(name)));
+        }
         let plain_begin = matches!(kind, StatementKind::Begin { read_only: None, isolation }
             if isolation != Some(Isolation::Serializable));
         analysis.writes_are_plain_begins &= statement.access == Access::Read || plain_begin;
@@ -262,7 +279,12 @@ impl Analysis {
     /// Whether the analysis holds text of the query (a setting and its value, a prepared statement's name or body,
     /// the floor a client sets): then it is the analysis of that text alone, not of every text of its shape.
     pub fn holds_text(&self) -> bool {
-        self.local.is_some() || self.prepared.is_some() || self.effects.iter().any(|e| matches!(e, Effect::Change(_)))
+        self.local.is_some()
+            || self.prepared.is_some()
+            || self
+                .effects
+                .iter()
+                .any(|e| matches!(e, Effect::Change(change) if *change != Change::Unseen))
     }
 
     /// Whether the text drops every prepared statement of the session (`DISCARD ALL`, `DEALLOCATE ALL`).

@@ -27,6 +27,7 @@ use super::analyses::TextRules;
 use super::cancel::CancelSlot;
 use super::exchange::{Exchange, Outbound};
 use super::floor::ReadFloor;
+use super::hidden::HiddenCheck;
 use super::intent::{Intent, Planner, SessionView};
 use super::local::LocalStatements;
 use super::moves::TransactionMove;
@@ -115,6 +116,8 @@ pub struct Relay {
     pub(super) local_statements: LocalStatements,
     /// A transaction begun on a follower that may still move to the leader.
     pub(super) moves: TransactionMove,
+    /// The check owed after a unit that may have changed session state unseen.
+    pub(super) hidden: HiddenCheck,
 }
 
 /// Why client messages wait before being scanned.
@@ -185,6 +188,7 @@ impl Relay {
             probe: Probe::default(),
             local_statements: LocalStatements::default(),
             moves: TransactionMove::default(),
+            hidden: HiddenCheck::default(),
         }
     }
 
@@ -432,7 +436,8 @@ impl Relay {
             self.probe.owe();
         }
         self.note_transaction_start(header, &intent, self.to_server.scanned());
-        if let Some((_, stream)) = &intent.plan {
+        if let Some((plan, stream)) = &intent.plan {
+            self.note_hidden(&plan.changes);
             self.set_stream(*stream);
         }
         self.forward(header, intent);
@@ -471,7 +476,7 @@ impl Relay {
     }
 
     /// The stream moves past a statement; a client that becomes pinned, or stops being pinned, is counted.
-    fn set_stream(&mut self, stream: StreamState) {
+    pub(super) fn set_stream(&mut self, stream: StreamState) {
         if stream.pinned != self.pin_count.is_some() {
             self.pin_count = stream.pinned.then(|| GaugeCount::pinned(&self.ctx.gauges));
         }
@@ -505,9 +510,11 @@ impl Relay {
             || self.to_client.pending() >= BACKPRESSURE
     }
 
-    /// Idle between transactions with nothing outstanding in either direction.
+    /// Idle between transactions with nothing outstanding in either direction (and no check of the connection
+    /// owed: `hidden`).
     pub(super) fn is_quiet(&self) -> bool {
-        self.exchange.settled()
+        !self.hidden.is_owed()
+            && self.exchange.settled()
             && self.to_server.is_empty()
             && self.to_client.is_empty()
             && self.client_framer.at_boundary()
