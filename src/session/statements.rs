@@ -229,6 +229,11 @@ impl Statements {
         self.named.get(name.as_bytes())
     }
 
+    /// What running the statement of this name does (`""`: the unnamed one); `None` if the client has none.
+    pub fn for_name(&self, name: &[u8]) -> Option<&Analysis> {
+        self.analysis(name)
+    }
+
     fn analysis(&self, name: &[u8]) -> Option<&Analysis> {
         if name.is_empty() {
             self.unnamed.as_deref()

@@ -208,3 +208,52 @@ async fn transaction_read_only_reads_as_on_the_leader() {
     drop(client);
     p.stop().await;
 }
+
+/// The unnamed statement is not carried across server connections: a batch that binds it without parsing it runs
+/// on the leader, never on a follower that has not seen its Parse (26000 there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_bind_of_the_unnamed_statement_runs_on_the_leader() {
+    let c = cluster();
+    let p = routed(c, |config| {
+        config.routing.read_your_writes = false;
+        config.users[0].auth = AuthMethod::Trust;
+        config.leader.max_connections = 1;
+    })
+    .await;
+    let mut client = raw::login(p.port(), c.app_user(), c.app_database()).await;
+    let leader = leader_port(c);
+    let parsed = raw::exchange(
+        &mut client,
+        &[
+            raw::parse("", "SELECT inet_server_port()"),
+            raw::bind(""),
+            raw::execute(),
+            raw::sync(),
+        ],
+    )
+    .await;
+    assert_eq!(raw::tags(&parsed), "12DCZ");
+    for _ in 0..5 {
+        let again = raw::exchange(&mut client, &[raw::bind(""), raw::execute(), raw::sync()]).await;
+        let code = raw::error_code(&again);
+        // The leader's one connection may be the one that has it; never a follower.
+        assert!(
+            raw::first_columns(&again) == [leader.clone()] || code.as_deref() == Some("26000"),
+            "{again:?}"
+        );
+        assert_eq!(value_of_route(&mut client).await, "leader");
+    }
+    drop(client);
+    p.stop().await;
+}
+
+/// The instance `SHOW pgsplit.route` names.
+async fn value_of_route(client: &mut tokio::net::TcpStream) -> String {
+    let route = raw::first_columns(&raw::exchange(client, &[raw::query("SHOW pgsplit.route")]).await);
+    route[0]
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("instance=")
+        .to_owned()
+}
