@@ -6,10 +6,11 @@
 //! - state that lives on that connection only (a temporary relation, LISTEN, a session advisory lock, a holdable
 //!   cursor, a prepared statement not pgsplit's) pins the client to it, as when the client makes it itself;
 //! - settings `set_config('name', …, false)` named are read back and carried with the client like a SET;
-//! - any other setting a function or block may have changed cannot be listed (custom `app.*` placeholders do not
-//!   appear in `pg_settings`): the connection's settings are marked unknown, and whoever borrows it next resets
-//!   them all first (`RESET ALL; RESET ROLE`, in the same statement as its own settings). The client that changed
-//!   them does not keep them.
+//! - after a DO block, CALL or user function, every setting `pg_settings` shows as set in the session is read back
+//!   and carried too; but a custom placeholder (`app.tenant`) such code set under a name not written in the
+//!   statement cannot be listed at all: so the connection's settings are marked unknown, and whoever borrows it
+//!   next resets them all first (`RESET ALL; RESET ROLE`, in the same statement as its own settings). Such a
+//!   placeholder does not stay with the client that set it either; everything pgsplit read back does.
 //!
 //! A unit that only calls `set_config` with a written-out name needs no reset: what it set is read back exactly.
 
@@ -27,6 +28,9 @@ const PINS: &str = "(EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace 
      OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) \
      OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE pg_catalog.left(name, 8) <> 'pgsplit_'))::text";
 
+/// After a DO block, CALL or user function: every setting the session has set, as the server shows it.
+const SESSION_SETTINGS: &str = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
+
 /// The check owed after a unit, and what its answer has read so far (boxed: rare, and every session's task carries
 /// this).
 #[derive(Debug, Default)]
@@ -41,8 +45,10 @@ struct Owed {
     captures: Vec<String>,
     /// The check was sent.
     sent: bool,
-    /// Its answer's row: the pin flag, then each capture's value.
+    /// Its answer's first row: the pin flag, then each capture's value.
     row: Option<Vec<Option<String>>>,
+    /// Its answer's other rows (after a DO block, CALL or user function): the session's settings.
+    settings: Vec<(String, String)>,
     /// Its answer ended (ReadyForQuery): what it read is to be applied.
     ended: bool,
 }
@@ -57,10 +63,15 @@ impl HiddenCheck {
         self.0.get_or_insert_with(Box::default)
     }
 
-    /// A row of the check's answer.
+    /// A row of the check's answer: the first is its own, the others (if any) the session's settings.
     pub fn row(&mut self, body: &[u8]) {
-        if let Some(owed) = self.0.as_mut() {
-            owed.row = data_row(body);
+        let Some(owed) = self.0.as_mut() else {
+            return;
+        };
+        if owed.row.is_none() {
+            owed.row = Some(data_row(body).unwrap_or_default());
+        } else if let Some([Some(name), Some(setting)]) = data_row(body).as_deref() {
+            owed.settings.push((name.clone(), setting.clone()));
         }
     }
 
@@ -72,11 +83,16 @@ impl HiddenCheck {
     }
 }
 
-/// The check's query: the pin flag, then each captured setting's value (NULL when unset).
-pub fn sql(captures: &[String]) -> String {
+/// The check's query: the pin flag, then each captured setting's value (NULL when unset); if `unseen`, then the
+/// session's settings, one row each.
+pub fn sql(captures: &[String], unseen: bool) -> String {
     let mut sql = format!("SELECT {PINS}");
     for name in captures {
         sql.push_str(&format!(", pg_catalog.current_setting({}, true)", escape_literal(name)));
+    }
+    if unseen {
+        sql.push(';');
+        sql.push_str(SESSION_SETTINGS);
     }
     sql
 }
@@ -138,7 +154,7 @@ impl Relay {
         }
         let owed = self.hidden.owed();
         owed.sent = true;
-        let sql = sql(&owed.captures);
+        let sql = sql(&owed.captures, owed.unseen);
         messages::query(self.to_server.insert(&mut self.client_buf), sql.as_bytes());
         self.exchange.expect_check();
     }
@@ -153,7 +169,11 @@ impl Relay {
             return;
         };
         let Owed {
-            row, captures, unseen, ..
+            row,
+            captures,
+            unseen,
+            settings,
+            ..
         } = *owed;
         let pins = row
             .as_ref()
@@ -162,6 +182,10 @@ impl Relay {
             let Some(server) = self.attachment.attached_mut() else {
                 return;
             };
+            // Carried with the client; the connection forgets them below (unknown) unless the client keeps it.
+            for (name, setting) in &settings {
+                self.wanted.set(name, setting);
+            }
             for (name, value) in captures.iter().zip(row.into_iter().skip(1)) {
                 match value {
                     Some(value) => {
@@ -212,9 +236,10 @@ mod tests {
 
     #[test]
     fn the_check_reads_the_pin_flag_and_each_named_setting() {
-        assert!(sql(&[]).starts_with("SELECT (EXISTS"));
+        assert!(sql(&[], false).starts_with("SELECT (EXISTS"));
+        assert!(sql(&[], true).ends_with(";SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'"));
         assert!(
-            sql(&["app.tenant".into(), "it's".into()]).ends_with(
+            sql(&["app.tenant".into(), "it's".into()], false).ends_with(
                 ", pg_catalog.current_setting('app.tenant', true), pg_catalog.current_setting('it''s', true)"
             )
         );
