@@ -134,7 +134,7 @@ pub(super) fn head<'a>(c: &mut Cursor<'_, 'a>, first: Token<'a>) -> (Kind, Verdi
         "create" => create(c),
         "do" | "call" => {
             // What the block or procedure does to the session is not in the text.
-            c.hidden.anything();
+            c.hidden.block();
             (Kind::Other, write(Reason::Write))
         }
         _ => (Kind::Other, write(Reason::Write)),

@@ -13,6 +13,9 @@ use super::lexer::{Span, Token, TokenKind};
 pub struct HiddenState {
     /// Anything at all: DO, CALL, a call of a user function, a `set_config` not followed exactly.
     pub unseen: bool,
+    /// Settings in particular: DO, CALL, a `set_config` whose name is not written out (worth reading them all back;
+    /// a user function is not, being called far more often and rarely setting anything).
+    pub settings: bool,
     /// The setting of a `set_config('name', value, is_local)` whose name is a plain literal and whose `is_local`
     /// is not the literal `true` (the first such call): a session setting, to be read back after the unit.
     pub setting: Option<Span>,
@@ -44,7 +47,7 @@ impl Tracker {
     pub fn set_config_call(&mut self, depth: u32) {
         if self.call.is_some() {
             // A call inside a call's arguments: not followed.
-            self.state.unseen = true;
+            self.block();
         }
         self.call = Some(Call {
             depth,
@@ -55,9 +58,15 @@ impl Tracker {
         });
     }
 
-    /// A user function, DO or CALL: anything may change.
+    /// A user function: anything may change.
     pub fn anything(&mut self) {
         self.state.unseen = true;
+    }
+
+    /// DO or CALL: anything may change, settings likely.
+    pub fn block(&mut self) {
+        self.state.unseen = true;
+        self.state.settings = true;
     }
 
     /// The token `t`, at paren depth `depth` (before `t` itself changes it).
@@ -102,14 +111,14 @@ impl Tracker {
         }
         match (call.name, self.state.setting) {
             (Some(name), None) => self.state.setting = Some(name),
-            _ => self.state.unseen = true,
+            _ => self.block(),
         }
     }
 
     /// The statement ended: a call still open was not followed.
     pub fn finish(&mut self) -> HiddenState {
         if self.call.take().is_some() {
-            self.state.unseen = true;
+            self.block();
         }
         self.state
     }
@@ -144,7 +153,11 @@ mod tests {
         assert_eq!(hidden("SELECT 1"), HiddenState::default());
         assert!(hidden("SELECT set_tenant('a')").unseen, "a user function");
         assert!(hidden("SELECT public.set_tenant($1)").unseen);
-        assert!(hidden("DO $$ BEGIN PERFORM 1; END $$").unseen);
+        assert!(hidden("DO $$ BEGIN PERFORM 1; END $$").settings);
+        assert!(
+            !hidden("SELECT set_tenant('a')").settings,
+            "functions rarely set anything"
+        );
         assert!(hidden("CALL p()").unseen);
         assert!(!hidden("SELECT nextval('s')").unseen, "a built-in");
         assert_eq!(
@@ -161,7 +174,7 @@ mod tests {
             Some("a.b")
         );
         assert!(
-            hidden("SELECT set_config($1, 'x', false)").unseen,
+            hidden("SELECT set_config($1, 'x', false)").settings,
             "a name not written out"
         );
         assert!(hidden("SELECT set_config('a' || 'b', 'x', false)").unseen);

@@ -6,11 +6,14 @@
 //! - state that lives on that connection only (a temporary relation, LISTEN, a session advisory lock, a holdable
 //!   cursor, a prepared statement not pgsplit's) pins the client to it, as when the client makes it itself;
 //! - settings `set_config('name', …, false)` named are read back and carried with the client like a SET;
-//! - after a DO block, CALL or user function, every setting `pg_settings` shows as set in the session is read back
-//!   and carried too; but a custom placeholder (`app.tenant`) such code set under a name not written in the
-//!   statement cannot be listed at all: so the connection's settings are marked unknown, and whoever borrows it
-//!   next resets them all first (`RESET ALL; RESET ROLE`, in the same statement as its own settings). Such a
-//!   placeholder does not stay with the client that set it either; everything pgsplit read back does.
+//! - after a DO block, CALL or `set_config` whose name is not written out, every setting `pg_settings` shows as set
+//!   in the session is read back and carried too (not after a user function: called far more often, it rarely sets
+//!   anything, and that read costs about half a millisecond of server time);
+//! - whatever else may have changed — a setting a user function set, a custom placeholder (`app.tenant`) set under
+//!   a name not written in the statement, which `pg_settings` does not list — cannot be read back: the
+//!   connection's settings are marked unknown, and whoever borrows it next resets them all first (`RESET ALL;
+//!   RESET ROLE`, in the same statement as its own settings). Those do not stay with the client that set them
+//!   either; everything pgsplit read back does.
 //!
 //! A unit that only calls `set_config` with a written-out name needs no reset: what it set is read back exactly.
 
@@ -28,7 +31,8 @@ const PINS: &str = "(EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace 
      OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) \
      OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE pg_catalog.left(name, 8) <> 'pgsplit_'))::text";
 
-/// After a DO block, CALL or user function: every setting the session has set, as the server shows it.
+/// After a DO block, CALL or `set_config` of a name not written out: every setting the session has set, as the
+/// server shows it.
 const SESSION_SETTINGS: &str = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
 
 /// The check owed after a unit, and what its answer has read so far (boxed: rare, and every session's task carries
@@ -41,13 +45,15 @@ pub struct HiddenCheck(Option<Box<Owed>>);
 struct Owed {
     /// Settings may have changed that cannot be read back.
     unseen: bool,
+    /// Every setting of the session is read back.
+    read_settings: bool,
     /// Settings `set_config` named, to read back.
     captures: Vec<String>,
     /// The check was sent.
     sent: bool,
     /// Its answer's first row: the pin flag, then each capture's value.
     row: Option<Vec<Option<String>>>,
-    /// Its answer's other rows (after a DO block, CALL or user function): the session's settings.
+    /// Its answer's other rows (with `read_settings`): the session's settings.
     settings: Vec<(String, String)>,
     /// Its answer ended (ReadyForQuery): what it read is to be applied.
     ended: bool,
@@ -83,14 +89,14 @@ impl HiddenCheck {
     }
 }
 
-/// The check's query: the pin flag, then each captured setting's value (NULL when unset); if `unseen`, then the
-/// session's settings, one row each.
-pub fn sql(captures: &[String], unseen: bool) -> String {
+/// The check's query: the pin flag, then each captured setting's value (NULL when unset); with `read_settings`,
+/// then the session's settings, one row each.
+pub fn sql(captures: &[String], read_settings: bool) -> String {
     let mut sql = format!("SELECT {PINS}");
     for name in captures {
         sql.push_str(&format!(", pg_catalog.current_setting({}, true)", escape_literal(name)));
     }
-    if unseen {
+    if read_settings {
         sql.push(';');
         sql.push_str(SESSION_SETTINGS);
     }
@@ -121,7 +127,11 @@ impl Relay {
     pub(super) fn note_hidden(&mut self, changes: &[Change]) {
         for change in changes {
             match change {
-                Change::Unseen => self.hidden.owed().unseen = true,
+                Change::Unseen { settings } => {
+                    let owed = self.hidden.owed();
+                    owed.unseen = true;
+                    owed.read_settings |= settings;
+                }
                 Change::Capture(name) => {
                     let owed = self.hidden.owed();
                     if !owed.captures.contains(name) {
@@ -154,7 +164,7 @@ impl Relay {
         }
         let owed = self.hidden.owed();
         owed.sent = true;
-        let sql = sql(&owed.captures, owed.unseen);
+        let sql = sql(&owed.captures, owed.read_settings);
         messages::query(self.to_server.insert(&mut self.client_buf), sql.as_bytes());
         self.exchange.expect_check();
     }

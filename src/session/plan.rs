@@ -29,8 +29,10 @@ pub enum Change {
     Reset(String),
     ResetAll,
     /// Session state may change unseen (DO, CALL, a user function, `set_config`): the connection is checked once
-    /// the unit is over (`hidden`), whether it succeeded or not.
-    Unseen,
+    /// the unit is over (`hidden`), whether it succeeded or not; with `settings`, every setting is read back.
+    Unseen {
+        settings: bool,
+    },
     /// `set_config('name', …, false)`: the setting is read back once the unit is over.
     Capture(String),
 }
@@ -42,7 +44,7 @@ impl Change {
             Change::Reset(name) => settings.reset(name),
             Change::ResetAll => settings.reset_all(),
             // Read from the server after the unit, not known from the text.
-            Change::Unseen | Change::Capture(_) => {}
+            Change::Unseen { .. } | Change::Capture(_) => {}
         }
     }
 }
@@ -177,7 +179,8 @@ pub fn analyze(sql: &str, functions: &FunctionSet, conforming: bool) -> Analysis
             analysis.effects.push(Effect::Pin);
         }
         if statement.hidden.unseen {
-            analysis.effects.push(Effect::Change(Change::Unseen));
+            let settings = statement.hidden.settings;
+            analysis.effects.push(Effect::Change(Change::Unseen { settings }));
         }
         if let Some(setting) = statement.hidden.setting {
             let name = crate::router::hidden::literal_setting(setting.text(sql));
@@ -284,7 +287,7 @@ impl Analysis {
             || self
                 .effects
                 .iter()
-                .any(|e| matches!(e, Effect::Change(change) if *change != Change::Unseen))
+                .any(|e| matches!(e, Effect::Change(change) if !matches!(change, Change::Unseen { .. })))
     }
 
     /// Whether the text drops every prepared statement of the session (`DISCARD ALL`, `DEALLOCATE ALL`).
