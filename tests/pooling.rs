@@ -4,7 +4,13 @@
 
 mod support;
 
+#[path = "pooling/pids.rs"]
+mod pids;
 #[path = "pooling/prepared.rs"]
 mod prepared;
+#[path = "pooling/startup.rs"]
+mod startup;
 #[path = "pooling/state.rs"]
 mod state;
+#[path = "pooling/unseen.rs"]
+mod unseen;

@@ -5,6 +5,8 @@ mod support;
 
 #[path = "routing/corpus.rs"]
 mod corpus;
+#[path = "routing/defaults.rs"]
+mod defaults;
 #[path = "routing/encodings.rs"]
 mod encodings;
 #[path = "routing/monitor.rs"]

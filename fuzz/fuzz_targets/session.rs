@@ -115,7 +115,7 @@ fn harness() -> &'static Harness {
             tokio::spawn(serve(listener));
             let text = format!(
                 "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nlogin_timeout = \"2s\"\n\
-                 [server]\nauth_methods = [\"none\"]\ncheckout_timeout = \"200ms\"\nconnect_timeout = \"1s\"\n\
+                 [server]\ntls = \"disable\"\nauth_methods = [\"none\"]\ncheckout_timeout = \"200ms\"\nconnect_timeout = \"1s\"\n\
                  [health]\ninterval = \"1h\"\ntimeout = \"500ms\"\n\
                  [[users]]\nname = \"app\"\npassword = \"app\"\nauth = \"trust\"\n\
                  [leader]\nhost = \"127.0.0.1\"\nport = {port}\nmax_connections = 2\n"

@@ -59,7 +59,15 @@ struct PoolState {
     waits: u64,
     /// Per user and database: `is_superuser` and `session_authorization` differ between users.
     server_params: HashMap<ConnKey, ServerParams>,
+    /// Per user and database, a reported parameter's value as a client gave it → as the server reports it
+    /// (`utf8` → `UTF8`), learned from a server and bounded by [`MAX_SPELLINGS`].
+    spellings: HashMap<(ConnKey, String, String), String>,
+    /// Per user and database, the server's defaults a session routes by (`default_transaction_isolation`, …).
+    defaults: HashMap<ConnKey, ServerParams>,
 }
+
+/// Spellings of reported values remembered per pool; past it they are forgotten and learned again.
+const MAX_SPELLINGS: usize = 1024;
 
 struct Waiter {
     key: ConnKey,
@@ -147,6 +155,8 @@ impl InstancePool {
                 sweeping: false,
                 waits: 0,
                 server_params: HashMap::new(),
+                spellings: HashMap::new(),
+                defaults: HashMap::new(),
             })),
         }
     }
@@ -168,6 +178,32 @@ impl InstancePool {
     /// The parameters the instance reported to the first connection opened for `key` (None until then).
     pub fn server_params(&self, key: &ConnKey) -> Option<ServerParams> {
         self.lock().server_params.get(key).cloned()
+    }
+
+    /// How the server reports `name` when a client of `key` sets it to `given`, if a server has told it.
+    pub fn spelling(&self, key: &ConnKey, name: &str, given: &str) -> Option<String> {
+        let lookup = (key.clone(), name.to_ascii_lowercase(), given.to_owned());
+        self.lock().spellings.get(&lookup).cloned()
+    }
+
+    /// Remembers how the server reported `name` for a client of `key` that set it to `given`.
+    pub fn learn_spelling(&self, key: &ConnKey, name: &str, given: &str, reported: &str) {
+        let mut state = self.lock();
+        if state.spellings.len() >= MAX_SPELLINGS {
+            state.spellings.clear();
+        }
+        let entry = (key.clone(), name.to_ascii_lowercase(), given.to_owned());
+        state.spellings.insert(entry, reported.to_owned());
+    }
+
+    /// The defaults a session of `key` routes by, once learned ([`InstancePool::learn_defaults`]).
+    pub fn defaults(&self, key: &ConnKey) -> Option<ServerParams> {
+        self.lock().defaults.get(key).cloned()
+    }
+
+    /// Remembers the server's defaults for sessions of `key`.
+    pub fn learn_defaults(&self, key: &ConnKey, defaults: ServerParams) {
+        self.lock().defaults.insert(key.clone(), defaults);
     }
 
     /// Lends a connection for `login.key`, opening one (with TLS as `tls` says) if the cap allows, else waiting up

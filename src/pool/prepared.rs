@@ -7,11 +7,15 @@
 //! least recently used (the session closes an evicted statement on the server when it prepares the next). A
 //! statement keeps its name while a client or a server connection holds it.
 //!
+//! A statement also remembers for which kinds of client (user, database and settings) a server has prepared it, and
+//! the description a server gave it, so that a client preparing or describing it again can be answered without a
+//! server connection.
+//!
 //! This module never looks inside SQL: a statement is the bytes the client sent.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::{BufMut, BytesMut};
 
@@ -23,11 +27,25 @@ pub const NAME_PREFIX: &str = "pgsplit_";
 /// Statements one server connection keeps prepared before evicting the least recently used.
 pub const CACHE_CAPACITY: usize = 256;
 
+/// Kinds of client a statement remembers what servers said of; past it the oldest is forgotten.
+const MAX_KNOWN: usize = 8;
+
 /// One distinct statement: its server-side id and how to create it.
 #[derive(Debug)]
 pub struct ServerStatement {
     pub id: u64,
     pub definition: Definition,
+    /// Kinds of client (a hash of user, database and settings: what a server parses a statement under) for which
+    /// a server prepared it, with the description a server gave, if one was asked for. Locked only when a statement
+    /// is prepared or described, never when it runs.
+    known: Mutex<Vec<Known>>,
+}
+
+#[derive(Debug)]
+struct Known {
+    client: u64,
+    /// ParameterDescription and RowDescription (or NoData), as whole messages.
+    description: Option<Box<[u8]>>,
 }
 
 #[derive(Debug)]
@@ -39,9 +57,62 @@ pub enum Definition {
 }
 
 impl ServerStatement {
+    fn new(id: u64, definition: Definition) -> ServerStatement {
+        ServerStatement {
+            id,
+            definition,
+            known: Mutex::default(),
+        }
+    }
+
     /// Appends the server-side name, NUL-terminated.
     pub fn put_name(&self, out: &mut BytesMut) {
         put_name(self.id, out);
+    }
+
+    /// A server prepared the statement for a client of this kind: it is valid for such clients.
+    pub fn confirm(&self, client: u64) {
+        self.entry(client);
+    }
+
+    /// Whether a server has prepared the statement for a client of this kind.
+    pub fn known_to(&self, client: u64) -> bool {
+        self.lock().iter().any(|k| k.client == client)
+    }
+
+    /// The description a server gave a client of this kind (ParameterDescription, then RowDescription or NoData).
+    pub fn description(&self, client: u64) -> Option<Box<[u8]>> {
+        self.lock().iter().find(|k| k.client == client)?.description.clone()
+    }
+
+    /// Keeps the description a server gave a client of this kind.
+    pub fn remember_description(&self, client: u64, description: &[u8]) {
+        let mut known = self.lock();
+        let at = Self::index(&mut known, client);
+        known[at].description = Some(description.into());
+    }
+
+    fn entry(&self, client: u64) {
+        Self::index(&mut self.lock(), client);
+    }
+
+    /// Where `client`'s entry is, made if it was not (forgetting the oldest past [`MAX_KNOWN`]).
+    fn index(known: &mut Vec<Known>, client: u64) -> usize {
+        if let Some(at) = known.iter().position(|k| k.client == client) {
+            return at;
+        }
+        if known.len() >= MAX_KNOWN {
+            known.remove(0);
+        }
+        known.push(Known {
+            client,
+            description: None,
+        });
+        known.len() - 1
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Known>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -89,10 +160,10 @@ impl StatementTable {
             return statement;
         }
         inner.next_id += 1;
-        let statement = Arc::new(ServerStatement {
-            id: inner.next_id,
-            definition: Definition::Parse(definition.into()),
-        });
+        let statement = Arc::new(ServerStatement::new(
+            inner.next_id,
+            Definition::Parse(definition.into()),
+        ));
         inner
             .by_definition
             .insert(definition.into(), Arc::downgrade(&statement));
@@ -109,10 +180,13 @@ impl StatementTable {
     pub fn sql(&self, rest: &str) -> Arc<ServerStatement> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.next_id += 1;
-        Arc::new(ServerStatement {
-            id: inner.next_id,
-            definition: Definition::Sql(rest.into()),
-        })
+        Arc::new(ServerStatement::new(inner.next_id, Definition::Sql(rest.into())))
+    }
+
+    /// The statement with this definition, if some client or server connection holds it.
+    pub fn find(&self, definition: &[u8]) -> Option<Arc<ServerStatement>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.by_definition.get(definition).and_then(Weak::upgrade)
     }
 
     /// Distinct statements held by some client or server connection.
@@ -213,6 +287,23 @@ mod tests {
             1,
             "only the held statement (SELECT 2) remains; the new one was dropped"
         );
+    }
+
+    #[test]
+    fn what_servers_said_is_kept_per_kind_of_client() {
+        let table = StatementTable::default();
+        let statement = table.intern(b"SELECT $1\0\0\0");
+        assert!(!statement.known_to(7));
+        statement.confirm(7);
+        assert!(statement.known_to(7) && !statement.known_to(8));
+        assert_eq!(statement.description(7), None);
+        statement.remember_description(7, b"tT");
+        assert_eq!(statement.description(7).as_deref(), Some(&b"tT"[..]));
+        assert!(Arc::ptr_eq(&table.find(b"SELECT $1\0\0\0").unwrap(), &statement));
+        for client in 100..100 + MAX_KNOWN as u64 {
+            statement.confirm(client);
+        }
+        assert!(!statement.known_to(7), "the oldest kind is forgotten");
     }
 
     #[test]

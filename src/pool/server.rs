@@ -243,6 +243,11 @@ impl ServerConn {
                     });
                 }
                 b'D' if value.is_none() => value = messages::first_column(&body).map(str::to_owned),
+                b'S' => {
+                    if let Some((name, reported)) = messages::parse_parameter_status(&body) {
+                        record_parameter(&mut self.params, name, reported);
+                    }
+                }
                 b'Z' => {
                     let idle = body.first().copied().and_then(TxStatus::from_byte) == Some(TxStatus::Idle);
                     return match failed {
@@ -254,5 +259,15 @@ impl ServerConn {
                 _ => {}
             }
         }
+    }
+}
+
+/// Records a parameter a server reported (ParameterStatus) in its connection's `params`, which so stay what the
+/// server last said.
+pub fn record_parameter(params: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match params.iter_mut().find(|(n, _)| n == name) {
+        Some((_, known)) if known == value => {}
+        Some((_, known)) => value.clone_into(known),
+        None => params.push((name.to_owned(), value.to_owned())),
     }
 }

@@ -5,6 +5,8 @@
 //! [`Settings::sync_sql`] compares the two and writes one `SET`/`RESET` statement for the differences, or nothing
 //! when they match (the common case: no round trip).
 
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+
 /// Reported by the server but not settable per session; never replayed.
 const SERVER_OWNED: &[&str] = &[
     "server_version",
@@ -18,10 +20,26 @@ const SERVER_OWNED: &[&str] = &[
 /// Startup keys that describe the connection rather than settings.
 const CONNECTION_KEYS: &[&str] = &["user", "database", "replication", "options"];
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
     values: Vec<(String, Value)>,
+    /// What the server gives this login when nothing is set (role and database defaults, read at login): never
+    /// replayed nor compared, only consulted by [`Settings::effective`]. Shared by every session of the login.
+    defaults: std::sync::Arc<Vec<(String, String)>>,
+    /// A server connection's settings may hold what nobody recorded (a function set them): the next client's
+    /// settings are applied after resetting them all.
+    unknown: bool,
 }
+
+/// Two sets of settings are the same when their values are (the defaults are the server's, on every connection),
+/// and neither is unknown.
+impl PartialEq for Settings {
+    fn eq(&self, other: &Settings) -> bool {
+        self.values == other.values && !self.unknown && !other.unknown
+    }
+}
+
+impl Eq for Settings {}
 
 /// A setting's value: a plain string (startup parameters, ParameterStatus), or the SQL expression a client's own
 /// successful `SET` used (`'a', b` for search_path), replayed verbatim.
@@ -85,6 +103,18 @@ impl Settings {
         self.values.clear();
     }
 
+    /// These settings (a server connection's) may hold what nobody recorded: forget what is recorded, and reset all
+    /// at the next sync.
+    pub fn mark_unknown(&mut self) {
+        self.values.clear();
+        self.unknown = true;
+    }
+
+    /// Whether no setting is set (defaults aside).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
     fn put(&mut self, name: &str, value: Value) {
         if SERVER_OWNED.iter().any(|s| s.eq_ignore_ascii_case(name)) {
             return;
@@ -95,40 +125,76 @@ impl Settings {
         }
     }
 
-    /// Whether a boolean setting is on, however it was written (`on`, `'true'`, `1`, `yes`).
+    /// Records what the server gives this login for settings it does not set (role and database defaults).
+    pub fn set_defaults(&mut self, defaults: std::sync::Arc<Vec<(String, String)>>) {
+        self.defaults = defaults;
+    }
+
+    /// The value in effect: the one set, else the server's default for this login, if known.
+    pub fn effective(&self, name: &str) -> Option<&str> {
+        self.get(name).or_else(|| {
+            self.defaults
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        })
+    }
+
+    /// Whether a boolean setting is on (as set, else by the server's default), however it was written (`on`,
+    /// `'true'`, `1`, `yes`).
     pub fn is_on(&self, name: &str) -> bool {
-        self.get(name).is_some_and(|v| {
+        self.effective(name).is_some_and(|v| {
             let v = v.trim().trim_matches('\'').to_ascii_lowercase();
             matches!(v.as_str(), "on" | "true" | "1" | "yes" | "t" | "y")
         })
     }
 
     /// The statement that turns `server`'s settings into these, or None when they already match.
+    ///
+    /// A value given as a string (a startup parameter, a reported one, `options=-c`) is applied with
+    /// `set_config(name, value, false)`, which parses it with the setting's own input rules exactly as a startup
+    /// packet would: `search_path=a,b` is two schemas and `DateStyle=ISO, MDY` two words, where `SET search_path =
+    /// 'a,b'` would be one quoted schema name. A value the client set with SQL `SET` is replayed as that statement
+    /// was written.
     pub fn sync_sql(&self, server: &Settings) -> Option<String> {
         // The usual checkout: the connection last served a client with the same settings, recorded in the same order.
         if self == server {
             return None;
         }
-        let mut sql = String::new();
+        let mut calls = Vec::new();
+        let mut statements = String::new();
         for (name, value) in &self.values {
             let on_server = server
                 .values
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v);
-            if on_server != Some(value) {
-                let value = match value {
-                    Value::Literal(text) => quote_literal(text),
-                    Value::Sql(expression) => expression.clone(),
-                };
-                sql.push_str(&format!("SET {} = {value};", quote_name(name)));
+            if on_server == Some(value) {
+                continue;
+            }
+            match value {
+                Value::Literal(text) => calls.push(format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    escape_literal(&name.to_ascii_lowercase()),
+                    escape_literal(text)
+                )),
+                Value::Sql(expression) => statements.push_str(&format!("SET {} = {expression};", quote_name(name))),
             }
         }
         for (name, _) in &server.values {
             if self.get(name).is_none() {
-                sql.push_str(&format!("RESET {};", quote_name(name)));
+                statements.push_str(&format!("RESET {};", quote_name(name)));
             }
         }
+        // Unknown settings are all reset first (RESET ALL leaves the role alone), in the same statement.
+        let mut sql = match server.unknown {
+            true => "RESET ALL;RESET ROLE;".to_owned(),
+            false => String::new(),
+        };
+        if !calls.is_empty() {
+            sql.push_str(&format!("SELECT {};", calls.join(", ")));
+        }
+        sql.push_str(&statements);
         (!sql.is_empty()).then_some(sql)
     }
 }
@@ -167,6 +233,9 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
         let (name, value) = pair
             .split_once('=')
             .ok_or_else(|| format!("option \"{pair}\" needs name=value"))?;
+        if name.is_empty() {
+            return Err(format!("option \"{pair}\" names no setting"));
+        }
         settings.push((name.replace('-', "_"), value.to_owned()));
     }
     Ok(settings)
@@ -175,13 +244,9 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
 /// Quotes each dotted part of a setting name as an identifier, so no name can inject SQL.
 fn quote_name(name: &str) -> String {
     name.split('.')
-        .map(|part| format!("\"{}\"", part.to_ascii_lowercase().replace('"', "\"\"")))
+        .map(|part| escape_identifier(&part.to_ascii_lowercase()))
         .collect::<Vec<_>>()
         .join(".")
-}
-
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
 
 #[cfg(test)]
@@ -223,6 +288,20 @@ mod tests {
         assert!(Settings::from_startup(&params(&[("options", "-x")])).is_err());
         assert!(Settings::from_startup(&params(&[("options", "-c")])).is_err());
         assert!(Settings::from_startup(&params(&[("options", "-c novalue")])).is_err());
+        // PostgreSQL refuses a nameless setting at login; replayed, it would fail every checkout instead.
+        assert!(Settings::from_startup(&params(&[("options", "-c =x")])).is_err());
+        assert!(Settings::from_startup(&params(&[("options", "--=x")])).is_err());
+    }
+
+    #[test]
+    fn a_value_with_backslashes_and_quotes_is_one_literal_whatever_the_string_rules() {
+        // With standard_conforming_strings off on the pooled connection, '\'' would end a plain literal early.
+        let client = Settings::from_startup(&params(&[("application_name", "a\\'; DROP TABLE t; --")])).unwrap();
+        let sql = client.sync_sql(&Settings::default()).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.set_config('application_name',  E'a\\\\''; DROP TABLE t; --', false);"
+        );
     }
 
     #[test]
@@ -238,7 +317,24 @@ mod tests {
         let server = Settings::from_startup(&params(&[("application_name", "x"), ("Time\"Zone", "UTC")])).unwrap();
         assert_eq!(
             client.sync_sql(&server).as_deref(),
-            Some("SET \"application_name\" = 'it''s';RESET \"time\"\"zone\";")
+            Some("SELECT pg_catalog.set_config('application_name', 'it''s', false);RESET \"time\"\"zone\";")
+        );
+    }
+
+    #[test]
+    fn string_values_are_given_as_the_server_parses_startup_parameters() {
+        let client = Settings::from_startup(&params(&[
+            ("options", "-c search_path=acc_b,public -c x.path=C:\\\\dir"),
+            ("DateStyle", "ISO, MDY"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            client.sync_sql(&Settings::default()).as_deref(),
+            Some(
+                "SELECT pg_catalog.set_config('search_path', 'acc_b,public', false), \
+                 pg_catalog.set_config('x.path',  E'C:\\\\dir', false), \
+                 pg_catalog.set_config('datestyle', 'ISO, MDY', false);"
+            )
         );
     }
 
@@ -256,6 +352,41 @@ mod tests {
         assert_eq!(client.get("search_path"), None);
         client.reset_all();
         assert_eq!(client, Settings::default());
+    }
+
+    #[test]
+    fn unknown_settings_are_all_reset_before_the_next_clients_are_applied() {
+        let mut server = Settings::from_startup(&params(&[("application_name", "x")])).unwrap();
+        server.mark_unknown();
+        assert_eq!(
+            Settings::default().sync_sql(&server).as_deref(),
+            Some("RESET ALL;RESET ROLE;")
+        );
+        let client = Settings::from_startup(&params(&[("application_name", "y")])).unwrap();
+        assert_eq!(
+            client.sync_sql(&server).as_deref(),
+            Some("RESET ALL;RESET ROLE;SELECT pg_catalog.set_config('application_name', 'y', false);")
+        );
+        server.clone_from(&client);
+        assert_eq!(client.sync_sql(&server), None, "applied: known again");
+    }
+
+    #[test]
+    fn server_defaults_count_but_are_never_replayed() {
+        let mut client = Settings::default();
+        client.set_defaults(std::sync::Arc::new(vec![
+            ("default_transaction_isolation".into(), "serializable".into()),
+            ("default_transaction_read_only".into(), "on".into()),
+        ]));
+        assert_eq!(client.effective("DEFAULT_TRANSACTION_ISOLATION"), Some("serializable"));
+        assert!(client.is_on("default_transaction_read_only"));
+        assert_eq!(client, Settings::default());
+        assert_eq!(client.sync_sql(&Settings::default()), None);
+        client.set("default_transaction_read_only", "off");
+        assert!(
+            !client.is_on("default_transaction_read_only"),
+            "what the client sets wins"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use super::cursor::{Cursor, End, Facts};
 use super::functions::FunctionSet;
 use super::grammar::{Verdict, head};
+use super::hidden::HiddenState;
 use super::lexer::{Lexer, Span};
 use super::statement::{Access, Classification, Reason, Statement, StatementKind as Kind};
 
@@ -84,17 +85,19 @@ impl Iterator for Statements<'_> {
                     access,
                     reason,
                     session_advisory_lock: false,
+                    hidden: HiddenState::default(),
                 });
             }
             if let Some((kind, verdict)) = head {
-                return Some(statement(span, kind, verdict, c.facts));
+                let hidden = c.hidden.finish();
+                return Some(statement(span, kind, verdict, c.facts, hidden));
             }
         }
         None
     }
 }
 
-fn statement(span: Span, mut kind: Kind, verdict: Verdict, facts: Facts) -> Statement {
+fn statement(span: Span, mut kind: Kind, verdict: Verdict, facts: Facts, hidden: HiddenState) -> Statement {
     let (access, reason) = match verdict {
         Verdict::Fixed(access, reason) => (access, reason),
         Verdict::Query => {
@@ -109,6 +112,7 @@ fn statement(span: Span, mut kind: Kind, verdict: Verdict, facts: Facts) -> Stat
                 Facts {
                     write_function: true, ..
                 } => (Access::Write, Reason::Function),
+                Facts { leader_only: true, .. } => (Access::Write, Reason::LeaderOnly),
                 _ => (Access::Read, Reason::Read),
             }
         }
@@ -119,6 +123,7 @@ fn statement(span: Span, mut kind: Kind, verdict: Verdict, facts: Facts) -> Stat
         access,
         reason,
         session_advisory_lock: facts.session_advisory_lock,
+        hidden,
     }
 }
 

@@ -6,7 +6,9 @@
 //! [`FunctionSet`]. The statement parser (`grammar`) reads the head of a statement; the facts judge the rest.
 
 use super::functions::{FunctionName, FunctionSet, is_session_advisory_lock};
+use super::hidden::Tracker;
 use super::lexer::{Lexer, Token, TokenKind};
+use super::standby;
 
 /// Write markers seen in a statement, at any depth.
 #[derive(Clone, Copy, Debug, Default)]
@@ -22,6 +24,8 @@ pub(super) struct Facts {
     pub into_temp: bool,
     pub write_function: bool,
     pub session_advisory_lock: bool,
+    /// Something a standby refuses or answers otherwise (see `standby`).
+    pub leader_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +49,10 @@ pub(super) struct Cursor<'l, 'a> {
     /// `CREATE [OR REPLACE] FUNCTION | PROCEDURE`: `BEGIN ATOMIC … END` may hold `;`.
     routine: bool,
     atomic_depth: u32,
+    /// The token being observed is `current_setting`'s argument.
+    setting_argument: bool,
+    /// Session state the statement may change unseen (`set_config` calls followed here).
+    pub hidden: Tracker,
     /// Where the statement's first token starts (or where the text stopped lexing) and its last token ends.
     pub first: Option<usize>,
     pub last_end: usize,
@@ -70,6 +78,8 @@ impl<'l, 'a> Cursor<'l, 'a> {
             depth: 0,
             routine: false,
             atomic_depth: 0,
+            setting_argument: false,
+            hidden: Tracker::default(),
             first: None,
             last_end: 0,
         }
@@ -177,6 +187,14 @@ impl<'l, 'a> Cursor<'l, 'a> {
     fn observe(&mut self, t: Token<'a>) {
         self.first.get_or_insert(t.start);
         self.last_end = t.end();
+        self.hidden.token(&t, self.depth);
+        if std::mem::take(&mut self.setting_argument) {
+            let plain = t.kind == TokenKind::String && t.text.starts_with('\'');
+            self.facts.leader_only |= standby::current_setting_argument_differs(t.text, plain);
+        }
+        if matches!(t.kind, TokenKind::Word | TokenKind::QuotedIdent) {
+            self.facts.leader_only |= standby::names_session_only(t.text) || self.functions.unlogged().contains(t.text);
+        }
         let (p1, k1) = self.back(1);
         // `x.update` is a column, not a keyword.
         let kw = if p1.kind == TokenKind::Dot {
@@ -244,6 +262,14 @@ impl<'l, 'a> Cursor<'l, 'a> {
         );
         self.facts.write_function |= self.functions.is_write(schema, name);
         self.facts.session_advisory_lock |= is_session_advisory_lock(schema, name);
+        self.facts.leader_only |= standby::reports_recovery(schema, name);
+        let catalog = schema.is_none_or(|s| s == "pg_catalog");
+        self.setting_argument = name == "current_setting" && catalog;
+        if name == "set_config" && catalog {
+            self.hidden.set_config_call(self.depth.saturating_add(1));
+        } else if self.functions.is_user_function(schema, name) {
+            self.hidden.anything();
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! per config/catalog load, then only read: a lookup never allocates.
 
 use super::lexer::{Lexer, MAX_IDENTIFIER_LEN, TokenKind, fold_identifier, identifier};
+use super::standby::UnloggedRelations;
 use crate::fast_hash::FastHashMap;
 
 /// Built-in functions that make a statement a write: every built-in a hot standby refuses, or whose effect or answer
@@ -142,6 +143,8 @@ pub struct FunctionSet {
     /// cannot lengthen the probe chains of keys it did not insert.
     by_name: FastHashMap<Box<str>, Schemas>,
     longest: usize,
+    /// The database's UNLOGGED relations, from the same catalog load: a read of one is not a follower's.
+    unlogged: UnloggedRelations,
 }
 
 /// Where a name is a writer: everywhere (built-ins, unqualified config entries) or in the listed schemas.
@@ -149,6 +152,8 @@ pub struct FunctionSet {
 struct Schemas {
     any: bool,
     listed: Vec<Box<str>>,
+    /// A user function (the catalog's, or `write_functions`') has the name: what it does inside is not seen.
+    user: bool,
 }
 
 impl Default for FunctionSet {
@@ -177,6 +182,7 @@ impl FunctionSet {
         let mut set = FunctionSet {
             by_name: FastHashMap::default(),
             longest: 0,
+            unlogged: UnloggedRelations::default(),
         };
         let safe: Vec<_> = read_only_functions
             .iter()
@@ -188,24 +194,37 @@ impl FunctionSet {
                 .iter()
                 .any(|(s, n)| n == name && s.as_deref().is_none_or(|s| s == schema));
             if !is_safe {
-                set.insert(Some(schema), name);
+                set.insert(Some(schema), name, true);
             }
         }
         for entry in write_functions {
             match parse_function_name(entry) {
-                Some((schema, name)) => set.insert(schema.as_deref(), &name),
-                None => set.insert(None, &entry.to_lowercase()),
+                Some((schema, name)) => set.insert(schema.as_deref(), &name, true),
+                None => set.insert(None, &entry.to_lowercase(), true),
             }
         }
         for name in BUILTIN_WRITERS {
-            set.insert(None, name);
+            set.insert(None, name, false);
         }
         set
     }
 
-    fn insert(&mut self, schema: Option<&str>, name: &str) {
+    /// The set, knowing the database's UNLOGGED relations too.
+    pub fn with_unlogged(mut self, unlogged: UnloggedRelations) -> Self {
+        self.unlogged = unlogged;
+        self
+    }
+
+    /// The database's UNLOGGED relations.
+    pub fn unlogged(&self) -> &UnloggedRelations {
+        &self.unlogged
+    }
+
+    /// `user`: a user function's (catalog, `write_functions`), not a built-in's.
+    fn insert(&mut self, schema: Option<&str>, name: &str, user: bool) {
         self.longest = self.longest.max(name.len());
         let schemas = self.by_name.entry(name.into()).or_default();
+        schemas.user |= user;
         match schema {
             None => schemas.any = true,
             Some(s) if !schemas.listed.iter().any(|l| &**l == s) => schemas.listed.push(s.into()),
@@ -222,6 +241,19 @@ impl FunctionSet {
         self.by_name
             .get(name)
             .is_some_and(|s| s.any || schema.is_none_or(|schema| s.listed.iter().any(|l| &**l == schema)))
+    }
+}
+
+impl FunctionSet {
+    /// Whether a call of `schema.name` may be a user function that writes (`read_only_functions` aside): what it
+    /// does to session state inside is not seen.
+    pub fn is_user_function(&self, schema: Option<&str>, name: &str) -> bool {
+        if name.len() > self.longest {
+            return false;
+        }
+        self.by_name
+            .get(name)
+            .is_some_and(|s| s.user && (s.any || schema.is_none_or(|schema| s.listed.iter().any(|l| &**l == schema))))
     }
 }
 

@@ -7,6 +7,7 @@
 
 use super::cursor::Cursor;
 use super::lexer::{Span, Token, TokenKind};
+use super::standby;
 use super::statement::{Access, Isolation, Name, Reason, SavepointOp, StatementKind as Kind};
 
 /// What the head of a statement decided.
@@ -65,7 +66,17 @@ pub(super) fn head<'a>(c: &mut Cursor<'_, 'a>, first: Token<'a>) -> (Kind, Verdi
     let mut buf = [0; 12];
     match lower(&first, &mut buf) {
         "select" | "values" | "table" | "with" => (Kind::Other, Verdict::Query),
-        "show" => (Kind::Show { name: show_name(c) }, read(Reason::Read)),
+        "show" => {
+            let name = show_name(c);
+            let sql = c.source();
+            // SHOW ALL shows them too.
+            let standby_differs = name.is_none_or(|n| standby::STANDBY_SETTINGS.iter().any(|s| n.is(sql, s)));
+            let verdict = match standby_differs {
+                true => Verdict::Fixed(Access::Write, Reason::LeaderOnly),
+                false => read(Reason::Read),
+            };
+            (Kind::Show { name }, verdict)
+        }
         "explain" => (Kind::Other, explain(c)),
         "set" => set(c),
         "reset" => reset(c),
@@ -121,6 +132,11 @@ pub(super) fn head<'a>(c: &mut Cursor<'_, 'a>, first: Token<'a>) -> (Kind, Verdi
         "fetch" | "move" | "close" => (Kind::Other, read(Reason::Read)),
         "copy" => copy(c),
         "create" => create(c),
+        "do" | "call" => {
+            // What the block or procedure does to the session is not in the text.
+            c.hidden.block();
+            (Kind::Other, write(Reason::Write))
+        }
         _ => (Kind::Other, write(Reason::Write)),
     }
 }

@@ -4,16 +4,19 @@
 //! why; [`statements`] walks its statements one by one with the [`StatementKind`]s the session layer tracks (BEGIN,
 //! SET, PREPARE, LISTEN, …). The pieces: [`lexer`] (PostgreSQL's lexical rules, no allocation), `cursor` (one
 //! statement's tokens and their write markers), `grammar` (statement shapes), `classify` (shapes + markers →
-//! verdicts), [`functions`] (which calls write), `statement` (the result types).
+//! verdicts), [`functions`] (which calls write), [`standby`] (what a hot standby answers otherwise), `statement` (the
+//! result types).
 
 mod classify;
 mod cursor;
 pub mod encoding;
 pub mod functions;
 mod grammar;
+pub mod hidden;
 pub mod lexer;
 pub mod route;
 pub mod shapes;
+pub mod standby;
 mod statement;
 
 pub use classify::{Statements, classify, statements};

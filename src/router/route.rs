@@ -70,7 +70,7 @@ impl RouteReason {
 
     /// Every reason a unit can be routed for.
     pub fn all() -> impl Iterator<Item = RouteReason> {
-        const WRITES: [Reason; 15] = [
+        const WRITES: [Reason; 16] = [
             Reason::Read,
             Reason::Session,
             Reason::Transaction,
@@ -86,6 +86,7 @@ impl RouteReason {
             Reason::Pin,
             Reason::Empty,
             Reason::Unparsable,
+            Reason::LeaderOnly,
         ];
         WRITES.into_iter().map(RouteReason::Write).chain([
             RouteReason::Read,

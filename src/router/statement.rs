@@ -3,6 +3,7 @@
 //!
 //! Plain data. Names and values are [`Span`]s into the query text, never copies; this file never looks at SQL.
 
+use super::hidden::HiddenState;
 use super::lexer::Span;
 
 /// Where a statement may run. `Read` only when it is provably read-only (SPEC §3.1); anything else is `Write`.
@@ -46,6 +47,9 @@ pub enum Reason {
     Empty,
     /// Text that does not lex (unterminated string, comment or dollar quote) or a statement whose shape is unknown.
     Unparsable,
+    /// A read a hot standby refuses or answers otherwise: an UNLOGGED or temporary relation, a setting a standby
+    /// forces (`transaction_read_only`), `pg_is_in_recovery()` (see `standby`).
+    LeaderOnly,
 }
 
 impl Reason {
@@ -66,6 +70,7 @@ impl Reason {
             Reason::Pin => "pin",
             Reason::Empty => "empty",
             Reason::Unparsable => "unparsable",
+            Reason::LeaderOnly => "leader_only",
         }
     }
 }
@@ -216,6 +221,8 @@ pub struct Statement {
     pub reason: Reason,
     /// It calls pg_advisory_lock / pg_try_advisory_lock (or _shared): the session pins on it.
     pub session_advisory_lock: bool,
+    /// Session state it may change that its text does not show (DO, CALL, user functions, `set_config`).
+    pub hidden: HiddenState,
 }
 
 /// The verdict on a whole query string, folded from its statements with [`Classification::push`].

@@ -5,6 +5,9 @@
 //! A CancelRequest goes to the server the way pgsplit's connections do (`[server] tls`, as libpq sends its
 //! cancels): over TLS when the mode asks for it, verified as the mode says, never in plaintext where TLS is
 //! required.
+//!
+//! The pids pgsplit issues are above any pid Linux can give a process (`PID_MAX_LIMIT`, 2^22), so a pid a client
+//! names is either one of pgsplit's or a server backend's, never both.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,6 +23,9 @@ use crate::tls::ServerTls;
 
 const CANCEL_REQUEST_CODE: u32 = 80877102;
 
+/// Linux's upper bound on process ids (`PID_MAX_LIMIT` on 64-bit systems): no server backend has a pid above it.
+pub const MAX_SYSTEM_PID: u32 = 1 << 22;
+
 #[derive(Default)]
 pub struct CancelRegistry {
     clients: Mutex<HashMap<u32, Arc<CancelSlot>>>,
@@ -29,6 +35,8 @@ pub struct CancelRegistry {
 pub struct CancelSlot {
     pub pid: u32,
     pub secret: u32,
+    /// Who logged in: only the same user may signal the session by its pid.
+    pub user: Arc<str>,
     target: Mutex<Option<CancelTarget>>,
     /// Ends the session's task: set by whoever spawned it, once it has.
     task: SessionTask,
@@ -62,13 +70,14 @@ impl Drop for Registration<'_> {
 }
 
 impl CancelRegistry {
-    /// Issues a fresh, unused key for a new client whose session runs as `task`.
-    pub fn register(&self, task: SessionTask) -> Registration<'_> {
+    /// Issues a fresh, unused key for a new client of `user` whose session runs as `task`.
+    pub fn register(&self, task: SessionTask, user: &str) -> Registration<'_> {
         let mut rng = rand::rng();
         let mut clients = self.lock();
         let pid = loop {
-            // Positive and non-zero, like a real backend pid; some drivers store it in a signed int.
-            let pid = rng.random_range(1..i32::MAX as u32);
+            // Positive, like a real backend pid (some drivers store it in a signed int), and above every pid a
+            // server backend can have.
+            let pid = rng.random_range(MAX_SYSTEM_PID + 1..i32::MAX as u32);
             if !clients.contains_key(&pid) {
                 break pid;
             }
@@ -76,6 +85,7 @@ impl CancelRegistry {
         let slot = Arc::new(CancelSlot {
             pid,
             secret: rng.random(),
+            user: user.into(),
             target: Mutex::new(None),
             task,
         });
@@ -114,9 +124,64 @@ impl CancelRegistry {
         }
     }
 
+    /// Whether `pid` is a session pgsplit issued it to, still connected.
+    pub fn knows(&self, pid: u32) -> bool {
+        self.lock().contains_key(&pid)
+    }
+
+    /// `pg_terminate_backend(pid)` / `pg_cancel_backend(pid)` by a client of `user`, for a pid pgsplit issued:
+    /// ends that session, or sends a cancel to whatever server runs its query (in the background: the answer does
+    /// not wait for it). Only the same user may (PostgreSQL asks for membership in the session's role, which
+    /// pgsplit cannot check).
+    pub fn signal(
+        &self,
+        pid: u32,
+        user: &str,
+        terminate: bool,
+        connect_timeout: Duration,
+        tls: Arc<ServerTls>,
+    ) -> Signaled {
+        let slot = match self.lock().get(&pid) {
+            Some(slot) => slot.clone(),
+            None => return Signaled::NoSession,
+        };
+        if *slot.user != *user {
+            return Signaled::NotPermitted;
+        }
+        if terminate {
+            return match slot.task.get() {
+                Some(task) => {
+                    task.abort();
+                    Signaled::Done
+                }
+                None => Signaled::NoSession,
+            };
+        }
+        if let Some(target) = slot.target() {
+            tokio::spawn(async move {
+                let sent = crate::runtime::timeout(connect_timeout, send_cancel(&target, &tls)).await;
+                if let Err(error) = sent.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
+                    tracing::warn!(%error, host = %target.host, port = target.port, "forwarding a cancel failed");
+                }
+            });
+        }
+        Signaled::Done
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<CancelSlot>>> {
         self.clients.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// What a signal by pid did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signaled {
+    /// Sent (the session is ended, or its running query is being canceled).
+    Done,
+    /// No session has that pid (any more).
+    NoSession,
+    /// The session is another user's.
+    NotPermitted,
 }
 
 async fn send_cancel(target: &CancelTarget, tls: &ServerTls) -> std::io::Result<()> {

@@ -2,8 +2,10 @@
 //! answers are outstanding (`replies`), the client's prepared statements (`statements`), the extended-protocol
 //! batch open since the last Sync with the setting changes it makes, and the transaction status the server last
 //! reported. Forwarding a client message enters what the server owes for it; each server reply is accounted for
-//! here, and what a finished unit changed (settings, statements) is applied. Owns its fields: the relay asks, and
-//! hands it the byte streams and the connection's state to work on.
+//! here, and what a finished unit changed (settings, statements) is applied. What a server says of a client's
+//! statement — that it prepared it, how it describes it — is kept with the statement, for this kind of client (its
+//! user, database and settings), so that the next client of that kind can be answered without a server. Owns its
+//! fields: the relay asks, and hands it the byte streams and the connection's state to work on.
 
 use bytes::BytesMut;
 
@@ -14,8 +16,8 @@ use super::replies::{Answer, Refusal, Request, Verdict};
 use super::statements::{Replies, Statements, ToServer, Undo, prepared_statement_limit};
 
 type Expected = super::replies::Expected<Undo>;
-use crate::pool::Settings;
 use crate::pool::prepared::{PreparedCache, StatementTable};
+use crate::pool::{ConnKey, Settings};
 use crate::protocol::error::SqlError;
 use crate::protocol::extended;
 use crate::protocol::frame::Header;
@@ -34,6 +36,23 @@ pub struct Exchange {
     /// A Bind in the current batch drops every prepared statement (DISCARD ALL) if the batch succeeds.
     batch_discards: bool,
     tx_status: TxStatus,
+    /// A hash of the client's user and database: with its settings, the kind of client a server prepares for.
+    owner: u64,
+    /// The ParameterDescription of a statement being described, until its RowDescription or NoData.
+    parameters: Option<Box<[u8]>>,
+}
+
+/// The kind of client a server parses statements for: `owner` (its user and database) and its settings (the
+/// search_path above all). A statement a server prepared for one client is valid for every client of its kind.
+pub fn client_kind(owner: u64, settings: &Settings) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    owner.hash(&mut hasher);
+    for (name, value) in settings.values() {
+        name.to_ascii_lowercase().hash(&mut hasher);
+        value.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Where a client message goes: the outflow to the server over the client's read buffer, and the statements the
@@ -51,8 +70,15 @@ pub struct ConnState<'a> {
 }
 
 impl Exchange {
-    /// `max_prepared`: named statements the client may hold (`proxy.max_prepared_statements`).
-    pub fn new(max_prepared: usize) -> Exchange {
+    /// `max_prepared`: named statements the client may hold (`proxy.max_prepared_statements`); `key`: its user and
+    /// database.
+    pub fn new(max_prepared: usize, key: &ConnKey) -> Exchange {
+        let owner = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut hasher);
+            hasher.finish()
+        };
         Exchange {
             replies: Replies::default(),
             statements: Statements::new(max_prepared),
@@ -61,7 +87,14 @@ impl Exchange {
             batch_changes: Vec::new(),
             batch_discards: false,
             tx_status: TxStatus::Idle,
+            owner,
+            parameters: None,
         }
+    }
+
+    /// A hash of the client's user and database (see [`client_kind`]).
+    pub fn owner(&self) -> u64 {
+        self.owner
     }
 
     pub fn statements(&self) -> &Statements {
@@ -110,6 +143,22 @@ impl Exchange {
     /// pgsplit's own query, sent after the client's unit ended.
     pub fn expect_probe(&mut self) {
         self.replies.push(Expected::probe());
+    }
+
+    /// The next reply answers pgsplit's check of the connection.
+    pub fn checking(&self) -> bool {
+        self.replies.checking()
+    }
+
+    /// pgsplit's check of the connection, sent after the client's unit ended.
+    pub fn expect_check(&mut self) {
+        self.replies.push(Expected::check());
+    }
+
+    /// A simple Query pgsplit sent on the client's behalf, whose answer the client must not see (its error would
+    /// be the client's to see).
+    pub fn expect_hidden_query(&mut self) {
+        self.replies.push(Expected::new(Request::Sync, Answer::Hidden));
     }
 
     /// The server connection is gone with only the probe owed: nothing is owed any more.
@@ -203,6 +252,9 @@ impl Exchange {
         wanted: &mut Settings,
         conn: ConnState<'_>,
     ) -> Result<Verdict, BadReply> {
+        if matches!(tag, b'1' | b't' | b'T' | b'n') && self.replies.head_undo().is_some() {
+            self.learn(tag, body, wanted);
+        }
         let mut ended = None;
         let verdict = self.replies.on_reply(tag, &mut self.undone, &mut ended);
         if tag == b'Z' {
@@ -226,6 +278,27 @@ impl Exchange {
         Ok(verdict)
     }
 
+    /// Keeps what a server's answer says of a client's statement: a ParseComplete that it is valid for this kind
+    /// of client, a Describe's answer its description (`body` empty: known by its header alone, not kept).
+    #[cold]
+    fn learn(&mut self, tag: u8, body: &[u8], wanted: &Settings) {
+        match (tag, self.replies.head_undo()) {
+            (b'1', Some(Undo::Prepared { statement, .. })) => statement.confirm(client_kind(self.owner, wanted)),
+            (b't', Some(Undo::Described(_))) => {
+                self.parameters = (!body.is_empty()).then(|| whole_message(tag, body).into());
+            }
+            (b'T' | b'n', Some(Undo::Described(statement))) => {
+                if let Some(parameters) = self.parameters.take()
+                    && (tag == b'n' || !body.is_empty())
+                {
+                    let description = [&parameters[..], &whole_message(tag, body)].concat();
+                    statement.remember_description(client_kind(self.owner, wanted), &description);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The error a client gets for a request pgsplit refused.
     pub fn refusal(&self, refusal: Refusal) -> SqlError {
         match refusal {
@@ -241,6 +314,15 @@ impl Exchange {
             extended::put_empty(to_client.insert(server_buf), tag);
         }
     }
+}
+
+/// A backend message as it travels: tag, length, body.
+fn whole_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(5 + body.len());
+    message.push(tag);
+    message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(body);
+    message
 }
 
 /// The server sent a ReadyForQuery pgsplit cannot read.

@@ -19,11 +19,14 @@ use crate::protocol::messages::{self, TxStatus};
 impl Relay {
     pub(super) fn on_server_data(&mut self) -> Result<(), SessionEnd> {
         self.relay_server_messages()?;
+        self.apply_hidden();
+        self.check_if_due();
         self.probe_if_due();
         Ok(())
     }
 
     fn relay_server_messages(&mut self) -> Result<(), SessionEnd> {
+        let client_pid = self.attachment.client_key().pid;
         let Some(attached) = self.attachment.attached_mut() else {
             return Ok(());
         };
@@ -35,9 +38,10 @@ impl Relay {
             // is known by its header and streams through.
             let armed = self.retry.armed();
             let probing = self.exchange.probing();
+            let checking = self.exchange.checking();
             let look = |header: Header| match header.tag {
                 _ if header.body_len > MAX_INSPECTED => Look::Head,
-                b'D' if probing => Look::Whole,
+                b'D' if probing || checking => Look::Whole,
                 b'D' if armed => Look::Head,
                 b'D' | b'd' => Look::Blind,
                 _ => Look::Whole,
@@ -62,7 +66,11 @@ impl Relay {
                 Step::Head(header) => (header, &[][..]),
                 Step::Whole(header) => {
                     let at = self.to_client.scanned();
-                    (header, &server.buf[at + HEADER_LEN..at + header.frame_len()])
+                    let body = at + HEADER_LEN..at + header.frame_len();
+                    if header.tag == b'A' {
+                        own_notification(&mut server.buf[body.clone()], server.cancel.pid, client_pid);
+                    }
+                    (header, &server.buf[body])
                 }
             };
             let whole = matches!(step, Step::Whole(_));
@@ -74,6 +82,9 @@ impl Relay {
             self.retry.observe(header.tag, body);
             if probing && header.tag == b'D' {
                 self.probe.row(body);
+            }
+            if checking && header.tag == b'D' {
+                self.hidden.row(body);
             }
             let conn = ConnState {
                 settings: &mut server.settings,
@@ -88,12 +99,14 @@ impl Relay {
                     let idle = self.exchange.tx_status() == TxStatus::Idle;
                     self.probe.ended(idle, &mut self.floor);
                 }
+                b'Z' if checking => self.hidden.answered(),
                 b'S' => {
                     if let Some((name, value)) = messages::parse_parameter_status(body) {
                         // The client changed a setting (SET, RESET, SET LOCAL ending): it is now part of its
                         // session, to be carried to the next server connection it borrows.
                         self.wanted.set(name, value);
                         server.settings.set(name, value);
+                        crate::pool::server::record_parameter(&mut server.params, name, value);
                         self.planner.follow(name, value);
                     }
                 }
@@ -128,5 +141,16 @@ impl Relay {
             return;
         };
         self.exchange.write_made(&mut self.to_client, &mut server.conn.buf);
+    }
+}
+
+/// A NotificationResponse sent by the client's own session names the server backend's pid; the client knows the
+/// pid pgsplit gave it, and compares (apps ignore their own notifications): that one is rewritten, in place.
+/// Notifications from other sessions keep the backend's pid, which names no client.
+fn own_notification(body: &mut [u8], backend_pid: u32, client_pid: u32) {
+    if let Some(pid) = body.get_mut(..4)
+        && *pid == backend_pid.to_be_bytes()
+    {
+        pid.copy_from_slice(&client_pid.to_be_bytes());
     }
 }

@@ -137,10 +137,16 @@ impl Planner {
                 intent.analysis = Some(analysis);
             }
             b'B' => {
-                if let Some(analysis) = session.statements.for_bind(body) {
+                // The unnamed statement lives on one server connection and is not carried: a batch that binds it
+                // without parsing it runs on the leader (on another connection than its Parse's, it fails as after a
+                // reconnect would).
+                let name = extended::bind_fields(body).map(|(_, name, _)| name);
+                if let Some(analysis) = name.and_then(|name| session.statements.for_name(name)) {
                     let mut stream = session.stream;
                     let plan = analysis.plan(session.wanted, &mut stream);
-                    intent.wants = plan.wants;
+                    if !(session.starts_unit && name == Some(b"")) {
+                        intent.wants = plan.wants;
+                    }
                     intent.discards = analysis.discards_statements();
                     intent.plan = Some((plan, stream));
                 }

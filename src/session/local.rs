@@ -1,5 +1,6 @@
 //! Statements pgsplit answers itself (SPEC §3.8): `SHOW pgsplit.route`, `SHOW pgsplit.last_write_lsn` and `SET` /
-//! `RESET pgsplit.min_lsn`, each alone in its query string. They are answered as a server would answer a `SHOW` or
+//! `RESET pgsplit.min_lsn`, and `pg_terminate_backend` / `pg_cancel_backend` of a pid pgsplit issued (`signal`),
+//! each alone in its query string. They are answered as a server would answer a `SHOW` or
 //! `SET`, once nothing of the client's is in flight (so the answer cannot overtake a reply), and never reach a
 //! server.
 //!
@@ -9,11 +10,17 @@
 //! client prepares this way are remembered for its later batches. A batch that mixes them with anything else goes
 //! to a server, which refuses them as unknown settings.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BytesMut};
 
+use super::cancel::{CancelSlot, Signaled};
 use super::floor::{ReadFloor, invalid_min_lsn};
 use super::plan::{Local, analyze};
 use super::relay::{Relay, SessionEnd};
+use super::signal::{self, Pid};
+use crate::context::SessionContext;
+use crate::protocol::error::{Severity, SqlError, code};
 use crate::protocol::extended::{self, Target};
 use crate::protocol::frame::{HEADER_LEN, peek_header};
 use crate::protocol::messages::{self, TxStatus};
@@ -55,6 +62,18 @@ impl LocalStatements {
 }
 
 impl Relay {
+    /// Whether pgsplit answers `local`, the statement of a Query or Parse (`tag`): a signal only for a pid it
+    /// issued (a pid given as a parameter is looked at when its Bind comes; a simple Query has none).
+    pub(super) fn takes_local(&self, tag: u8, local: &Local) -> bool {
+        match local {
+            Local::Signal(signal) => match signal.pid {
+                Pid::Given(pid) => self.ctx.cancels.knows(pid),
+                Pid::Param(_) => tag == b'P',
+            },
+            _ => true,
+        }
+    }
+
     /// Nothing in flight: pgsplit may answer a statement itself without disturbing the server's replies.
     pub(super) fn can_answer_locally(&self) -> bool {
         !self.attachment.is_attached()
@@ -68,9 +87,12 @@ impl Relay {
     pub(super) async fn answer_locally(&mut self, local: Local) -> Result<(), SessionEnd> {
         let mut batch = self.local_batch();
         if !matches!(local, Local::SetMinLsn(_)) {
-            describe(&mut batch.out, &local);
+            describe(&mut batch.out, &local, 0);
         }
-        batch.execute(&local);
+        batch.execute(&local, 0);
+        if let Some(end) = batch.end {
+            return Err(SessionEnd::Fatal(end));
+        }
         messages::ready_for_query(&mut batch.out, self.status_here());
         self.floor = batch.floor;
         self.client.write_all(&batch.out).await.map_err(SessionEnd::ClientIo)
@@ -99,6 +121,9 @@ impl Relay {
             }
         }
         self.client_buf.advance(at - start);
+        if let Some(end) = batch.end {
+            return Err(SessionEnd::Fatal(end));
+        }
         self.local_statements = batch.statements;
         self.floor = batch.floor;
         self.client
@@ -120,6 +145,9 @@ impl Relay {
             portals: Vec::new(),
             failed: false,
             out: BytesMut::new(),
+            ctx: self.ctx.clone(),
+            key: self.attachment.client_key().clone(),
+            end: None,
         }
     }
 
@@ -139,11 +167,16 @@ struct LocalBatch {
     floor: ReadFloor,
     /// `SHOW pgsplit.route`'s answer (the batch runs no unit).
     route: String,
-    /// Portals bound in this batch (they end with it: there is no transaction).
-    portals: Vec<(Box<[u8]>, Local)>,
+    /// Portals bound in this batch (they end with it: there is no transaction), with their result format.
+    portals: Vec<(Box<[u8]>, Local, u16)>,
     /// An Execute failed: the rest up to Sync is skipped, as a server would.
     failed: bool,
     out: BytesMut,
+    /// Where signals by pid go, and who sends them.
+    ctx: Arc<SessionContext>,
+    key: Arc<CancelSlot>,
+    /// The client ended its own session (`pg_terminate_backend` of its own pid): what it is told.
+    end: Option<SqlError>,
 }
 
 impl LocalBatch {
@@ -170,14 +203,27 @@ impl LocalBatch {
                 extended::put_empty(&mut self.out, b'1');
             }
             b'B' => {
-                let Some((portal, statement, _)) = extended::bind_fields(body) else {
+                let Some((portal, statement, rest)) = extended::bind_fields(body) else {
                     return false;
                 };
-                let Some(local) = self.statements.get(statement).cloned() else {
+                let Some(mut local) = self.statements.get(statement).cloned() else {
                     return false;
                 };
-                self.portals.retain(|(p, _)| **p != *portal);
-                self.portals.push((portal.into(), local));
+                let mut format = 0;
+                if let Local::Signal(signal) = local {
+                    // A pid that is not pgsplit's: the server answers the whole batch.
+                    let Some(bound) = signal.bound(rest) else {
+                        return false;
+                    };
+                    match bound.pid {
+                        Pid::Given(pid) if self.ctx.cancels.knows(pid) => {}
+                        _ => return false,
+                    }
+                    format = signal::result_format(rest).unwrap_or(0);
+                    local = Local::Signal(bound);
+                }
+                self.portals.retain(|(p, _, _)| **p != *portal);
+                self.portals.push((portal.into(), local, format));
                 extended::put_empty(&mut self.out, b'2');
             }
             b'D' => match extended::target(body) {
@@ -185,14 +231,17 @@ impl LocalBatch {
                     let Some(local) = self.statements.get(name).cloned() else {
                         return false;
                     };
-                    self.out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]); // no parameters
-                    describe(&mut self.out, &local);
+                    match &local {
+                        Local::Signal(signal) => signal::parameter_description(&mut self.out, signal),
+                        _ => self.out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]), // no parameters
+                    }
+                    describe(&mut self.out, &local, 0);
                 }
                 Some(Target::Portal(name)) => {
-                    let Some(local) = self.portal(name) else {
+                    let Some((local, format)) = self.portal(name) else {
                         return false;
                     };
-                    describe(&mut self.out, &local);
+                    describe(&mut self.out, &local, format);
                 }
                 None => return false,
             },
@@ -200,10 +249,10 @@ impl LocalBatch {
                 let Some((portal, _)) = crate::protocol::frame::read_cstr(body) else {
                     return false;
                 };
-                let Some(local) = self.portal(portal) else {
+                let Some((local, format)) = self.portal(portal) else {
                     return false;
                 };
-                self.execute(&local);
+                self.execute(&local, format);
             }
             b'C' => {
                 match extended::target(body) {
@@ -212,7 +261,7 @@ impl LocalBatch {
                         self.statements.named.retain(|(n, _)| **n != *name)
                     }
                     Some(Target::Portal(name)) if self.portal(name).is_some() => {
-                        self.portals.retain(|(p, _)| **p != *name)
+                        self.portals.retain(|(p, _, _)| **p != *name)
                     }
                     _ => return false,
                 }
@@ -224,12 +273,16 @@ impl LocalBatch {
         true
     }
 
-    fn portal(&self, name: &[u8]) -> Option<Local> {
-        self.portals.iter().find(|(p, _)| **p == *name).map(|(_, l)| l.clone())
+    fn portal(&self, name: &[u8]) -> Option<(Local, u16)> {
+        self.portals
+            .iter()
+            .find(|(p, _, _)| **p == *name)
+            .map(|(_, l, f)| (l.clone(), *f))
     }
 
-    fn execute(&mut self, local: &Local) {
+    fn execute(&mut self, local: &Local, format: u16) {
         match local {
+            Local::Signal(signal) => self.signal(signal, format),
             Local::ShowRoute => {
                 messages::data_row(&mut self.out, &[&self.route]);
                 messages::command_complete(&mut self.out, "SHOW");
@@ -250,9 +303,53 @@ impl LocalBatch {
     }
 }
 
-/// What a Describe of the statement returns after its parameters: its row, or none for `SET`.
-fn describe(out: &mut BytesMut, local: &Local) {
+impl LocalBatch {
+    /// Ends or cancels the session pgsplit gave the pid to (the client's own: it ends, told as PostgreSQL tells a
+    /// terminated backend's client).
+    fn signal(&mut self, signal: &signal::Signal, format: u16) {
+        let Pid::Given(pid) = signal.pid else {
+            return;
+        };
+        let outcome = match pid == self.key.pid {
+            true if signal.terminate => {
+                self.end = Some(SqlError::new(
+                    Severity::Fatal,
+                    code::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command",
+                ));
+                return;
+            }
+            // Nothing of its own runs while pgsplit answers it.
+            true => Signaled::Done,
+            false => {
+                let timeout = self.ctx.config().server.connect_timeout;
+                let tls = self.ctx.tls.servers();
+                self.ctx
+                    .cancels
+                    .signal(pid, &self.key.user, signal.terminate, timeout, tls)
+            }
+        };
+        if outcome == Signaled::NotPermitted {
+            SqlError::new(
+                Severity::Error,
+                "42501",
+                format!(
+                    "permission denied to signal the session with pid {pid}: it belongs to another user (pgsplit lets                      a client signal only sessions of its own user)"
+                ),
+            )
+            .encode(&mut self.out);
+            self.failed = true;
+            return;
+        }
+        signal::data_row(&mut self.out, outcome == Signaled::Done, format);
+        messages::command_complete(&mut self.out, "SELECT 1");
+    }
+}
+
+/// What a Describe of the statement returns after its parameters: its row (in `format`), or none for `SET`.
+fn describe(out: &mut BytesMut, local: &Local, format: u16) {
     match local {
+        Local::Signal(signal) => signal::row_description(out, signal, format),
         Local::ShowRoute => messages::row_description(out, &["pgsplit.route"]),
         Local::ShowLastWriteLsn => messages::row_description(out, &["pgsplit.last_write_lsn"]),
         Local::SetMinLsn(_) => extended::put_empty(out, b'n'),

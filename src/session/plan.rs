@@ -3,6 +3,7 @@
 //! its `SET`s change (applied once the server has accepted them), and which SQL-level prepared statement it names.
 //! Pure: classification only, no I/O.
 
+use super::signal::Signal;
 use crate::pool::Settings;
 use crate::router::{
     Access, Classification, FunctionSet, Isolation, Reason, RouteReason, Span, StatementKind, Wants, statements,
@@ -21,9 +22,19 @@ pub struct StreamState {
 /// A session-level setting change, applied to the client's settings once its statement succeeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Set { name: String, expression: String },
+    Set {
+        name: String,
+        expression: String,
+    },
     Reset(String),
     ResetAll,
+    /// Session state may change unseen (DO, CALL, a user function, `set_config`): the connection is checked once
+    /// the unit is over (`hidden`), whether it succeeded or not; with `settings`, every setting is read back.
+    Unseen {
+        settings: bool,
+    },
+    /// `set_config('name', …, false)`: the setting is read back once the unit is over.
+    Capture(String),
 }
 
 impl Change {
@@ -32,6 +43,8 @@ impl Change {
             Change::Set { name, expression } => settings.set_sql(name, expression),
             Change::Reset(name) => settings.reset(name),
             Change::ResetAll => settings.reset_all(),
+            // Read from the server after the unit, not known from the text.
+            Change::Unseen { .. } | Change::Capture(_) => {}
         }
     }
 }
@@ -63,6 +76,8 @@ pub enum Local {
     /// `SET [SESSION | LOCAL] pgsplit.min_lsn {TO | =} value` with the value's text; `None` for `RESET
     /// pgsplit.min_lsn` and `SET … TO DEFAULT`.
     SetMinLsn(Option<String>),
+    /// `SELECT pg_terminate_backend(pid)` / `pg_cancel_backend(pid)`: answered only for a pid pgsplit issued.
+    Signal(Signal),
 }
 
 /// What a statement does to the session, in the order of the query string.
@@ -163,6 +178,14 @@ pub fn analyze(sql: &str, functions: &FunctionSet, conforming: bool) -> Analysis
         if statement.session_advisory_lock {
             analysis.effects.push(Effect::Pin);
         }
+        if statement.hidden.unseen {
+            let settings = statement.hidden.settings;
+            analysis.effects.push(Effect::Change(Change::Unseen { settings }));
+        }
+        if let Some(setting) = statement.hidden.setting {
+            let name = crate::router::hidden::literal_setting(setting.text(sql));
+            analysis.effects.push(Effect::Change(Change::Capture(name)));
+        }
         let plain_begin = matches!(kind, StatementKind::Begin { read_only: None, isolation }
             if isolation != Some(Isolation::Serializable));
         analysis.writes_are_plain_begins &= statement.access == Access::Read || plain_begin;
@@ -175,6 +198,10 @@ pub fn analyze(sql: &str, functions: &FunctionSet, conforming: bool) -> Analysis
     // connection only: keep the client there.
     if analysis.prepared.is_none() && analysis.mentions_prepare(sql, functions, conforming) {
         analysis.effects.push(Effect::Pin);
+    }
+    if local.is_none() && analysis.summary.statements == 1 && analysis.summary.reason == Reason::Function {
+        // Both are writing built-ins; looked for only then.
+        local = super::signal::recognise(sql).map(Local::Signal);
     }
     analysis.local = local.filter(|_| analysis.summary.statements == 1);
     analysis
@@ -242,6 +269,11 @@ impl Analysis {
         Plan { wants, changes }
     }
 
+    /// The text is one BEGIN / START TRANSACTION and nothing else.
+    pub fn is_lone_begin(&self) -> bool {
+        self.first_is_begin && self.summary.statements == 1
+    }
+
     /// A follower refused this text, or one of its shape, as a write: it runs on the leader from now on.
     pub fn mark_known_write(&mut self) {
         self.known_write = true;
@@ -250,7 +282,12 @@ impl Analysis {
     /// Whether the analysis holds text of the query (a setting and its value, a prepared statement's name or body,
     /// the floor a client sets): then it is the analysis of that text alone, not of every text of its shape.
     pub fn holds_text(&self) -> bool {
-        self.local.is_some() || self.prepared.is_some() || self.effects.iter().any(|e| matches!(e, Effect::Change(_)))
+        self.local.is_some()
+            || self.prepared.is_some()
+            || self
+                .effects
+                .iter()
+                .any(|e| matches!(e, Effect::Change(change) if !matches!(change, Change::Unseen { .. })))
     }
 
     /// Whether the text drops every prepared statement of the session (`DISCARD ALL`, `DEALLOCATE ALL`).
@@ -317,7 +354,7 @@ fn identifier(text: &str) -> String {
 /// A standby refuses serializable transactions, so a session defaulting to them reads on the leader.
 fn serializable_session(settings: &Settings) -> bool {
     settings
-        .get("default_transaction_isolation")
+        .effective("default_transaction_isolation")
         .is_some_and(|v| v.to_ascii_lowercase().contains("serializable"))
 }
 

@@ -23,8 +23,10 @@ use super::analyses::TextRules;
 use super::cancel::CancelSlot;
 use super::exchange::{Exchange, Outbound};
 use super::floor::ReadFloor;
+use super::hidden::HiddenCheck;
 use super::intent::{Intent, Planner, SessionView};
 use super::local::LocalStatements;
+use super::moves::TransactionMove;
 use super::outflow::Outflow;
 use super::plan::StreamState;
 use super::read_your_writes::Probe;
@@ -109,6 +111,10 @@ pub struct Relay {
     pub(super) probe: Probe,
     /// Statements the client prepared that pgsplit answers (`SHOW pgsplit.…` through the extended protocol).
     pub(super) local_statements: LocalStatements,
+    /// A transaction begun on a follower that may still move to the leader.
+    pub(super) moves: TransactionMove,
+    /// The check owed after a unit that may have changed session state unseen.
+    pub(super) hidden: HiddenCheck,
 }
 
 /// Why client messages wait before being scanned.
@@ -149,6 +155,8 @@ impl Relay {
             max_message_size: config.proxy.max_message_size,
             planner: Planner::new(functions, text_rules),
             stop: StopSignal::new(ctx.shutdown.clone()),
+            // Before the login moves into the attachment.
+            exchange: Exchange::new(config.proxy.max_prepared_statements, &login.key),
             attachment: Attachment::new(ctx.topology.clone(), config.proxy.pool_mode, endpoint, login, cancel),
             ctx,
             wanted,
@@ -158,7 +166,6 @@ impl Relay {
             client_framer: Framer::default(),
             to_server: Outflow::default(),
             to_client: Outflow::default(),
-            exchange: Exchange::new(config.proxy.max_prepared_statements),
             stream: StreamState::default(),
             pin_count: None,
             held: None,
@@ -169,6 +176,8 @@ impl Relay {
             floor: ReadFloor::default(),
             probe: Probe::default(),
             local_statements: LocalStatements::default(),
+            moves: TransactionMove::default(),
+            hidden: HiddenCheck::default(),
         }
     }
 
@@ -330,7 +339,7 @@ impl Relay {
                 .await?;
         }
         if !self.attachment.is_attached() {
-            if self.answer_without_server(header.tag).await? {
+            if self.answer_without_server(header, &mut intent).await? {
                 self.client_buf.advance(len);
                 return Ok(());
             }
@@ -343,9 +352,12 @@ impl Relay {
             if let Err(error) = routed {
                 return self.refuse(header, error).await;
             }
+            self.replay_moved_begin();
             self.arm_retry(header, &intent);
         } else if self.at_unit_boundary() && (self.switches_side(intent.wants) || self.paused_here()) {
             self.held = Some(Hold::UntilReleased);
+            return Ok(());
+        } else if self.move_to_leader(header, &intent) {
             return Ok(());
         }
         if matches!(header.tag, b'Q' | b'B' | b'F')
@@ -354,7 +366,9 @@ impl Relay {
         {
             self.probe.owe();
         }
-        if let Some((_, stream)) = &intent.plan {
+        self.note_transaction_start(header, &intent, self.to_server.scanned());
+        if let Some((plan, stream)) = &intent.plan {
+            self.note_hidden(&plan.changes);
             self.set_stream(*stream);
         }
         self.forward(header, intent);
@@ -393,7 +407,7 @@ impl Relay {
     }
 
     /// The stream moves past a statement; a client that becomes pinned, or stops being pinned, is counted.
-    fn set_stream(&mut self, stream: StreamState) {
+    pub(super) fn set_stream(&mut self, stream: StreamState) {
         if stream.pinned != self.pin_count.is_some() {
             self.pin_count = stream.pinned.then(|| GaugeCount::pinned(&self.ctx.gauges));
         }
@@ -403,7 +417,11 @@ impl Relay {
     /// The message is a Query, or starts an extended-protocol batch, about a statement pgsplit answers.
     fn starts_local_answer(&self, header: Header, intent: &Intent) -> bool {
         match header.tag {
-            b'Q' | b'P' => intent.analysis.as_ref().is_some_and(|a| a.local.is_some()),
+            b'Q' | b'P' => intent
+                .analysis
+                .as_ref()
+                .and_then(|a| a.local.as_ref())
+                .is_some_and(|local| self.takes_local(header.tag, local)),
             b'B' | b'D' | b'C' => {
                 let at = self.to_server.scanned();
                 let body = &self.client_buf[at + HEADER_LEN..at + header.frame_len()];
@@ -423,9 +441,11 @@ impl Relay {
             || self.to_client.pending() >= BACKPRESSURE
     }
 
-    /// Idle between transactions with nothing outstanding in either direction.
+    /// Idle between transactions with nothing outstanding in either direction (and no check of the connection
+    /// owed: `hidden`).
     pub(super) fn is_quiet(&self) -> bool {
-        self.exchange.settled()
+        !self.hidden.is_owed()
+            && self.exchange.settled()
             && self.to_server.is_empty()
             && self.to_client.is_empty()
             && self.client_framer.at_boundary()
@@ -466,9 +486,10 @@ impl Relay {
     }
 
     /// Messages that need no server when none is attached: a lone Sync is answered here, Flush and stray COPY
-    /// messages are dropped. Returns whether the frame was consumed.
-    async fn answer_without_server(&mut self, tag: u8) -> Result<bool, SessionEnd> {
-        match tag {
+    /// messages are dropped, statements pgsplit knows are prepared, described and closed (`known`). Returns whether
+    /// the frame was consumed.
+    async fn answer_without_server(&mut self, header: Header, intent: &mut Intent) -> Result<bool, SessionEnd> {
+        match header.tag {
             b'S' => {
                 self.skip_until_sync = false;
                 self.send_to_client(|out| messages::ready_for_query(out, TxStatus::Idle))
@@ -476,6 +497,7 @@ impl Relay {
                 Ok(true)
             }
             b'H' | b'c' | b'f' => Ok(true),
+            b'P' | b'D' | b'C' if !self.skip_until_sync => self.answer_from_memory(header, intent).await,
             b'P' | b'B' | b'D' | b'E' | b'C' => Ok(self.skip_until_sync),
             _ => Ok(false),
         }

@@ -54,6 +54,9 @@ pub enum Answer {
     Made,
     /// The server, to pgsplit alone, errors included: pgsplit's own query after a commit (`floor::PROBE_SQL`).
     Probe,
+    /// The server, to pgsplit alone, errors included: pgsplit's check of the connection after a unit that may have
+    /// changed session state unseen (`hidden`).
+    Check,
     /// pgsplit refuses the client's request: it sends the server one that fails (so the server skips the rest of
     /// the batch, as it would have after the client's own request failed), and the client gets pgsplit's error in
     /// place of the server's.
@@ -110,6 +113,11 @@ impl<U> Expected<U> {
     /// pgsplit's own Query, sent after the client's unit ended: nothing of its answer reaches the client.
     pub fn probe() -> Expected<U> {
         Expected::new(Request::Sync, Answer::Probe)
+    }
+
+    /// pgsplit's check of the connection, sent after the client's unit ended: nothing of it reaches the client.
+    pub fn check() -> Expected<U> {
+        Expected::new(Request::Sync, Answer::Check)
     }
 
     /// On success the unit leaves the connection without prepared statements.
@@ -171,9 +179,20 @@ impl<U> Replies<U> {
         self.queue.is_empty()
     }
 
+    /// What the request the next reply answers carries (its undo), if anything.
+    #[inline]
+    pub fn head_undo(&self) -> Option<&U> {
+        self.queue.front()?.undo.as_ref()
+    }
+
     /// The next reply answers pgsplit's probe.
     pub fn probing(&self) -> bool {
         self.queue.front().is_some_and(|head| head.answer == Answer::Probe)
+    }
+
+    /// The next reply answers pgsplit's check of the connection.
+    pub fn checking(&self) -> bool {
+        self.queue.front().is_some_and(|head| head.answer == Answer::Check)
     }
 
     /// All that is owed is pgsplit's probe: the client has every answer it asked for.
@@ -222,7 +241,7 @@ impl<U> Replies<U> {
         let verdict = match head.answer {
             Answer::Refused(refusal) if tag == b'E' => Verdict::Replace(refusal),
             Answer::Hidden | Answer::Refused(_) if tag != b'E' => Verdict::Drop,
-            Answer::Probe => Verdict::Drop,
+            Answer::Probe | Answer::Check => Verdict::Drop,
             _ => Verdict::Forward,
         };
         if tag == b'G' {
@@ -252,7 +271,7 @@ impl<U> Replies<U> {
             let done = self.queue.pop_front().expect("head exists");
             if done.failed {
                 undone.extend(done.undo);
-            } else if done.request == Request::Sync && done.answer != Answer::Probe {
+            } else if done.request == Request::Sync && !matches!(done.answer, Answer::Probe | Answer::Check) {
                 *ended = Some(Ended {
                     changes: done.changes,
                     discards_statements: done.discards_statements,

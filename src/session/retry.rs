@@ -1,4 +1,6 @@
-//! Re-running on the leader an autocommit read that a follower refused as a write (25006, SPEC §3.5).
+//! Re-running on the leader an autocommit read that a follower refused as a write (25006, SPEC §3.5) — or as
+//! something a standby cannot do (0A000: an UNLOGGED or temporary relation the classifier could not see, through a
+//! view say; a serializable transaction), which the leader can.
 //!
 //! A read sent to a follower at a unit boundary is *armed* — a simple Query, or an extended-protocol batch up to its
 //! Sync (a batch is routed to a follower only once all of it is buffered, so all of it can be kept): its replies
@@ -96,7 +98,7 @@ impl RetryPolicy {
             return;
         };
         let keep = match tag {
-            b'E' if messages::error_code(body) == Some("25006") => {
+            b'E' if matches!(messages::error_code(body), Some("25006" | "0A000")) => {
                 armed.refused = true;
                 true
             }

@@ -129,6 +129,11 @@ impl Attachment {
         &self.login
     }
 
+    /// The client's own key: the pid pgsplit gave it, and who logged in.
+    pub fn client_key(&self) -> &Arc<CancelSlot> {
+        &self.cancel
+    }
+
     pub fn last_route(&self) -> Option<&(Arc<str>, RouteReason)> {
         self.last_route.as_ref()
     }
@@ -175,8 +180,24 @@ impl Attachment {
                     Needs::Leader => Wants::Leader(RouteReason::ReadYourWrites),
                     Needs::Nothing | Needs::Floor(_) => wants,
                 };
-                let decision = crate::router::route(&topology, pool.map(|p| &**p), wants, fallback, floor.as_ref())?;
-                (decision, pool.cloned())
+                match crate::router::route(&topology, pool.map(|p| &**p), wants, fallback, floor.as_ref()) {
+                    Ok(decision) => (decision, pool.cloned()),
+                    Err(error) => {
+                        // No usable follower, but one not judged yet (a pool a reload just added): its first health
+                        // check decides, within the checkout deadline.
+                        let unjudged = pool.and_then(|p| p.instances.iter().find(|i| !i.health.is_judged()));
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match unjudged {
+                            Some(instance) if !left.is_zero() => {
+                                let instance = instance.clone();
+                                drop(topology);
+                                instance.health.judged_within(left).await;
+                                continue;
+                            }
+                            _ => return Err(error),
+                        }
+                    }
+                }
             };
             let role = match wants {
                 Wants::Leader(_) => Role::Leader,

@@ -28,14 +28,16 @@ use crate::protocol::extended::{self, Target};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::{self, put_cstr};
 
-/// What to take back when a request fails or is dropped unanswered (an earlier message in its batch failed).
+/// What to take back when a request fails or is dropped unanswered (an earlier message in its batch failed) — and,
+/// for a statement's Parse or Describe, which statement a successful answer is about (`exchange` keeps what the
+/// server said of it).
 #[derive(Debug)]
 pub enum Undo {
     /// A statement that was not prepared: the client's name for it (if the client named it), and whether the
     /// server connection was recorded as having it.
     Prepared {
         name: Option<Box<[u8]>>,
-        id: u64,
+        statement: Arc<ServerStatement>,
         cached: bool,
     },
     /// A statement that was not closed: the client still has it (and, if `cached`, the server connection too).
@@ -44,6 +46,8 @@ pub enum Undo {
         statement: ClientStatement,
         cached: bool,
     },
+    /// A Describe of this statement: nothing to take back; its answer is the statement's description.
+    Described(Arc<ServerStatement>),
 }
 
 /// A statement as one client has it: the server-side statement and what it does (for routing each execution).
@@ -127,7 +131,7 @@ impl ToServer<'_> {
         self.record(statement);
         let undo = Undo::Prepared {
             name: None,
-            id: statement.id,
+            statement: statement.clone(),
             cached: true,
         };
         match &statement.definition {
@@ -225,6 +229,11 @@ impl Statements {
         self.named.get(name.as_bytes())
     }
 
+    /// What running the statement of this name does (`""`: the unnamed one); `None` if the client has none.
+    pub fn for_name(&self, name: &[u8]) -> Option<&Analysis> {
+        self.analysis(name)
+    }
+
     fn analysis(&self, name: &[u8]) -> Option<&Analysis> {
         if name.is_empty() {
             self.unnamed.as_deref()
@@ -236,6 +245,23 @@ impl Statements {
     /// Whether the client has a statement of this name.
     pub fn has(&self, name: &[u8]) -> bool {
         self.named.contains_key(name)
+    }
+
+    /// The client's statement of this name.
+    pub fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
+        self.named.get(name)
+    }
+
+    /// A Parse answered without a server (the statement is one a server prepared for such a client): the client
+    /// has it under `name`, to be prepared on the connection that runs it. False if the name is taken or the
+    /// client is at its limit: a server must answer then.
+    pub fn adopt(&mut self, name: &[u8], server: Arc<ServerStatement>, analysis: Analysis) -> bool {
+        if self.full() || self.named.contains_key(name) {
+            return false;
+        }
+        let analysis = Arc::new(analysis);
+        self.named.insert(name.into(), ClientStatement { server, analysis });
+        true
     }
 
     /// Takes back a statement the client created in a unit that will run again (and create it again).
@@ -264,16 +290,21 @@ impl Statements {
     /// Takes back what a failed or skipped request did.
     pub fn undo(&mut self, undo: Undo, cache: Option<&mut PreparedCache>) {
         match undo {
-            Undo::Prepared { name, id, cached } => {
+            Undo::Prepared {
+                name,
+                statement,
+                cached,
+            } => {
                 if let Some(name) = name
-                    && self.named.get(&name).is_some_and(|s| s.server.id == id)
+                    && self.named.get(&name).is_some_and(|s| s.server.id == statement.id)
                 {
                     self.named.remove(&name);
                 }
                 if let (true, Some(cache)) = (cached, cache) {
-                    cache.remove(id);
+                    cache.remove(statement.id);
                 }
             }
+            Undo::Described(_) => {}
             Undo::Closed {
                 name,
                 statement,
@@ -339,7 +370,7 @@ impl Statements {
         self.named.insert(name.clone(), statement);
         let undo = |cached| Undo::Prepared {
             name: Some(name.clone()),
-            id: server.id,
+            statement: server.clone(),
             cached,
         };
         if to.cache.touch(server.id) {
@@ -387,19 +418,21 @@ impl Statements {
             }
             _ => None,
         };
+        let mut expected = Expected::new(Request::Describe, Answer::Server);
         match statement {
             Some((Some(statement), _)) => {
                 to.ensure(&statement.server, false);
                 to.replace(len, |out, _| {
                     extended::put_describe_statement(out, |o| statement.server.put_name(o))
                 });
+                expected = expected.undo(Undo::Described(statement.server));
             }
             Some((None, Some(guarded))) => to.replace(len, |out, _| {
                 extended::put_describe_statement(out, |o| put_cstr(o, &guarded))
             }),
             _ => to.pass(len),
         }
-        to.replies.push(Expected::new(Request::Describe, Answer::Server));
+        to.replies.push(expected);
     }
 
     /// A Close of `len` bytes at the scan position. Closing a named statement is answered here: on the server it
@@ -471,7 +504,7 @@ impl Statements {
                 );
                 Some(Undo::Prepared {
                     name: Some(name),
-                    id: server.id,
+                    statement: server,
                     cached: true,
                 })
             }

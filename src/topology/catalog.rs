@@ -1,5 +1,6 @@
 //! Which user functions may write, per database: every VOLATILE function outside the system schemas, read from the
-//! leader's `pg_proc` and cached for a while, so the router can keep `SELECT my_func()` off followers (SPEC §3.1).
+//! leader's `pg_proc` and cached for a while, so the router can keep `SELECT my_func()` off followers (SPEC §3.1);
+//! and, from the same load, the database's UNLOGGED relations, which a standby cannot read.
 //!
 //! It only reads the catalog. It never routes and never keeps a client waiting long: a stale list is served while a
 //! fresh one loads in the background, and only a database's first load is waited for (bounded by
@@ -18,6 +19,7 @@ use super::SharedTopology;
 use super::conn::{Conn, error_chain, own_login, statement_deadline};
 use crate::config::HealthConfig;
 use crate::router::FunctionSet;
+use crate::router::standby::UnloggedRelations;
 use crate::tls::Tls;
 use crate::tls::postgres::OpenError;
 
@@ -36,6 +38,18 @@ const VOLATILE_SQL: &str = "SELECT DISTINCT n.nspname::text, p.proname::text \
      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      WHERE p.provolatile = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
      ORDER BY 1, 2";
+
+/// UNLOGGED tables and sequences (a standby refuses to read them: "cannot access temporary or unlogged relations
+/// during recovery").
+const UNLOGGED_SQL: &str = "SELECT DISTINCT n.nspname::text, c.relname::text \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relpersistence = 'u' AND c.relkind IN ('r', 'p', 'S') ORDER BY 1, 2";
+
+/// `(schema, name)` of every UNLOGGED table and sequence of the connected database.
+pub async fn unlogged_relations(client: &Client) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let rows = client.query(UNLOGGED_SQL, &[]).await?;
+    rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+}
 
 /// `(schema, name)` of every VOLATILE function of the connected database outside `pg_catalog` and
 /// `information_schema` (the built-ins that write are the router's own list).
@@ -70,6 +84,8 @@ struct Entry {
 #[derive(Default)]
 struct Cached {
     functions: FunctionList,
+    /// Loaded with `functions`, replaced with them.
+    unlogged: FunctionList,
     /// None until the first load attempt ends.
     next_load: Option<Instant>,
 }
@@ -104,10 +120,15 @@ impl FunctionCatalog {
     /// `health.timeout`); later calls answer at once, with a list at most `max_age` old, or the last known one while
     /// a reload runs in the background or the leader cannot be reached. Empty if nothing was ever loaded.
     pub async fn get(&self, database: &str) -> FunctionList {
+        self.lists(database).await.0
+    }
+
+    /// [`get`](Self::get), with the database's UNLOGGED relations (loaded together).
+    pub async fn lists(&self, database: &str) -> (FunctionList, FunctionList) {
         let entry = self.inner.entry(database);
         let (functions, next_load) = {
             let cached = lock(&entry.cached);
-            (cached.functions.clone(), cached.next_load)
+            ((cached.functions.clone(), cached.unlogged.clone()), cached.next_load)
         };
         match next_load {
             Some(due) if Instant::now() < due => functions,
@@ -132,7 +153,8 @@ impl FunctionCatalog {
                             inner.load(&database, &entry).await;
                         }
                     }
-                    lock(&entry.cached).functions.clone()
+                    let cached = lock(&entry.cached);
+                    (cached.functions.clone(), cached.unlogged.clone())
                 });
                 // Ended only if the runtime is shutting down: nothing is known then.
                 first_load.await.unwrap_or_default()
@@ -165,9 +187,10 @@ impl Inner {
         let now = Instant::now();
         let mut cached = lock(&entry.cached);
         let failure = match result {
-            Ok(Ok(functions)) => {
+            Ok(Ok((functions, unlogged))) => {
                 tracing::debug!(database, count = functions.len(), "loaded the volatile user functions");
                 cached.functions = Arc::new(functions);
+                cached.unlogged = Arc::new(unlogged);
                 cached.next_load = Some(now + self.max_age);
                 return;
             }
@@ -184,7 +207,7 @@ impl Inner {
         cached.next_load = Some(now + RETRY_AFTER.min(self.max_age));
     }
 
-    async fn fetch(&self, database: &str) -> Result<Vec<(String, String)>, OpenError> {
+    async fn fetch(&self, database: &str) -> Result<(Vec<(String, String)>, Vec<(String, String)>), OpenError> {
         let topology = self.topology.load_full();
         let leader = &topology.leader;
         let mut login = own_login(&topology.config, "pgsplit-catalog", statement_deadline(self.timeout));
@@ -200,7 +223,8 @@ impl Inner {
             &leader.name,
         )
         .await?;
-        Ok(volatile_user_functions(&conn.client).await?)
+        let functions = volatile_user_functions(&conn.client).await?;
+        Ok((functions, unlogged_relations(&conn.client).await?))
     }
 }
 
@@ -238,7 +262,7 @@ impl FunctionSets {
 
     /// The set for `database`; waits (bounded by `health.timeout`) only the first time a database is seen.
     pub async fn for_database(&self, database: &str) -> Arc<FunctionSet> {
-        let list = self.catalog.get(database).await;
+        let (list, unlogged) = self.catalog.lists(database).await;
         let (write_functions, read_only_functions) = lock(&self.lists).clone();
         let mut built = lock(&self.built);
         if let Some((known, set)) = built.get(database)
@@ -246,11 +270,13 @@ impl FunctionSets {
         {
             return set.clone();
         }
-        let set = Arc::new(FunctionSet::new(
+        let set = FunctionSet::new(
             &write_functions,
             &read_only_functions,
             list.iter().map(|(schema, name)| (schema.as_str(), name.as_str())),
-        ));
+        );
+        let unlogged = UnloggedRelations::new(unlogged.iter().map(|(s, n)| (s.as_str(), n.as_str())));
+        let set = Arc::new(set.with_unlogged(unlogged));
         built.insert(database.to_owned(), (list, set.clone()));
         set
     }

@@ -32,6 +32,10 @@ pub struct Health {
     /// write's position (microseconds, a moving average), and when that was last learned (millis since `EPOCH`).
     catch_up_micros: AtomicU64,
     catch_up_at_millis: AtomicU64,
+    /// The monitor has given its first verdict (usable or not, or down): until then a read that finds no usable
+    /// follower may wait for it rather than fail (a pool a reload just added).
+    judged: AtomicBool,
+    judged_now: tokio::sync::Notify,
 }
 
 /// How long a learned catch-up time is trusted: after that, reads try the follower again and learn afresh.
@@ -159,6 +163,31 @@ impl Health {
         let since = since.saturating_duration_since(epoch()).as_millis() as u64 + 1;
         // Millisecond rounding on both sides: one more millisecond of margin.
         (observed > since + timeout.as_millis() as u64 + 1).then(|| self.lsn.load(Ordering::Acquire))
+    }
+
+    /// The monitor has given its verdict on the instance at least once.
+    pub fn is_judged(&self) -> bool {
+        self.judged.load(Ordering::Acquire)
+    }
+
+    /// The monitor gave a verdict (usable or not, or down): readers waiting for the first one go on.
+    pub fn mark_judged(&self) {
+        if !self.judged.swap(true, Ordering::AcqRel) {
+            self.judged_now.notify_waiters();
+        }
+    }
+
+    /// Waits, at most `limit`, until the monitor has given its first verdict; whether it has.
+    pub async fn judged_within(&self, limit: std::time::Duration) -> bool {
+        let notified = self.judged_now.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the flag is read: a verdict given in between still wakes this waiter.
+        notified.as_mut().enable();
+        if self.is_judged() {
+            return true;
+        }
+        let _ = crate::runtime::timeout(limit, notified).await;
+        self.is_judged()
     }
 
     /// Records a failed or timed-out check.

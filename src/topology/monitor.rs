@@ -233,6 +233,7 @@ impl Monitor {
                 instance.pool.close_idle();
                 watched.note_down(name, role, &error);
                 instance.health.set_reason(Some(&format!("down: {error}")));
+                instance.health.mark_judged();
                 watched.usable = Some(false);
                 return;
             }
@@ -266,6 +267,7 @@ impl Monitor {
                     .in_recovery
                     .then_some("in recovery: a leader must not be (demoted, or a standby's address?)");
                 instance.health.set_reason(reason);
+                instance.health.mark_judged();
             }
             Some(limits) => {
                 let seen = follower_observation(&reading, &self.history);
@@ -278,6 +280,7 @@ impl Monitor {
                 let swapped_meanwhile = self.topology.load().generation != generation;
                 if judged.is_err() || !swapped_meanwhile {
                     instance.health.set_usable(judged.is_ok());
+                    instance.health.mark_judged();
                 }
                 let reason = judged.as_ref().err().map(ToString::to_string);
                 instance.health.set_reason(reason.as_deref());

@@ -1,11 +1,11 @@
 //! A server that breaks the protocol harms only the session it serves: pgsplit tells that client and closes its
 //! connection to the server, the pool place comes back, and nothing panics. The "server" is a script the test runs
-//! on a loopback port: it logs pgsplit in (`auth_methods = ["none"]`), then answers the first query with bytes no
+//! on a loopback port: it logs pgsplit in (no TLS, `auth_methods = ["none"]`), then answers the first query with bytes no
 //! PostgreSQL would send.
 
 use std::time::Duration;
 
-use pgsplit::config::{AuthMethod, ServerAuthMethod};
+use pgsplit::config::{AuthMethod, ServerAuthMethod, ServerTlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -71,6 +71,8 @@ async fn a_server_that_breaks_the_protocol_harms_only_its_session() {
         let mut config = proxy::config_for(c);
         config.users[0].auth = AuthMethod::Trust;
         config.leader.port = port;
+        // The script speaks no TLS.
+        config.server.tls = ServerTlsMode::Disable;
         config.server.auth_methods = vec![ServerAuthMethod::None];
         config.server.checkout_timeout = Duration::from_secs(2);
         let p = proxy::TestProxy::start(config, c).await;

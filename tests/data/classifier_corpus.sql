@@ -127,7 +127,8 @@ SELECT 1e3, 1.5e-3, .5, 0.5, 42
 -- read read
 SELECT now(), lower('X'), coalesce(NULL, 1), greatest(1, 2), abs(-1), random(), gen_random_uuid() IS NOT NULL
 -- ---
--- read read
+-- write leader_only
+-- a standby answers pg_is_in_recovery() otherwise than the leader a client of pgsplit expects
 SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() IS NOT NULL, txid_current_snapshot() IS NOT NULL
 -- ---
 -- read read
@@ -411,7 +412,8 @@ EXPLAIN ANALYZE WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r W
 -- SHOW
 SHOW search_path
 -- ---
--- read read
+-- write leader_only
+-- SHOW ALL shows transaction_read_only, which a standby forces on
 SHOW ALL
 -- ---
 -- read read

@@ -5,7 +5,9 @@ use pgsplit::config::{AuthMethod, PoolMode};
 use tokio_postgres::error::SqlState;
 
 use crate::support::proxy::{self, TestProxy, routed};
-use crate::support::raw::{self, bind, close_statement, exchange, execute, first_columns, parse, sync, tags};
+use crate::support::raw::{
+    self, bind, close_statement, describe_statement, exchange, execute, first_columns, parse, sync, tags,
+};
 use crate::support::{cluster, value};
 
 /// 16 clients over 2 leader connections and 1 per follower, each preparing the same two statements and running
@@ -215,5 +217,86 @@ async fn sql_prepare_execute_and_deallocate_follow_the_client() {
     );
     b.batch_execute("DISCARD ALL").await.unwrap();
     drop((a, b));
+    p.stop().await;
+}
+
+/// A Parse, Describe or Close of a statement pgsplit already knows (same text, same parameter types, described
+/// once) is answered without a server connection, while another client holds the only one mid-transaction; the
+/// statement is prepared on the connection that runs it later.
+#[tokio::test]
+async fn a_known_statement_is_prepared_described_and_closed_without_a_server_connection() {
+    let c = cluster();
+    let mut config = proxy::config_for(c);
+    config.users[0].auth = AuthMethod::Trust;
+    config.leader.max_connections = 1;
+    config.server.checkout_timeout = std::time::Duration::from_millis(500);
+    let p = TestProxy::start(config, c).await;
+    let (user, db) = (c.app_user(), c.app_database());
+    let sql = "SELECT $1::int + 1 AS next";
+    let mut a = raw::login(p.port(), user, db).await;
+    let first = exchange(&mut a, &[parse("s", sql), describe_statement("s"), sync()]).await;
+    assert_eq!(tags(&first), "1tTZ");
+
+    let mut holder = raw::login(p.port(), user, db).await;
+    assert_eq!(tags(&exchange(&mut holder, &[raw::query("BEGIN")]).await), "CZ");
+
+    let mut c2 = raw::login(p.port(), user, db).await;
+    let started = std::time::Instant::now();
+    let answered = exchange(&mut c2, &[parse("mine", sql), describe_statement("mine"), sync()]).await;
+    assert_eq!(tags(&answered), "1tTZ", "{answered:?}");
+    assert_eq!(answered[1..3], first[1..3], "the same description as the server gave");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(500),
+        "no wait for a connection"
+    );
+    assert_eq!(tags(&exchange(&mut c2, &[close_statement("mine"), sync()]).await), "3Z");
+    assert_eq!(tags(&exchange(&mut c2, &[parse("mine", sql), sync()]).await), "1Z");
+    // A statement never prepared needs a server to say whether it is valid: it waits, and times out.
+    let unknown = exchange(&mut c2, &[parse("other", "SELECT 'never seen'"), sync()]).await;
+    assert_eq!(raw::error_code(&unknown).as_deref(), Some("53300"));
+
+    assert_eq!(tags(&exchange(&mut holder, &[raw::query("COMMIT")]).await), "CZ");
+    let run = exchange(&mut c2, &[raw::bind_text("mine", &["41"]), execute(), sync()]).await;
+    assert_eq!(first_columns(&run), ["42"], "prepared on the connection that runs it");
+    drop((a, holder, c2));
+    p.stop().await;
+}
+
+/// `pgbench -M prepared -b tpcb-like -c 16 -j 2` through a leader pool of 4: pgbench prepares with a blocking call
+/// while other clients of its thread hold connections mid-transaction. Known statements need no connection to be
+/// prepared, so nothing waits on a connection its own thread holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_with_two_threads_fails_no_transaction_through_a_pool_of_four() {
+    tokio::task::spawn_blocking(crate::support::pgbench_init).await.unwrap();
+    let c = cluster();
+    let p = proxy::start(c, PoolMode::Transaction, 4).await;
+    let out = tokio::process::Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-p", &p.port().to_string(), "-U", "app"])
+        .args([
+            "-c",
+            "16",
+            "-j",
+            "2",
+            "-t",
+            "50",
+            "-M",
+            "prepared",
+            "-b",
+            "tpcb-like",
+            "app",
+        ])
+        .env("PGPASSWORD", "app")
+        .output()
+        .await
+        .expect("pgbench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (processed, failed) = crate::support::pgbench_counts(&stdout);
+    eprintln!("pgbench -M prepared -c 16 -j 2 through a pool of 4: {processed} transactions, {failed} failed");
+    assert_eq!((processed, failed), (16 * 50, 0));
     p.stop().await;
 }

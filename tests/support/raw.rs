@@ -41,10 +41,15 @@ pub async fn read_until_close(stream: &mut (impl AsyncRead + Unpin)) -> Vec<(u8,
 
 /// Reads messages until one with `tag` arrives; returns all read so far.
 pub async fn read_until(stream: &mut (impl AsyncRead + Unpin), tag: u8) -> Vec<(u8, Vec<u8>)> {
+    read_until_nth(stream, tag, 1).await
+}
+
+/// Reads messages until `n` with `tag` have arrived (the answers to `n` pipelined Syncs); returns all read so far.
+pub async fn read_until_nth(stream: &mut (impl AsyncRead + Unpin), tag: u8, n: usize) -> Vec<(u8, Vec<u8>)> {
     let mut bytes = Vec::new();
     loop {
         let messages = split_messages(&bytes);
-        if messages.iter().any(|(t, _)| *t == tag) {
+        if messages.iter().filter(|(t, _)| *t == tag).count() >= n {
             return messages;
         }
         let mut chunk = [0u8; 4096];
@@ -201,4 +206,57 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .expect("the admin API answers in time")
         .expect("readable");
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Describe of the statement `name`.
+pub fn describe_statement(name: &str) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    body.extend_from_slice(&cstrs(&[name]));
+    message(b'D', &body)
+}
+
+/// Bind of the unnamed portal to `statement` with `params` in text format, text results.
+pub fn bind_text(statement: &str, params: &[&str]) -> Vec<u8> {
+    let mut body = cstrs(&["", statement]);
+    body.extend_from_slice(&[0, 0]);
+    body.extend_from_slice(&(params.len() as u16).to_be_bytes());
+    for param in params {
+        body.extend_from_slice(&(param.len() as i32).to_be_bytes());
+        body.extend_from_slice(param.as_bytes());
+    }
+    body.extend_from_slice(&[0, 0]);
+    message(b'B', &body)
+}
+
+/// A simple Query of `sql`.
+pub fn query(sql: &str) -> Vec<u8> {
+    message(b'Q', &cstrs(&[sql]))
+}
+
+/// The ParameterStatus messages among `messages`, as (name, value).
+pub fn parameters(messages: &[(u8, Vec<u8>)]) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .filter(|(tag, _)| *tag == b'S')
+        .filter_map(|(_, body)| {
+            let mut parts = body.split(|&b| b == 0);
+            let name = String::from_utf8_lossy(parts.next()?).into_owned();
+            let value = String::from_utf8_lossy(parts.next()?).into_owned();
+            Some((name, value))
+        })
+        .collect()
+}
+
+/// Logs in as a `trust` user with extra startup parameters; returns the greeting up to the first ReadyForQuery.
+pub async fn login_with(
+    port: u16,
+    user: &str,
+    database: &str,
+    params: &[(&str, &str)],
+) -> (TcpStream, Vec<(u8, Vec<u8>)>) {
+    let mut stream = connect(port).await;
+    send(&mut stream, &startup_with(user, database, params)).await;
+    let greeting = read_until(&mut stream, b'Z').await;
+    assert!(greeting.iter().all(|(tag, _)| *tag != b'E'), "login: {greeting:?}");
+    (stream, greeting)
 }

@@ -150,3 +150,51 @@ async fn reload_under_load_drops_no_client_applies_weights_and_drains_removed_fo
     assert_eq!(errors.load(Ordering::Relaxed), 0, "no client saw an error");
     p.stop().await;
 }
+
+/// A reload adds a follower pool with its own endpoint: the endpoint opens at once, and its first reads wait for
+/// the instance's first health check (within `checkout_timeout`) instead of failing with 57P03.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_added_by_reload_serves_its_first_reads() {
+    let c = cluster();
+    let dir = ConfigDir::new(&config_text(c, &[1, 1], ""));
+    let p = TestProxy::start_from_file(&dir.path(), c).await;
+    let topology = p.proxy.context().topology.clone();
+    all_usable(&topology, &["f1", "f2"]).await;
+    let follower = &c.followers()[0];
+    // A slow health interval first, so that the new instance's first check is still to come (up to 2 s) when its
+    // endpoint opens.
+    let slow = |extra: &str| config_text(c, &[1, 1], extra).replace("interval = \"100ms\"", "interval = \"2s\"");
+    dir.write(&slow(""));
+    let f1 = instance(&topology, "f1").unwrap();
+    let checks = f1.health.checks();
+    p.proxy.context().control.reload().await.expect("the reload is valid");
+    // Two rounds later the monitor runs at the slow interval.
+    eventually("the monitor at its new interval", || {
+        (f1.health.checks() >= checks + 2).then_some(()).ok_or("not yet".into())
+    })
+    .await;
+    let added = format!(
+        "\n[[follower_pools]]\nname = \"analytics\"\nlisten = \"127.0.0.1:0\"\n\
+         instances = [ {{ name = \"ana1\", host = \"127.0.0.1\", port = {} }} ]\n",
+        follower.port
+    );
+    dir.write(&slow(&added));
+    p.proxy.context().control.reload().await.expect("the reload is valid");
+    eventually("the new pool's endpoint opens", || {
+        p.proxy.pool_addr("analytics").map(drop).ok_or("not yet".into())
+    })
+    .await;
+    let addr = p.proxy.pool_addr("analytics").expect("open");
+    let url = format!("host=127.0.0.1 port={} user=app password=app dbname=app", addr.port());
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    for n in 0..20 {
+        let port = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap_or_else(|e| panic!("read {n} on the new pool's endpoint: {e}"));
+        assert_eq!(port.get::<_, i32>(0), i32::from(follower.port));
+    }
+    drop(client);
+    p.stop().await;
+}
