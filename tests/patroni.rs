@@ -1,0 +1,7 @@
+//! pgsplit in front of a Patroni-managed cluster (SPEC §8): etcd and three PostgreSQL nodes under Patroni on
+//! loopback, shared by this file's tests, which take turns with it (tests/support/patroni.rs).
+
+mod support;
+
+#[path = "patroni/harness.rs"]
+mod harness;
