@@ -299,5 +299,14 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         differ.push("proxy.workers");
         new.proxy.workers = old.proxy.workers;
     }
+    let from_patroni = |c: &Config| c.patroni().is_some();
+    if from_patroni(old) != from_patroni(new) {
+        // Switching between the file and Patroni would change who names the leader mid-flight.
+        differ.push("topology.source");
+        new.topology = old.topology.clone();
+        new.leader = old.leader.clone();
+        new.follower_pools = old.follower_pools.clone();
+        new.routing.read_pool = old.routing.read_pool.clone();
+    }
     differ.into_iter().map(String::from).collect()
 }
