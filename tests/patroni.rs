@@ -3,5 +3,7 @@
 
 mod support;
 
+#[path = "patroni/follow.rs"]
+mod follow;
 #[path = "patroni/harness.rs"]
 mod harness;

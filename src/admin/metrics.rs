@@ -197,6 +197,7 @@ mod tests {
                 },
             }],
             changeover: None,
+            patroni: None,
         }
     }
 

@@ -306,6 +306,7 @@ mod tests {
                 },
             }],
             changeover: None,
+            patroni: None,
         }
     }
 

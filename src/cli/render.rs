@@ -216,6 +216,7 @@ mod tests {
             instances: vec![leader, f1, f2],
             pools: Vec::new(),
             changeover: None,
+            patroni: None,
         }
     }
 

@@ -298,6 +298,30 @@ pub struct FollowerPoolConfig {
     pub instances: Vec<FollowerConfig>,
 }
 
+impl FollowerPoolConfig {
+    /// A pool with every setting at its default and no instances: one a Patroni tag names that the file does not
+    /// declare.
+    pub fn with_defaults(name: &str) -> FollowerPoolConfig {
+        FollowerPoolConfig {
+            name: name.to_owned(),
+            listen: None,
+            max_connections_per_instance: validate::DEFAULT_MAX_CONNECTIONS,
+            max_lag_bytes: validate::DEFAULT_MAX_LAG_BYTES,
+            max_lag_seconds: validate::DEFAULT_MAX_LAG_SECONDS,
+            instances: Vec::new(),
+        }
+    }
+}
+
+/// At most this many follower pools, and follower instances in all (SPEC §2).
+pub const MAX_FOLLOWER_POOLS: usize = validate::MAX_FOLLOWER_POOLS;
+pub const MAX_FOLLOWER_INSTANCES: usize = validate::MAX_FOLLOWER_INSTANCES;
+
+/// Why `name` cannot name a follower pool, if it cannot.
+pub fn pool_name_problem(name: &str) -> Option<&'static str> {
+    values::pool_name_problem(name)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct FollowerConfig {
     pub name: String,

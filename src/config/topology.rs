@@ -10,6 +10,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{RawConfig, RawLeader, RawTopology};
+use super::validate::DEFAULT_MAX_CONNECTIONS;
 use super::values::Checker;
 use super::{LeaderConfig, PatroniConfig, PatroniUrl, TopologyConfig, TopologySource};
 
@@ -21,8 +22,6 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_DRAIN: Duration = Duration::from_secs(1);
 const DEFAULT_WRITE_HOLD: Duration = Duration::from_secs(10);
 const DEFAULT_PROMOTE_AHEAD: Duration = Duration::from_secs(5);
-/// The leader's `max_connections` when `[leader]` is left out.
-const DEFAULT_MAX_CONNECTIONS: usize = 20;
 
 /// The keys that only mean something with `source = "patroni"`.
 const PATRONI_ONLY: &str = "patroni, poll_interval, request_timeout, drain_before_switchover, write_hold_timeout and \

@@ -139,7 +139,8 @@ impl Attachment {
         let direction = direction_of(wants);
         let started = Instant::now();
         loop {
-            ctx.gate.wait_open(direction).await;
+            // Held writes wait for a confirmed leader, bounded: then 57P03, and the session goes on.
+            ctx.gate.wait_open(direction).await?;
             // One snapshot per attempt: the routing decision and the checkout see the same topology.
             let topology = ctx.topology.load_full();
             let config = &topology.config;
@@ -320,7 +321,14 @@ impl Attachment {
                 )));
             }
             if gate.is_paused(direction) {
-                gate.wait_open(direction).await;
+                if let Err(refused) = gate.wait_open(direction).await {
+                    if !pinned {
+                        // Routed afresh, where the gate refuses it with an ERROR the session survives.
+                        self.detach(true);
+                        return Ok(());
+                    }
+                    return Err(SessionEnd::Fatal(refused.into()));
+                }
                 continue;
             }
             attached.work = Some(attached.instance.begin_work(direction == Direction::Writes));

@@ -72,3 +72,121 @@ pub async fn turn() -> (MutexGuard<'static, ()>, &'static PatroniCluster) {
     .unwrap_or_else(|e| panic!("{e}"));
     (guard, cluster)
 }
+
+/// A proxy.toml following `cluster` through Patroni, with test-fast polls; `extra` is appended.
+pub fn config_text(cluster: &PatroniCluster, extra: &str) -> String {
+    let urls: Vec<String> = cluster.api_urls().iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[server]
+checkout_timeout = "5s"
+[[users]]
+name = "{user}"
+password = "{password}"
+[topology]
+source = "patroni"
+patroni = [{urls}]
+poll_interval = "100ms"
+request_timeout = "1s"
+drain_before_switchover = "1s"
+write_hold_timeout = "10s"
+promote_ahead = "3s"
+[health]
+interval = "100ms"
+timeout = "2s"
+[[follower_pools]]
+name = "default"
+max_connections_per_instance = 4
+[[follower_pools]]
+name = "analytics"
+{extra}"#,
+        user = cluster.app_user(),
+        password = cluster.app_password(),
+        urls = urls.join(", "),
+    )
+}
+
+/// pgsplit in process, following `cluster` through Patroni; stopped by [`PatroniProxy::stop`] (or dropped).
+pub struct PatroniProxy {
+    pub proxy: pgsplit::proxy::Proxy,
+    database: String,
+}
+
+impl PatroniProxy {
+    /// Starts pgsplit with [`config_text`] and waits until it has confirmed Patroni's leader and every replica is
+    /// usable for reads.
+    pub async fn start(cluster: &PatroniCluster, extra: &str) -> PatroniProxy {
+        let config = pgsplit::config::Config::parse(&config_text(cluster, extra), "patroni-test.toml")
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let proxy = pgsplit::proxy::Proxy::start(config).await.expect("pgsplit starts");
+        let p = PatroniProxy {
+            proxy,
+            database: cluster.app_database().to_owned(),
+        };
+        p.wait_following(cluster).await;
+        p
+    }
+
+    /// Waits until pgsplit's leader is the one Patroni names, writes are not held, and every other member serves
+    /// reads.
+    pub async fn wait_following(&self, cluster: &PatroniCluster) {
+        let topology = self.proxy.context().topology.clone();
+        let control = self.proxy.context().control.clone();
+        super::eventually("pgsplit follows Patroni's leader with every replica usable", || {
+            let named = cluster
+                .view()
+                .map_err(|e| e.to_string())?
+                .leader()
+                .map(|m| m.name.clone());
+            let t = topology.load();
+            if Some(t.leader.name.to_string()) != named {
+                return Err(format!(
+                    "pgsplit leads with {:?}, Patroni names {named:?}",
+                    t.leader.name
+                ));
+            }
+            if let Some(held) = control.gate.writes_held() {
+                return Err(format!("writes held: {held}"));
+            }
+            let followers: Vec<_> = t.pools.iter().flat_map(|p| p.instances.iter()).collect();
+            if followers.len() != cluster.members().len() - 1 {
+                return Err(format!("{} followers", followers.len()));
+            }
+            match followers.iter().find(|f| f.health.usable_for().is_none()) {
+                Some(f) => Err(format!("{} not usable: {:?}", f.name, f.health.reason())),
+                None => Ok(()),
+            }
+        })
+        .await;
+    }
+
+    pub fn port(&self) -> u16 {
+        self.proxy.local_addr().port()
+    }
+
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=app password=app dbname={} connect_timeout=10",
+            self.port(),
+            self.database
+        )
+    }
+
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.conninfo(), tokio_postgres::NoTls)
+            .await
+            .expect("app connects through pgsplit");
+        tokio::spawn(connection);
+        client
+    }
+
+    pub async fn stop(self) {
+        assert!(
+            self.proxy.shutdown(Duration::from_secs(5)).await,
+            "sessions ended within the grace period"
+        );
+    }
+}
