@@ -7,3 +7,5 @@ mod support;
 mod follow;
 #[path = "patroni/harness.rs"]
 mod harness;
+#[path = "patroni/switchover.rs"]
+mod switchover;

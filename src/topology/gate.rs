@@ -144,8 +144,9 @@ impl Gate {
                 continue;
             };
             let started = *since.get_or_insert_with(Instant::now);
-            let deadline = started + hold.timeout;
-            if tokio::time::timeout_at(deadline.into(), resumed).await.is_err() && self.is_paused(direction) {
+            let left = (started + hold.timeout).saturating_duration_since(Instant::now());
+            // Sessions run on a runtime without tokio's timer: the clock is borrowed (`runtime`).
+            if crate::runtime::timeout(left, resumed).await.is_err() && self.is_paused(direction) {
                 let still_held = self.writes_held();
                 if !self.writes.load(Ordering::SeqCst) && still_held.is_some() {
                     return Err(Refused {

@@ -190,3 +190,75 @@ impl PatroniProxy {
         );
     }
 }
+
+/// `pgbench -i -s 1` into the app database on Patroni's leader (as the app user, over the socket), then waits
+/// until every replica has replayed it.
+pub fn pgbench_init(cluster: &PatroniCluster) {
+    let leader = cluster.leader().expect("a leader").clone();
+    let out = cluster
+        .tools()
+        .command("pgbench")
+        .args(["-i", "-s", "1", "-q", "-h"])
+        .arg(&leader.socket_dir)
+        .args([
+            "-p",
+            &leader.port.to_string(),
+            "-U",
+            cluster.app_user(),
+            cluster.app_database(),
+        ])
+        .output()
+        .expect("pgbench -i runs");
+    assert!(
+        out.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.wait_replayed(HEAL).expect("replicas replay pgbench's tables");
+}
+
+/// pgbench tpcb-like through pgsplit on `port` with `clients` clients for `seconds`, logging every transaction
+/// under `<base>/<log>` (its latency in microseconds is the third field); not started until awaited.
+pub fn pgbench_run(
+    cluster: &PatroniCluster,
+    port: u16,
+    clients: u32,
+    seconds: u32,
+    log: &str,
+) -> impl std::future::Future<Output = std::io::Result<std::process::Output>> + use<> {
+    let mut cmd = cluster.tools().command("pgbench");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", cluster.app_user()])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "1",
+            "-T",
+            &seconds.to_string(),
+            "-n",
+            "-l",
+        ])
+        .arg(format!("--log-prefix={}", cluster.base_dir().join(log).display()))
+        .arg(cluster.app_database())
+        // After `command`, which clears the PG* variables.
+        .env("PGPASSWORD", cluster.app_password());
+    tokio::process::Command::from(cmd).output()
+}
+
+/// The longest transaction latency in pgbench's per-transaction logs `<base>/<log>.*`, in milliseconds.
+pub fn longest_transaction_ms(cluster: &PatroniCluster, log: &str) -> f64 {
+    let mut longest = 0u64;
+    let entries = std::fs::read_dir(cluster.base_dir()).expect("the base dir");
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&format!("{log}.")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("a pgbench log");
+        for line in text.lines() {
+            if let Some(micros) = line.split_whitespace().nth(2).and_then(|f| f.parse::<u64>().ok()) {
+                longest = longest.max(micros);
+            }
+        }
+    }
+    longest as f64 / 1000.0
+}
