@@ -7,5 +7,7 @@ mod support;
 mod follow;
 #[path = "patroni/harness.rs"]
 mod harness;
+#[path = "patroni/promote.rs"]
+mod promote;
 #[path = "patroni/switchover.rs"]
 mod switchover;
