@@ -9,5 +9,7 @@ mod follow;
 mod harness;
 #[path = "patroni/promote.rs"]
 mod promote;
+#[path = "patroni/read_your_writes.rs"]
+mod read_your_writes;
 #[path = "patroni/switchover.rs"]
 mod switchover;
