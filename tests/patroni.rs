@@ -3,6 +3,8 @@
 
 mod support;
 
+#[path = "patroni/failover.rs"]
+mod failover;
 #[path = "patroni/follow.rs"]
 mod follow;
 #[path = "patroni/harness.rs"]

@@ -462,7 +462,7 @@ impl Relay {
     }
 
     /// The stream moves past a statement; a client that becomes pinned, or stops being pinned, is counted.
-    fn set_stream(&mut self, stream: StreamState) {
+    pub(super) fn set_stream(&mut self, stream: StreamState) {
         if stream.pinned != self.pin_count.is_some() {
             self.pin_count = stream.pinned.then(|| GaugeCount::pinned(&self.ctx.gauges));
         }
@@ -576,6 +576,10 @@ impl Relay {
             false => self.to_client.write(&self.client, &mut server.conn.buf),
         };
         if to_server.is_err() {
+            if self.retry.cut() {
+                // The leader's connection died under a unit it never answered: it runs again.
+                return self.rerun_cut();
+            }
             return Err(self.attachment.lose());
         }
         to_client.map_err(SessionEnd::ClientIo)

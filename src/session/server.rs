@@ -191,6 +191,17 @@ impl Attachment {
                     self.attach(&leader, Role::Leader, false, wanted, config).await?;
                     (leader, RouteReason::Fallback)
                 }
+                // A read the router sent to the leader (no usable follower: its follower may be the one being
+                // promoted) while writes wait for a leader to be confirmed: it waits for one too.
+                Err(error)
+                    if role == Role::Leader
+                        && error.code == code::CANNOT_CONNECT_NOW
+                        && ctx.gate.writes_held().is_some() =>
+                {
+                    tracing::debug!(instance = %decision.instance.name, %error, "leader unavailable while held; waiting");
+                    ctx.gate.wait_open(Direction::Writes).await?;
+                    continue;
+                }
                 // The leader is down: a promotion may come, or the leader may return, before the deadline.
                 Err(error) if writes && error.code == code::CANNOT_CONNECT_NOW && Instant::now() < deadline => {
                     tracing::debug!(instance = %decision.instance.name, %error, "leader unavailable; retrying");
