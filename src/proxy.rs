@@ -54,7 +54,7 @@ pub struct Proxy {
     sessions_ctx: Arc<SessionContext>,
     listeners: Arc<Mutex<Listeners>>,
     shutdown: watch::Sender<bool>,
-    /// Monitor, promotion follower, swap follower, reload triggers, admin API.
+    /// Monitor, promotion follower, swap follower, Patroni follower, reload triggers, admin API.
     tasks: Vec<JoinHandle<()>>,
     monitor: MonitorHandle,
     /// Every session holds a clone of the sender; all dropped = all sessions over.
@@ -126,6 +126,11 @@ impl Proxy {
         let monitor = Monitor::spawn(topology.clone(), tls.clone());
         let catalog = FunctionCatalog::new(topology.clone(), tls.clone(), &config.health);
         let control = Arc::new(Control::new(topology.clone(), tls.clone(), path));
+        // Before anything accepts: writes are held until Patroni's leader is confirmed.
+        let patroni = control
+            .patroni()
+            .cloned()
+            .map(|shared| crate::topology::patroni::follow::spawn(control.clone(), shared));
         let gauges = Arc::new(ClientGauges::default());
         let admin_ctx = Arc::new(AdminContext {
             topology: topology.clone(),
@@ -164,6 +169,7 @@ impl Proxy {
         open_pool_endpoints(&listeners, &config, &ctx, &session_token, sessions.handle())?;
         tracing::info!(addr = %admin_addr, "admin API listening");
         let mut tasks = vec![tokio::spawn(crate::admin::serve(admin, admin_ctx.clone()))];
+        tasks.extend(patroni);
         let mut rounds = monitor.rounds();
         let follower = control.clone();
         tasks.push(tokio::spawn(async move {

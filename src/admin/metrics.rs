@@ -210,6 +210,7 @@ mod tests {
                 },
             }],
             changeover: None,
+            patroni: None,
         }
     }
 

@@ -20,6 +20,7 @@ use super::status::{Paused, PausedAnswer, Status};
 use crate::context::AdminContext;
 use crate::topology::changeover;
 use crate::topology::control::ReloadError;
+use crate::topology::patroni::promote::{self, PromoteError};
 use crate::topology::progress::{AbortRefused, Refused};
 
 pub type Answer = Response<Full<Bytes>>;
@@ -87,6 +88,13 @@ pub enum ApiError {
     ChangeoverRunning,
     #[error("cannot encode the answer: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Patroni(#[from] PromoteError),
+    #[error(
+        "with topology.source = \"patroni\", {0} does not apply: Patroni carries the switchover out (cancel a \
+         scheduled one with `patronictl flush <cluster> switchover`)"
+    )]
+    NotWithPatroni(&'static str),
 }
 
 impl ApiError {
@@ -102,6 +110,8 @@ impl ApiError {
             ApiError::Reload(ReloadError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Refused(_) | ApiError::AbortRefused(_) | ApiError::ChangeoverRunning => StatusCode::CONFLICT,
             ApiError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Patroni(PromoteError::Unreachable(_)) => StatusCode::BAD_GATEWAY,
+            ApiError::Patroni(_) | ApiError::NotWithPatroni(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -198,9 +208,23 @@ async fn answer(request: Request<Incoming>, ctx: &Arc<AdminContext>) -> Result<A
         }
         Endpoint::Promote => {
             let body = body::read(request.into_body()).await?;
-            changeover::start(control, PromoteBody::parse(&body)?)?;
+            let request = PromoteBody::parse(&body)?;
+            if control.patroni().is_some() {
+                // Patroni promotes; pgsplit asks it for a switchover every instance sees ahead of time.
+                if request != changeover::PromoteRequest::new(&request.instance) {
+                    return Err(ApiError::NotWithPatroni(
+                        "repoint, drain_timeout_ms or catchup_timeout_ms",
+                    ));
+                }
+                return json(
+                    StatusCode::ACCEPTED,
+                    &promote::schedule(control, &request.instance).await?,
+                );
+            }
+            changeover::start(control, request)?;
             json(StatusCode::ACCEPTED, &control.board().current())
         }
+        Endpoint::PromoteAbort if control.patroni().is_some() => Err(ApiError::NotWithPatroni("an abort")),
         Endpoint::PromoteAbort => {
             // Answered at once: the rollback goes on in the changeover's own task, shown in GET /status.
             json(StatusCode::ACCEPTED, &changeover::abort(control)?)

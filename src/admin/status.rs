@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::AdminContext;
 use crate::topology::gate::{Direction, Gate};
 use crate::topology::monitor::format_lsn;
+use crate::topology::patroni::state::PatroniStatus;
 use crate::topology::progress::Progress;
 use crate::topology::{FreshnessCounts, Instance, Role, Topology};
 
@@ -34,6 +35,9 @@ pub struct Status {
     pub pools: Vec<PoolStatus>,
     /// The running or last orchestrated changeover.
     pub changeover: Option<Progress>,
+    /// With `[topology] source = "patroni"`: Patroni's view beside pgsplit's, and whether writes are held for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patroni: Option<PatroniStatus>,
 }
 
 /// Which directions the pause gate holds.
@@ -117,13 +121,16 @@ pub struct Connections {
 impl Status {
     /// The proxy as it is now.
     pub fn capture(ctx: &AdminContext) -> Status {
-        Status::of(
-            &ctx.topology.load(),
-            &ctx.control.gate,
-            ctx.gauges.clients.load(Ordering::Relaxed),
-            ctx.gauges.pinned.load(Ordering::Relaxed),
-            ctx.control.board().current().as_ref(),
-        )
+        Status {
+            patroni: ctx.control.patroni().map(|p| p.status()),
+            ..Status::of(
+                &ctx.topology.load(),
+                &ctx.control.gate,
+                ctx.gauges.clients.load(Ordering::Relaxed),
+                ctx.gauges.pinned.load(Ordering::Relaxed),
+                ctx.control.board().current().as_ref(),
+            )
+        }
     }
 
     fn of(
@@ -161,6 +168,7 @@ impl Status {
                 })
                 .collect(),
             changeover: changeover.cloned(),
+            patroni: None,
         }
     }
 }

@@ -319,6 +319,7 @@ mod tests {
                 },
             }],
             changeover: None,
+            patroni: None,
         }
     }
 

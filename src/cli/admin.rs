@@ -90,6 +90,17 @@ pub fn promote(
         catchup_timeout_ms: catchup_timeout.map(millis),
     };
     block_on(async {
+        if client.get::<Status>("/status").await?.patroni.is_some() {
+            // Patroni promotes: pgsplit asks it for a scheduled switchover, then follows it.
+            if repoint || drain_timeout.is_some() || catchup_timeout.is_some() {
+                eprintln!(
+                    "pgsplit: --repoint, --drain-timeout and --catchup-timeout do not apply when Patroni carries the \
+                     switchover out"
+                );
+                return Ok(ExitCode::from(1));
+            }
+            return super::patroni::promote(client, instance).await;
+        }
         let progress: Option<Progress> = client.post("/promote", Some(&body)).await?;
         let over = follow(client, progress).await?;
         if let Some(ms) = over.write_pause_ms {

@@ -2,10 +2,12 @@
 //! (0 ok, 1 usage/config error, 2 runtime failure).
 //!
 //! This file runs the proxy, checks configs and starts the demo; `admin` holds the subcommands that talk to a
-//! running proxy through `admin_client`, and `render` prints their answers.
+//! running proxy through `admin_client`, `render` prints their answers, and `patroni` does both for a cluster
+//! Patroni manages.
 
 mod admin;
 mod admin_client;
+mod patroni;
 mod render;
 
 use std::path::Path;

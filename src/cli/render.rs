@@ -23,6 +23,9 @@ pub fn status(status: &Status) -> String {
     for pool in &status.pools {
         read_your_writes(&mut out, pool);
     }
+    if let Some(patroni) = &status.patroni {
+        super::patroni::block(&mut out, patroni, &status.leader);
+    }
     if let Some(changeover) = &status.changeover {
         out.push_str(&self::changeover(changeover));
     }
@@ -217,6 +220,7 @@ mod tests {
             instances: vec![leader, f1, f2],
             pools: Vec::new(),
             changeover: None,
+            patroni: None,
         }
     }
 

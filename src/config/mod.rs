@@ -16,6 +16,7 @@ mod raw;
 pub mod rewrite;
 #[cfg(test)]
 mod tests;
+mod topology;
 mod units;
 mod validate;
 mod values;
@@ -43,6 +44,8 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// `[control]`; None: the first `[[users]]` entry steers (with a warning at start).
     pub control: Option<ControlConfig>,
+    /// `[topology]`: where the members come from.
+    pub topology: TopologyConfig,
 }
 
 impl Config {
@@ -82,8 +85,27 @@ impl Config {
         validate::build(&raw, base_dir, env).map_err(|problems| ConfigErrors::from_problems(file_name, text, problems))
     }
 
+    /// `[topology] source = "patroni"`: Patroni's settings (the members come from its REST API).
+    pub fn patroni(&self) -> Option<&PatroniConfig> {
+        match &self.topology.source {
+            TopologySource::Patroni(patroni) => Some(patroni),
+            TopologySource::File => None,
+        }
+    }
+
     /// One line for humans: `leader "leader" at 127.0.0.1:15432, 1 follower pool, 2 follower instances, 1 user`.
     pub fn summary(&self) -> String {
+        if let Some(patroni) = self.patroni() {
+            let urls: Vec<String> = patroni.urls.iter().map(ToString::to_string).collect();
+            let users = self.users.len();
+            return format!(
+                "members from Patroni ({}), {} declared follower pool{}, {users} user{}",
+                urls.join(", "),
+                self.follower_pools.len(),
+                if self.follower_pools.len() == 1 { "" } else { "s" },
+                if users == 1 { "" } else { "s" },
+            );
+        }
         let instances: usize = self.follower_pools.iter().map(|pool| pool.instances.len()).sum();
         let plural = |count: usize, noun: &str| format!("{count} {noun}{}", if count == 1 { "" } else { "s" });
         let host = &self.leader.host;
@@ -276,6 +298,30 @@ pub struct FollowerPoolConfig {
     pub instances: Vec<FollowerConfig>,
 }
 
+impl FollowerPoolConfig {
+    /// A pool with every setting at its default and no instances: one a Patroni tag names that the file does not
+    /// declare.
+    pub fn with_defaults(name: &str) -> FollowerPoolConfig {
+        FollowerPoolConfig {
+            name: name.to_owned(),
+            listen: None,
+            max_connections_per_instance: validate::DEFAULT_MAX_CONNECTIONS,
+            max_lag_bytes: validate::DEFAULT_MAX_LAG_BYTES,
+            max_lag_seconds: validate::DEFAULT_MAX_LAG_SECONDS,
+            instances: Vec::new(),
+        }
+    }
+}
+
+/// At most this many follower pools, and follower instances in all (SPEC §2).
+pub const MAX_FOLLOWER_POOLS: usize = validate::MAX_FOLLOWER_POOLS;
+pub const MAX_FOLLOWER_INSTANCES: usize = validate::MAX_FOLLOWER_INSTANCES;
+
+/// Why `name` cannot name a follower pool, if it cannot.
+pub fn pool_name_problem(name: &str) -> Option<&'static str> {
+    values::pool_name_problem(name)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct FollowerConfig {
     pub name: String,
@@ -302,6 +348,56 @@ pub struct RoutingConfig {
 pub enum Fallback {
     Leader,
     Error,
+}
+
+/// `[topology]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopologyConfig {
+    pub source: TopologySource,
+}
+
+/// Where the leader and the followers are named.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum TopologySource {
+    /// `[leader]` and each pool's `instances`.
+    #[default]
+    File,
+    /// Patroni's REST API (SPEC §8).
+    Patroni(PatroniConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatroniConfig {
+    /// REST APIs of Patroni members; any answering one's view is used.
+    pub urls: Vec<PatroniUrl>,
+    /// How often `/cluster` is read.
+    pub poll_interval: Duration,
+    /// One request to one URL.
+    pub request_timeout: Duration,
+    /// How long before a scheduled switchover's time new write transactions are held, so running ones finish.
+    pub drain_before_switchover: Duration,
+    /// The longest a write waits at the gate for a confirmed leader before ERROR 57P03.
+    pub write_hold_timeout: Duration,
+    /// How far ahead `pgsplit promote` schedules Patroni's switchover.
+    pub promote_ahead: Duration,
+}
+
+/// `http://host:port` of a Patroni REST API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatroniUrl {
+    /// A name, an IPv4 address, or an IPv6 address without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for PatroniUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "http://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "http://{}:{}", self.host, self.port)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

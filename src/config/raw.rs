@@ -35,6 +35,19 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub tcp: RawTcp,
     pub control: Option<Spanned<RawControl>>,
+    pub topology: Option<Spanned<RawTopology>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTopology {
+    pub source: Option<Spanned<String>>,
+    pub patroni: Option<Spanned<Vec<Spanned<String>>>>,
+    pub poll_interval: Option<Spanned<Scalar>>,
+    pub request_timeout: Option<Spanned<Scalar>>,
+    pub drain_before_switchover: Option<Spanned<Scalar>>,
+    pub write_hold_timeout: Option<Spanned<Scalar>>,
+    pub promote_ahead: Option<Spanned<Scalar>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,7 +141,7 @@ pub(super) struct RawRouting {
     pub read_your_writes: Option<bool>,
     pub read_your_writes_wait: Option<Spanned<Scalar>>,
     pub fallback: Option<Fallback>,
-    pub follow_promotions: Option<bool>,
+    pub follow_promotions: Option<Spanned<bool>>,
     #[serde(default)]
     pub write_functions: Vec<Spanned<String>>,
     #[serde(default)]

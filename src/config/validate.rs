@@ -22,7 +22,7 @@ use super::values::{Checker, POOL_NAME_RULE, pool_name_problem};
 use super::{
     AuthMethod, ClientTlsConfig, ClientTlsMode, Config, ControlConfig, Fallback, FollowerConfig, FollowerPoolConfig,
     HealthConfig, LeaderConfig, PoolMode, ProxyConfig, RoutingConfig, ServerAuthMethod, ServerConfig, ServerTlsMode,
-    TcpConfig, UserConfig,
+    TcpConfig, TopologySource, UserConfig,
 };
 
 /// Reads an environment variable (`std::env::var` in production, a fixed map in tests).
@@ -39,15 +39,15 @@ const DEFAULT_WORKERS: usize = 1;
 const MAX_WORKERS: usize = 256;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_LEADER_NAME: &str = "leader";
-const DEFAULT_MAX_CONNECTIONS: usize = 20;
-const DEFAULT_MAX_LAG_BYTES: u64 = 16 << 20;
-const DEFAULT_MAX_LAG_SECONDS: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_MAX_CONNECTIONS: usize = 20;
+pub(super) const DEFAULT_MAX_LAG_BYTES: u64 = 16 << 20;
+pub(super) const DEFAULT_MAX_LAG_SECONDS: Duration = Duration::from_secs(5);
 const DEFAULT_POOL_NAME: &str = "default";
 const DEFAULT_READ_YOUR_WRITES_WAIT: Duration = Duration::from_millis(50);
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_FOLLOWER_POOLS: usize = 5;
-const MAX_FOLLOWER_INSTANCES: usize = 13;
+pub(super) const MAX_FOLLOWER_POOLS: usize = 5;
+pub(super) const MAX_FOLLOWER_INSTANCES: usize = 13;
 /// PostgreSQL's own `authentication_timeout` default.
 const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_PENDING_LOGINS: usize = 1000;
@@ -65,9 +65,16 @@ pub(super) fn build(raw: &RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Res
     let server = check.server(&raw.server, base_dir);
     let users = check.users(&raw.users, env);
     let control = raw.control.as_ref().map(|table| check.control(table, &users, env));
-    let leader = check.leader(raw.leader.as_ref());
+    let topology = check.topology(raw.topology.as_ref());
+    let from_patroni = topology.source != TopologySource::File;
+    let leader = if from_patroni {
+        check.patroni_decides(raw);
+        check.leader_named_by_patroni(raw.leader.as_ref())
+    } else {
+        check.leader(raw.leader.as_ref())
+    };
     let follower_pools = check.follower_pools(&raw.follower_pools);
-    let routing = check.routing(&raw.routing, &follower_pools);
+    let routing = check.routing(&raw.routing, &follower_pools, from_patroni);
     let health = check.health(&raw.health);
     let tcp = check.tcp(&raw.tcp);
     if check.problems.is_empty() {
@@ -81,6 +88,7 @@ pub(super) fn build(raw: &RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Res
             health,
             tcp,
             control,
+            topology,
         })
     } else {
         Err(check.problems)
@@ -495,9 +503,19 @@ impl Checker {
         }
     }
 
-    fn routing(&mut self, raw: &RawRouting, pools: &[FollowerPoolConfig]) -> RoutingConfig {
+    /// `from_patroni`: the pools are filled by Patroni's members, and replicas without a `pgsplit_pool` tag form
+    /// `read_pool` (default "default") whether or not the file declares it.
+    fn routing(&mut self, raw: &RawRouting, pools: &[FollowerPoolConfig], from_patroni: bool) -> RoutingConfig {
         let read_pool = match &raw.read_pool {
             Some(value) if pools.iter().any(|pool| pool.name == *value.get_ref()) => Some(value.get_ref().clone()),
+            Some(value) if from_patroni => {
+                if let Some(why) = pool_name_problem(value.get_ref()) {
+                    let message = format!("routing.read_pool \"{}\": {why} ({POOL_NAME_RULE})", value.get_ref());
+                    self.report(Some(value.span()), message);
+                }
+                Some(value.get_ref().clone())
+            }
+            None if from_patroni => Some(DEFAULT_POOL_NAME.to_owned()),
             Some(value) => {
                 let known = if pools.is_empty() {
                     "no follower pools are defined".to_owned()
@@ -539,7 +557,7 @@ impl Checker {
                 DEFAULT_READ_YOUR_WRITES_WAIT,
             ),
             fallback: raw.fallback.unwrap_or(Fallback::Leader),
-            follow_promotions: raw.follow_promotions.unwrap_or(true),
+            follow_promotions: raw.follow_promotions.as_ref().is_none_or(|v| *v.get_ref()),
             write_functions,
             read_only_functions,
         }

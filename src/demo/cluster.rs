@@ -8,6 +8,7 @@
 //! which base backups copy to the followers.
 
 mod host;
+mod patroni;
 mod ssl;
 mod watchdog;
 
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use host::{OsUser, Toolbox, find_bin_dir, free_ports, passwd_entry, select_bin_dir, unique_base_dir};
+pub use patroni::{PATRONI_READY_TIMEOUT, PatroniCluster, PatroniMember, PatroniOptions};
 pub use ssl::ServerCertificate;
 pub use watchdog::Watchdog;
 

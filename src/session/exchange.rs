@@ -166,6 +166,16 @@ impl Exchange {
         self.replies = Replies::default();
     }
 
+    /// The server connection is gone before it answered the unit it was given, which will run again elsewhere:
+    /// nothing is owed, no batch or transaction is open.
+    pub fn connection_gone(&mut self) {
+        self.replies = Replies::default();
+        self.batch_open = false;
+        self.batch_changes.clear();
+        self.batch_discards = false;
+        self.tx_status = TxStatus::Idle;
+    }
+
     /// Sends the client message `header` (at the scan position of `to.source`) on — renamed, answered by pgsplit,
     /// or as it is — and enters what the server owes for it. `table` names the statements clients prepare.
     pub fn forward(&mut self, header: Header, intent: Intent, to: Outbound<'_>, table: &StatementTable) {

@@ -105,6 +105,10 @@ impl Relay {
     /// client has every answer it asked for, so the connection is dropped, the commit's position is marked
     /// unknown (reads go to the leader until it is known), and the session goes on.
     pub(super) async fn server_lost(&mut self) -> Result<(), SessionEnd> {
+        if self.retry.cut() {
+            // A unit the leader never answered: it runs again (see `retry`).
+            return self.rerun_cut();
+        }
         if !self.exchange.only_probe() || !self.to_server.is_empty() || !self.client_framer.at_boundary() {
             return Err(self.attachment.lose());
         }

@@ -1,6 +1,7 @@
 //! Re-running on the leader an autocommit read that a follower refused as a write (25006, SPEC §3.5) — or as
 //! something a standby cannot do (0A000: an UNLOGGED or temporary relation the classifier could not see, through a
-//! view say; a serializable transaction), which the leader can.
+//! view say; a serializable transaction), which the leader can — and, when an HA engine (Patroni) may put a new
+//! leader in place, a unit the leader cut before answering it (SPEC §8).
 //!
 //! A read sent to a follower at a unit boundary is *armed* — a simple Query, or an extended-protocol batch up to its
 //! Sync (a batch is routed to a follower only once all of it is buffered, so all of it can be kept): its replies
@@ -8,10 +9,18 @@
 //! its replies are dropped, the statement's shape is remembered as a write, and the unit's messages are put back in
 //! front of whatever the client sent since, to be scanned again with the leader as their destination; the client
 //! sees only the leader's answer.
+//!
+//! A simple Query that starts a unit on the leader (an autocommit statement, or the first statement of a
+//! transaction) is armed the same way. If the leader's first answer is that its session is being terminated
+//! (57P01 on a shutdown or a postmaster's death, 57P02 after a crash) or the connection ends with no answer, the
+//! connection is dropped and the unit goes through the gate again — where writes wait for the new leader to be
+//! confirmed — and runs there; the client sees only that answer. A unit re-runs at most [`MAX_LEADER_RERUNS`]
+//! times in a row.
 
 use bytes::BytesMut;
 
 use super::intent::Intent;
+use super::plan::StreamState;
 use super::relay::{Relay, SessionEnd};
 use super::statements::Statements;
 use crate::context::Endpoint;
@@ -23,6 +32,8 @@ use crate::router::{self, RouteReason, Wants};
 
 /// Longest unit kept for a possible re-run; longer ones are not retried (the follower's error reaches the client).
 const MAX_RETRY_UNIT: usize = 64 * 1024;
+/// Re-runs in a row of units the leader cut: past it, the leader's answer reaches the client.
+const MAX_LEADER_RERUNS: u8 = 8;
 
 /// The 25006 net of one session: at most one armed read, the messages kept to run it again, and whether the unit
 /// at the scan position is such a re-run. Owns its fields; the relay asks and tells it.
@@ -34,6 +45,8 @@ pub struct RetryPolicy {
     unit: BytesMut,
     /// The unit at the scan position is a refused read put back to run again: it goes to the leader.
     rerun: bool,
+    /// Leader units re-run in a row (reset when one shows a result).
+    leader_reruns: u8,
 }
 
 /// What is needed to run a unit again on the leader (its messages are in `RetryPolicy::unit`).
@@ -49,6 +62,8 @@ struct Armed {
     refused: bool,
     /// ReadyForQuery of a refused unit has arrived: re-run now.
     due: bool,
+    /// Some: a unit on the leader, with the stream's state before it (restored for its re-run).
+    leader: Option<StreamState>,
 }
 
 /// A unit the follower refused, to run again on the leader.
@@ -98,7 +113,13 @@ impl RetryPolicy {
             return;
         };
         let keep = match tag {
-            b'E' if matches!(messages::error_code(body), Some("25006" | "0A000")) => {
+            // The leader's session is being terminated before it answered: its connection is going away.
+            b'E' if armed.leader.is_some() && matches!(messages::error_code(body), Some("57P01" | "57P02")) => {
+                armed.refused = true;
+                armed.due = true;
+                true
+            }
+            b'E' if armed.leader.is_none() && matches!(messages::error_code(body), Some("25006" | "0A000")) => {
                 armed.refused = true;
                 true
             }
@@ -113,8 +134,56 @@ impl RetryPolicy {
             _ => armed.refused,
         };
         if !keep {
+            if self.armed.as_ref().is_some_and(|a| a.leader.is_some()) {
+                self.leader_reruns = 0;
+            }
             self.armed = None;
         }
+    }
+
+    /// Keeps a simple Query that starts a unit on the leader, to run it again should the leader cut it before
+    /// answering; `stream` is the stream's state before it.
+    pub fn arm_leader(&mut self, header: Header, buf: &[u8], at: usize, stream: StreamState) {
+        if header.tag != b'Q' || self.leader_reruns >= MAX_LEADER_RERUNS {
+            return;
+        }
+        let Some(unit) = buf
+            .get(at..at + header.frame_len())
+            .filter(|unit| unit.len() <= MAX_RETRY_UNIT)
+        else {
+            return;
+        };
+        self.unit.clear();
+        self.unit.extend_from_slice(unit);
+        self.armed = Some(Armed {
+            complete: true,
+            created: Vec::new(),
+            bound: None,
+            refused: false,
+            due: false,
+            leader: Some(stream),
+        });
+    }
+
+    /// The server connection ended: an armed leader unit (nothing of it reached the client) is to run again.
+    /// Returns whether one is.
+    pub fn cut(&mut self) -> bool {
+        match self.armed.as_mut() {
+            Some(armed) if armed.leader.is_some() => {
+                armed.refused = true;
+                armed.due = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes a leader unit that was cut, for its re-run: its messages and the stream's state before it.
+    fn take_cut(&mut self) -> Option<(&[u8], StreamState)> {
+        let stream = self.armed.as_ref().filter(|a| a.due).and_then(|a| a.leader)?;
+        self.armed = None;
+        self.leader_reruns += 1;
+        Some((&self.unit, stream))
     }
 
     /// Keeps what is needed to re-run the unit starting at `at` in `buf` (a Query, or an extended-protocol batch
@@ -150,12 +219,13 @@ impl RetryPolicy {
             bound,
             refused: false,
             due: false,
+            leader: None,
         });
     }
 
     /// Takes the refused unit for its re-run, which the next unit routed is.
     pub fn take_refused(&mut self) -> Option<Refused<'_>> {
-        let armed = self.armed.take().filter(|a| a.due)?;
+        let armed = self.armed.take().filter(|a| a.due && a.leader.is_none())?;
         self.rerun = true;
         Some(Refused {
             unit: &self.unit,
@@ -209,12 +279,21 @@ fn batch_to_sync(buf: &[u8], at: usize, statements: &Statements) -> Option<Batch
 }
 
 impl Relay {
-    /// Arms an autocommit read that went to a follower from the main endpoint at a unit boundary.
+    /// Arms an autocommit read that went to a follower from the main endpoint at a unit boundary — or, when an HA
+    /// engine names the leader, a simple Query that starts a unit on a freshly attached leader connection.
     pub(super) fn arm_retry(&mut self, header: Header, intent: &Intent) {
-        if *self.attachment.endpoint() != Endpoint::Main
-            || intent.wants != Wants::Follower(RouteReason::Read)
-            || !self.attachment.on_follower()
-        {
+        if *self.attachment.endpoint() != Endpoint::Main {
+            return;
+        }
+        if !self.attachment.on_follower() {
+            let fresh = self.exchange.nothing_owed() && self.to_client.is_empty() && !self.stream.pinned;
+            if fresh && self.ctx.topology.load().config.patroni().is_some() {
+                let at = self.to_server.scanned();
+                self.retry.arm_leader(header, &self.client_buf, at, self.stream);
+            }
+            return;
+        }
+        if intent.wants != Wants::Follower(RouteReason::Read) {
             return;
         }
         if matches!(header.tag, b'P' | b'B') && self.stream.in_transaction {
@@ -228,6 +307,9 @@ impl Relay {
     /// The follower refused the unit as a write: remember its shape, give the follower connection back, and put
     /// the unit back to be scanned again, bound for the leader. The client has seen nothing of the first attempt.
     pub(super) fn rerun_on_leader(&mut self) -> Result<(), SessionEnd> {
+        if self.retry.armed.as_ref().is_some_and(|a| a.leader.is_some()) {
+            return self.rerun_cut();
+        }
         let Some(refused) = self.retry.take_refused() else {
             return Ok(());
         };
@@ -279,4 +361,33 @@ fn unit_sql(unit: &[u8]) -> Option<&str> {
         }
     };
     std::str::from_utf8(sql).ok()
+}
+
+impl Relay {
+    /// The leader cut the armed unit before answering it: its connection is dropped (never returned), what it
+    /// owed is forgotten, and the unit is put back in front of whatever the client sent since, to be routed again
+    /// — through the gate, which holds writes until a new leader is confirmed.
+    pub(super) fn rerun_cut(&mut self) -> Result<(), SessionEnd> {
+        let Some((unit, stream)) = self.retry.take_cut() else {
+            return Ok(());
+        };
+        let mut buf = BytesMut::with_capacity(unit.len() + self.client_buf.len());
+        buf.extend_from_slice(unit);
+        let instance = match self.attachment.take() {
+            Some(mut attached) => {
+                self.to_client.discard(&mut attached.conn.buf);
+                attached.instance.name.clone()
+            }
+            None => "?".into(),
+        };
+        // What was scanned of the unit and not yet written is part of the copy just taken.
+        self.to_server.discard(&mut self.client_buf);
+        self.exchange.connection_gone();
+        self.probe.lapse();
+        self.set_stream(stream);
+        tracing::info!(%instance, "the leader cut a unit before answering it; running it again");
+        buf.extend_from_slice(&self.client_buf);
+        self.client_buf = buf;
+        Ok(())
+    }
 }

@@ -156,7 +156,8 @@ impl Attachment {
         let direction = direction_of(wants);
         let started = Instant::now();
         loop {
-            ctx.gate.wait_open(direction).await;
+            // Held writes wait for a confirmed leader, bounded: then 57P03, and the session goes on.
+            ctx.gate.wait_open(direction).await?;
             // One snapshot per attempt: the routing decision and the checkout see the same topology.
             let topology = self.topology.load().clone();
             let config = &topology.config;
@@ -223,6 +224,17 @@ impl Attachment {
                     let leader = ctx.topology.load().leader.clone();
                     self.attach(&leader, Role::Leader, false, wanted, tls, config).await?;
                     (leader, RouteReason::Fallback)
+                }
+                // A read the router sent to the leader (no usable follower: its follower may be the one being
+                // promoted) while writes wait for a leader to be confirmed: it waits for one too.
+                Err(error)
+                    if role == Role::Leader
+                        && error.code == code::CANNOT_CONNECT_NOW
+                        && ctx.gate.writes_held().is_some() =>
+                {
+                    tracing::debug!(instance = %decision.instance.name, %error, "leader unavailable while held; waiting");
+                    ctx.gate.wait_open(Direction::Writes).await?;
+                    continue;
                 }
                 // The leader is down: a promotion may come, or the leader may return, before the deadline.
                 Err(error) if writes && error.code == code::CANNOT_CONNECT_NOW && Instant::now() < deadline => {
@@ -356,7 +368,14 @@ impl Attachment {
                 )));
             }
             if gate.is_paused(direction) {
-                gate.wait_open(direction).await;
+                if let Err(refused) = gate.wait_open(direction).await {
+                    if !pinned {
+                        // Routed afresh, where the gate refuses it with an ERROR the session survives.
+                        self.detach(true);
+                        return Ok(());
+                    }
+                    return Err(SessionEnd::Fatal(refused.into()));
+                }
                 continue;
             }
             attached.work = Some(attached.instance.begin_work(direction == Direction::Writes));

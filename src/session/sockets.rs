@@ -104,6 +104,10 @@ impl Relay {
             false => self.to_client.write(&mut self.client, &mut server.conn.buf),
         };
         if to_server.is_err() {
+            if self.retry.cut() {
+                // The leader's connection died under a unit it never answered: it runs again.
+                return self.rerun_cut();
+            }
             return Err(self.attachment.lose());
         }
         to_client.map_err(SessionEnd::ClientIo)

@@ -21,6 +21,7 @@ use super::{Instance, SharedTopology, Topology};
 use crate::config::rewrite::RewriteError;
 use crate::config::{Config, ConfigErrors};
 use crate::tls::Tls;
+use crate::topology::patroni::state::Shared as PatroniShared;
 
 /// What a swap changed, for the log and the admin API's answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -83,6 +84,8 @@ pub struct Control {
     board: Board,
     /// Certificates of both sides: loaded again at every reload.
     tls: Arc<Tls>,
+    /// With `[topology] source = "patroni"`: the follower's state (the file's config, Patroni's last answer).
+    patroni: Option<Arc<PatroniShared>>,
 }
 
 /// The apply lock, held: the only way to swap in a promotion. Whoever holds it is the one topology change running.
@@ -106,7 +109,10 @@ impl Exclusive<'_> {
 impl Control {
     pub fn new(topology: SharedTopology, tls: Arc<Tls>, config_path: Option<PathBuf>) -> Control {
         let (swapped, _) = watch::channel(topology.load().generation);
+        let config = topology.load().config.clone();
+        let patroni = config.patroni().map(|_| Arc::new(PatroniShared::new(&config)));
         Control {
+            patroni,
             topology,
             gate: Arc::default(),
             config_path,
@@ -115,6 +121,11 @@ impl Control {
             board: Board::default(),
             tls,
         }
+    }
+
+    /// The Patroni follower's state, when the members come from Patroni.
+    pub fn patroni(&self) -> Option<&Arc<PatroniShared>> {
+        self.patroni.as_ref()
     }
 
     pub fn config_path(&self) -> Option<&PathBuf> {
@@ -150,13 +161,29 @@ impl Control {
     pub async fn reload(&self) -> Result<SwapOutcome, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let _one_at_a_time = self.apply.lock().await;
-        let config = Config::load(path).map_err(ReloadError::Invalid)?;
+        let mut config = Config::load(path).map_err(ReloadError::Invalid)?;
         // Certificates are read again even when the file did not change: they may have been replaced on disk.
         let tls_errors = self.tls.reload(&config).iter().map(ToString::to_string).collect();
+        if let Some(patroni) = &self.patroni
+            && config.patroni().is_some()
+        {
+            // The file names no members: they are Patroni's, as last seen, around the leader in use.
+            patroni.set_base(&config);
+            let current = self.topology.load().config.leader.clone();
+            if let Some(derived) = patroni.derive(&current) {
+                config = derived;
+            }
+        }
         Ok(SwapOutcome {
             tls_errors,
             ..self.swap(config)
         })
+    }
+
+    /// Installs a config derived from an HA engine's view (the Patroni follower), under the apply lock.
+    pub async fn install(&self, config: Config) -> SwapOutcome {
+        let _one_at_a_time = self.apply.lock().await;
+        self.swap(config)
     }
 
     /// Installs `config` (the caller holds the apply lock): instances kept by name and address keep their
@@ -247,7 +274,8 @@ impl Control {
             _one_at_a_time: guard,
         };
         let topology = self.topology.load_full();
-        if !topology.config.routing.follow_promotions {
+        if !topology.config.routing.follow_promotions || topology.config.patroni().is_some() {
+            // With Patroni, its follower adopts new leaders, once confirmed.
             return;
         }
         if let Some(name) = super::promotion::promoted(&topology) {
@@ -261,13 +289,18 @@ impl Control {
     /// A connection of pgsplit's own to `instance` (keepalives on, every statement bounded by
     /// [`Control::deadline`]), for the changeover's queries.
     pub async fn connect(&self, instance: &Instance) -> Result<Conn, ConnectError> {
+        self.connect_to(&instance.name, &instance.host, instance.port).await
+    }
+
+    /// [`Control::connect`] to a server that need not be part of the topology (a leader Patroni names).
+    pub async fn connect_to(&self, name: &str, host: &str, port: u16) -> Result<Conn, ConnectError> {
         let deadline = self.deadline();
         // The control role's password as the config says now: a reload that changed it applies here.
         let config = self.topology.load().config.clone();
         let login = own_login(&config, "pgsplit-control", deadline);
-        let name = instance.name.to_string();
+        let name = name.to_owned();
         let tls = self.tls.servers();
-        match Conn::open(&login, &instance.host, instance.port, &tls, &config, deadline, &name).await {
+        match Conn::open(&login, host, port, &tls, &config, deadline, &name).await {
             Ok(conn) => Ok(conn),
             Err(crate::tls::postgres::OpenError::Timeout(after)) => {
                 Err(ConnectError::Timeout { instance: name, after })
@@ -298,6 +331,15 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     if old.proxy.workers != new.proxy.workers {
         differ.push("proxy.workers");
         new.proxy.workers = old.proxy.workers;
+    }
+    let from_patroni = |c: &Config| c.patroni().is_some();
+    if from_patroni(old) != from_patroni(new) {
+        // Switching between the file and Patroni would change who names the leader mid-flight.
+        differ.push("topology.source");
+        new.topology = old.topology.clone();
+        new.leader = old.leader.clone();
+        new.follower_pools = old.follower_pools.clone();
+        new.routing.read_pool = old.routing.read_pool.clone();
     }
     differ.into_iter().map(String::from).collect()
 }

@@ -18,6 +18,7 @@ pub mod counters;
 pub mod gate;
 pub mod health;
 pub mod monitor;
+pub mod patroni;
 pub mod progress;
 pub mod promotion;
 pub mod watch;

@@ -11,6 +11,7 @@
 
 pub mod freeze;
 pub mod logs;
+pub mod patroni;
 pub mod process;
 pub mod proxy;
 pub mod raw;

@@ -13,9 +13,17 @@ use std::process::{Child, ChildStdin, Stdio};
 use super::ClusterError;
 use super::host::Toolbox;
 
-/// `$1` = base dir, `$2` = pg_ctl. Instances live at `<base>/<name>/data` (see `LocalCluster`).
+/// `$1` = base dir, `$2` = pg_ctl. Instances live at `<base>/<name>/data` (see `LocalCluster`, `PatroniCluster`).
+/// Programs other than PostgreSQL that a cluster starts (Patroni, etcd) leave their PID in `<base>/<name>/*.pid`:
+/// they are killed first, so none of them restarts a server stopped next. Only a process whose command line names
+/// the base dir is killed, in case the PID was reused.
 const SCRIPT: &str = r#"trap '' INT HUP
 cat >/dev/null
+for f in "$1"/*/*.pid; do
+  [ -f "$f" ] || continue
+  p=$(cat "$f")
+  if grep -qaF "$1" "/proc/$p/cmdline" 2>/dev/null; then kill -9 "$p" 2>/dev/null; fi
+done
 for d in "$1"/*/data; do
   if [ -f "$d/postmaster.pid" ]; then "$2" stop -D "$d" -m immediate -w >/dev/null 2>&1; fi
 done
