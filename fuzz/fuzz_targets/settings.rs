@@ -1,9 +1,11 @@
 //! Fuzz target `settings`: a client's startup parameters through `pool::Settings::from_startup` (libpq's `options`
 //! string above all: `-c name=value`, `--name=value`, backslash escapes), and the statement `Settings::sync_sql`
 //! writes from them for a server connection that carries other settings. That statement is SQL built from client
-//! text, so beyond "no panic": it must be exactly one `SET` or `RESET` per difference as the server's lexer reads it
-//! (with `standard_conforming_strings` on), naming the setting the client named — no value or name may end a string
-//! or a statement early. An error for the client must reach it whole.
+//! text, so beyond "no panic": the server's lexer must read it the same with `standard_conforming_strings` on and
+//! off (a pooled connection may have either), as one `SELECT pg_catalog.set_config(name, value, false), …` that
+//! gives every differing setting the client's exact name and value, then one `RESET` per setting the server has and
+//! the client lacks — no value or name may end a string or a statement early. An error for the client must reach it
+//! whole.
 //!
 //! Input: `name\0value\0` pairs as in a StartupMessage, the client's, then an empty name, then the server
 //! connection's (as its ParameterStatus messages set them). Bytes that are not UTF-8 are replaced.
@@ -16,7 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use pgsplit::pool::Settings;
 use pgsplit::protocol::error::SqlError;
 use pgsplit::protocol::frame::read_cstr;
-use pgsplit::router::{ClientEncoding, FunctionSet, Lexer, StatementKind, statements};
+use pgsplit::router::{ClientEncoding, FunctionSet, Lexer, StatementKind, Token, TokenKind, statements};
 use pgsplit_fuzz::check_error_reaches_peer;
 
 fuzz_target!(|data: &[u8]| {
@@ -42,54 +44,100 @@ fuzz_target!(|data: &[u8]| {
     );
     assert_eq!(client.sync_sql(&client.clone()), None);
 
-    // What must change: every client value the server lacks or has otherwise, every server setting the client lacks.
-    let mut expected: Vec<String> = Vec::new();
-    for (name, value) in client.values() {
-        if server.get(name) != Some(value) {
-            expected.push(name.to_ascii_lowercase());
-        }
-    }
-    for (name, _) in server.values() {
-        if client.get(name).is_none() {
-            expected.push(name.to_ascii_lowercase());
-        }
-    }
+    // What must change: every client value the server lacks or has otherwise (set), every server setting the client
+    // lacks (reset).
+    let set: Vec<(String, &str)> = client
+        .values()
+        .filter(|(name, value)| server.get(name) != Some(value))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value))
+        .collect();
+    let reset: Vec<String> = server
+        .values()
+        .filter(|(name, _)| client.get(name).is_none())
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .collect();
     let Some(sql) = client.sync_sql(&server) else {
-        assert!(expected.is_empty(), "no statement for {expected:?}");
+        assert!(set.is_empty() && reset.is_empty(), "no statement for {set:?} {reset:?}");
         return;
     };
-    assert!(Lexer::new(&sql).all(|token| token.is_ok()), "{sql:?} does not lex");
+    let on: Vec<Token> = Lexer::new(&sql)
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{sql:?} does not lex: {e:?}"));
+    let off: Vec<Token> = Lexer::new(&sql)
+        .standard_conforming_strings(false)
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{sql:?} does not lex with standard_conforming_strings off: {e:?}"));
+    assert_eq!(on, off, "{sql:?} reads otherwise with standard_conforming_strings off");
+
+    let mut tokens = on.as_slice();
+    if !set.is_empty() {
+        tokens = check_set_config(tokens, &set, &sql);
+    }
     let functions = FUNCTIONS.get_or_init(FunctionSet::default);
-    let written: Vec<_> = statements(&sql, functions).collect();
-    assert_eq!(
-        written.len(),
-        expected.len(),
-        "{sql:?} is not one statement per setting: {expected:?}"
-    );
-    for (statement, wanted) in written.iter().zip(&expected) {
-        let text = statement.span.text(&sql);
-        assert!(
-            text.starts_with("SET \"") || text.starts_with("RESET \""),
-            "{text:?} in {sql:?}"
-        );
-        let name = match statement.kind {
-            StatementKind::Set {
-                local: false,
-                name,
-                value: Some(_),
-            } => name,
-            StatementKind::Reset { name } => name,
-            // A name the classifier does not take for a setting (three dotted parts, say): the text is still one
-            // SET or RESET, checked above.
-            _ => continue,
-        };
-        let folded: String = wanted
-            .chars()
-            .filter(|c| !matches!(c, '"' | ' ' | '\t' | '\n' | '\r'))
-            .collect();
-        assert_eq!(name.setting(&sql), folded, "{text:?} in {sql:?}");
+    let rest = tokens.first().map_or("", |token| &sql[token.start..]);
+    let resets: Vec<_> = statements(rest, functions).collect();
+    assert_eq!(resets.len(), reset.len(), "{rest:?} is not one RESET per setting: {reset:?}");
+    for (statement, wanted) in resets.iter().zip(&reset) {
+        let text = statement.span.text(rest);
+        assert!(text.starts_with("RESET \""), "{text:?} in {sql:?}");
+        // A name the classifier does not take for a setting (three dotted parts, say) is still one RESET.
+        if let StatementKind::Reset { name } = statement.kind {
+            let folded: String = wanted
+                .chars()
+                .filter(|c| !matches!(c, '"' | ' ' | '\t' | '\n' | '\r'))
+                .collect();
+            assert_eq!(name.setting(rest), folded, "{text:?} in {sql:?}");
+        }
     }
 });
+
+/// Checks `SELECT pg_catalog.set_config('name', 'value', false), …;` against `set`, in order; returns what follows.
+fn check_set_config<'t, 'a>(tokens: &'t [Token<'a>], set: &[(String, &str)], sql: &str) -> &'t [Token<'a>] {
+    let (select, mut tokens) = tokens.split_first().unwrap_or_else(|| panic!("{sql:?} is empty"));
+    assert!(select.is_keyword("SELECT"), "{sql:?} does not start with SELECT");
+    for (i, (name, value)) in set.iter().enumerate() {
+        let call = tokens.get(..10).unwrap_or_else(|| panic!("{sql:?} ends inside call {i}"));
+        let kinds: Vec<TokenKind> = call.iter().map(|t| t.kind).collect();
+        use TokenKind::*;
+        assert_eq!(
+            kinds,
+            [Word, Dot, Word, LParen, String, Comma, String, Comma, Word, RParen],
+            "call {i} in {sql:?}"
+        );
+        assert!(call[0].is_keyword("pg_catalog") && call[2].is_keyword("set_config") && call[8].is_keyword("false"));
+        assert_eq!(unquote(call[4].text), *name, "the name of call {i} in {sql:?}");
+        assert_eq!(unquote(call[6].text), *value, "the value of call {i} in {sql:?}");
+        tokens = &tokens[10..];
+        let separator = if i + 1 == set.len() { TokenKind::Semicolon } else { TokenKind::Comma };
+        assert_eq!(tokens.first().map(|t| t.kind), Some(separator), "after call {i} in {sql:?}");
+        tokens = &tokens[1..];
+    }
+    tokens
+}
+
+/// The text a string literal stands for: `'…'` with `''`, or `E'…'` with `''` and `\\` (all escape_literal writes).
+fn unquote(literal: &str) -> String {
+    let (escaped, body) = match literal.strip_prefix(['E', 'e']) {
+        Some(rest) => (true, rest),
+        None => (false, literal),
+    };
+    let body = body
+        .strip_prefix('\'')
+        .and_then(|b| b.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("{literal:?} is not a quoted literal"));
+    let mut text = String::new();
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '\\' if c == '\'' || escaped => {
+                assert_eq!(chars.next(), Some(c), "a lone {c:?} in {literal:?}");
+                text.push(c);
+            }
+            c => text.push(c),
+        }
+    }
+    text
+}
 
 static FUNCTIONS: OnceLock<FunctionSet> = OnceLock::new();
 
