@@ -127,6 +127,9 @@ fn harness() -> &'static Harness {
     })
 }
 
+/// The words of pgsplit's login-time query of `pg_settings` (`session::greeting`).
+const LOGIN_QUESTION: &[u8] = b"FROM pg_catalog.pg_settings";
+
 /// The scripted server: logs pgsplit in, then answers each read with the script's next bytes.
 async fn serve(listener: TcpListener) {
     while let Ok((stream, _)) = listener.accept().await {
@@ -153,9 +156,24 @@ async fn speak(mut stream: TcpStream) {
         return;
     }
     loop {
-        match stream.read(&mut buf).await {
+        let n = match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(n) => n,
+        };
+        // pgsplit's own question at a user's first login (the server's defaults for it): answered as a server
+        // would (nothing set), so that every input does not wait out its deadline.
+        if buf[..n].windows(LOGIN_QUESTION.len()).any(|w| w == LOGIN_QUESTION) {
+            let answer = [
+                message(b'T', b"\x00\x01string_agg\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x19\xff\xff\xff\xff\xff\xff\x00\x00"),
+                message(b'D', b"\x00\x01\xff\xff\xff\xff"),
+                message(b'C', b"SELECT 1\x00"),
+                message(b'Z', b"I"),
+            ]
+            .concat();
+            if stream.write_all(&answer).await.is_err() {
+                return;
+            }
+            continue;
         }
         let next = {
             let mut script = SCRIPT.lock().unwrap_or_else(|p| p.into_inner());
