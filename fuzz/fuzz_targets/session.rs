@@ -164,7 +164,10 @@ async fn speak(mut stream: TcpStream) {
         // would (nothing set), so that every input does not wait out its deadline.
         if buf[..n].windows(LOGIN_QUESTION.len()).any(|w| w == LOGIN_QUESTION) {
             let answer = [
-                message(b'T', b"\x00\x01string_agg\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x19\xff\xff\xff\xff\xff\xff\x00\x00"),
+                message(
+                    b'T',
+                    b"\x00\x01string_agg\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x19\xff\xff\xff\xff\xff\xff\x00\x00",
+                ),
                 message(b'D', b"\x00\x01\xff\xff\xff\xff"),
                 message(b'C', b"SELECT 1\x00"),
                 message(b'Z', b"I"),
@@ -212,7 +215,11 @@ async fn run(plan: Plan, port: u16) {
             ClientPart::Raw(bytes) => stream.extend_from_slice(bytes),
         }
     }
-    let chunk = if plan.chunk == 0 { stream.len().max(1) } else { plan.chunk as usize };
+    let chunk = if plan.chunk == 0 {
+        stream.len().max(1)
+    } else {
+        plan.chunk as usize
+    };
     // Reads what comes back meanwhile, so pgsplit is never stuck writing to a client that does not read; once the
     // client has sent everything, it stays until the answers pause (or a moment at most), then leaves — wherever
     // the session is.
@@ -222,7 +229,11 @@ async fn run(plan: Plan, port: u16) {
     let mut pieces = stream.chunks(chunk);
     let until = Instant::now() + Duration::from_millis(100);
     loop {
-        let gap = if sent { Duration::from_millis(5) } else { Duration::from_millis(100) };
+        let gap = if sent {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(100)
+        };
         tokio::select! {
             read = tokio::time::timeout(gap, reader.read(&mut sink)) => match read {
                 Ok(Ok(n)) if n > 0 => {}
@@ -261,7 +272,10 @@ fuzz_target!(|plan: Plan| {
         if stats.total == stats.idle && stats.waiting == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "a pool place was kept after the client left: {stats:?}");
+        assert!(
+            Instant::now() < deadline,
+            "a pool place was kept after the client left: {stats:?}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 });

@@ -76,7 +76,11 @@ fuzz_target!(|data: &[u8]| {
     let functions = FUNCTIONS.get_or_init(FunctionSet::default);
     let rest = tokens.first().map_or("", |token| &sql[token.start..]);
     let resets: Vec<_> = statements(rest, functions).collect();
-    assert_eq!(resets.len(), reset.len(), "{rest:?} is not one RESET per setting: {reset:?}");
+    assert_eq!(
+        resets.len(),
+        reset.len(),
+        "{rest:?} is not one RESET per setting: {reset:?}"
+    );
     for (statement, wanted) in resets.iter().zip(&reset) {
         let text = statement.span.text(rest);
         assert!(text.starts_with("RESET \""), "{text:?} in {sql:?}");
@@ -96,7 +100,9 @@ fn check_set_config<'t, 'a>(tokens: &'t [Token<'a>], set: &[(String, &str)], sql
     let (select, mut tokens) = tokens.split_first().unwrap_or_else(|| panic!("{sql:?} is empty"));
     assert!(select.is_keyword("SELECT"), "{sql:?} does not start with SELECT");
     for (i, (name, value)) in set.iter().enumerate() {
-        let call = tokens.get(..10).unwrap_or_else(|| panic!("{sql:?} ends inside call {i}"));
+        let call = tokens
+            .get(..10)
+            .unwrap_or_else(|| panic!("{sql:?} ends inside call {i}"));
         let kinds: Vec<TokenKind> = call.iter().map(|t| t.kind).collect();
         use TokenKind::*;
         assert_eq!(
@@ -108,8 +114,16 @@ fn check_set_config<'t, 'a>(tokens: &'t [Token<'a>], set: &[(String, &str)], sql
         assert_eq!(unquote(call[4].text), *name, "the name of call {i} in {sql:?}");
         assert_eq!(unquote(call[6].text), *value, "the value of call {i} in {sql:?}");
         tokens = &tokens[10..];
-        let separator = if i + 1 == set.len() { TokenKind::Semicolon } else { TokenKind::Comma };
-        assert_eq!(tokens.first().map(|t| t.kind), Some(separator), "after call {i} in {sql:?}");
+        let separator = if i + 1 == set.len() {
+            TokenKind::Semicolon
+        } else {
+            TokenKind::Comma
+        };
+        assert_eq!(
+            tokens.first().map(|t| t.kind),
+            Some(separator),
+            "after call {i} in {sql:?}"
+        );
         tokens = &tokens[1..];
     }
     tokens
