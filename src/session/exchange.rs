@@ -11,7 +11,7 @@ use bytes::BytesMut;
 
 use super::intent::Intent;
 use super::outflow::Outflow;
-use super::plan::Change;
+use super::plan::{Change, TxUndo};
 use super::replies::{Answer, Refusal, Request, Verdict};
 use super::statements::{Replies, Statements, ToServer, Undo, prepared_statement_limit};
 
@@ -36,6 +36,8 @@ pub struct Exchange {
     /// A Bind in the current batch drops every prepared statement (DISCARD ALL) if the batch succeeds.
     batch_discards: bool,
     tx_status: TxStatus,
+    /// The settings to put back if the open transaction, or a savepoint of it, is rolled back.
+    tx_undo: TxUndo,
     /// A hash of the client's user and database: with its settings, the kind of client a server prepares for.
     owner: u64,
     /// The ParameterDescription of a statement being described, until its RowDescription or NoData.
@@ -87,6 +89,7 @@ impl Exchange {
             batch_changes: Vec::new(),
             batch_discards: false,
             tx_status: TxStatus::Idle,
+            tx_undo: TxUndo::default(),
             owner,
             parameters: None,
         }
@@ -174,6 +177,7 @@ impl Exchange {
         self.batch_changes.clear();
         self.batch_discards = false;
         self.tx_status = TxStatus::Idle;
+        self.tx_undo.ended();
     }
 
     /// Sends the client message `header` (at the scan position of `to.source`) on — renamed, answered by pgsplit,
@@ -268,16 +272,17 @@ impl Exchange {
         let mut ended = None;
         let verdict = self.replies.on_reply(tag, &mut self.undone, &mut ended);
         if tag == b'Z' {
+            let failed = self.tx_status == TxStatus::Failed;
             self.tx_status = body.first().copied().and_then(TxStatus::from_byte).ok_or(BadReply)?;
             if let Some(ended) = ended {
-                for change in &ended.changes {
-                    change.apply(wanted);
-                    change.apply(conn.settings);
-                }
+                self.tx_undo.apply(&ended.changes, failed, wanted, conn.settings);
                 if ended.discards_statements {
                     self.statements.clear();
                     conn.prepared.clear();
                 }
+            }
+            if self.tx_status == TxStatus::Idle {
+                self.tx_undo.ended();
             }
         }
         if !self.undone.is_empty() {

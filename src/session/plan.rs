@@ -6,7 +6,8 @@
 use super::signal::Signal;
 use crate::pool::Settings;
 use crate::router::{
-    Access, Classification, FunctionSet, Isolation, Reason, RouteReason, Span, StatementKind, Wants, statements,
+    Access, Classification, FunctionSet, Isolation, Reason, RouteReason, SavepointOp, Span, StatementKind, Wants,
+    statements,
 };
 
 /// Session facts that follow the client's stream of statements.
@@ -35,6 +36,89 @@ pub enum Change {
     },
     /// `set_config('name', …, false)`: the setting is read back once the unit is over.
     Capture(String),
+    /// A transaction or savepoint begins or ends here, among the unit's setting changes: what a SET changed inside
+    /// a transaction or after a savepoint that is rolled back is undone, as the server undoes it (see [`TxUndo`]).
+    Tx(TxMark),
+}
+
+/// Where a transaction or savepoint begins or ends (savepoint names as the server resolves them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxMark {
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
+}
+
+/// The client's settings (`wanted`) and its server connection's as they were where the open transaction began
+/// and at each of its savepoints, to be put back when the server rolls back to there. SET (not SET LOCAL) inside a
+/// transaction lasts past it only if it commits.
+#[derive(Debug, Default)]
+pub struct TxUndo {
+    /// Innermost last; the first, unnamed, is the transaction's start.
+    saved: Vec<(Option<String>, Settings, Settings)>,
+}
+
+impl TxUndo {
+    /// Applies a finished unit's `changes` in order to the client's settings and its connection's. `failed`: the
+    /// transaction was already failed when the unit began (its COMMIT rolls back).
+    pub fn apply(&mut self, changes: &[Change], mut failed: bool, wanted: &mut Settings, conn: &mut Settings) {
+        for change in changes {
+            let Change::Tx(mark) = change else {
+                change.apply(wanted);
+                change.apply(conn);
+                continue;
+            };
+            match mark {
+                TxMark::Begin if self.saved.is_empty() => {
+                    self.saved.push((None, wanted.clone(), conn.clone()));
+                }
+                // BEGIN inside a transaction is only a warning.
+                TxMark::Begin => {}
+                TxMark::Commit if !failed => self.saved.clear(),
+                TxMark::Commit | TxMark::Rollback => {
+                    if let Some((_, w, c)) = self.saved.drain(..).next() {
+                        (*wanted, *conn) = (w, c);
+                    }
+                }
+                TxMark::Savepoint(name) if !self.saved.is_empty() => {
+                    self.saved.push((Some(name.clone()), wanted.clone(), conn.clone()));
+                }
+                // Outside a transaction block the server refuses it (and the unit fails).
+                TxMark::Savepoint(_) => {}
+                TxMark::Release(name) => {
+                    if let Some(at) = self.savepoint(name) {
+                        self.saved.truncate(at);
+                    }
+                }
+                TxMark::RollbackTo(name) => {
+                    if let Some(at) = self.savepoint(name) {
+                        self.saved.truncate(at + 1);
+                        let (_, w, c) = &self.saved[at];
+                        (*wanted, *conn) = (w.clone(), c.clone());
+                    }
+                }
+            }
+            if matches!(
+                mark,
+                TxMark::Begin | TxMark::Commit | TxMark::Rollback | TxMark::RollbackTo(_)
+            ) {
+                failed = false;
+            }
+        }
+    }
+
+    /// No transaction is open any more (the server said so): nothing is left to undo.
+    pub fn ended(&mut self) {
+        self.saved.clear();
+    }
+
+    /// The innermost savepoint named `name`.
+    fn savepoint(&self, name: &str) -> Option<usize> {
+        self.saved.iter().rposition(|(n, _, _)| n.as_deref() == Some(name))
+    }
 }
 
 impl Change {
@@ -44,7 +128,7 @@ impl Change {
             Change::Reset(name) => settings.reset(name),
             Change::ResetAll => settings.reset_all(),
             // Read from the server after the unit, not known from the text.
-            Change::Unseen { .. } | Change::Capture(_) => {}
+            Change::Unseen { .. } | Change::Capture(_) | Change::Tx(_) => {}
         }
     }
 }
@@ -86,6 +170,7 @@ enum Effect {
     Begin,
     End {
         chain: bool,
+        rollback: bool,
     },
     Pin,
     /// DISCARD ALL: settings reset, pins and prepared statements gone.
@@ -152,7 +237,16 @@ pub fn analyze(sql: &str, functions: &FunctionSet, conforming: bool) -> Analysis
         };
         match kind {
             StatementKind::Begin { .. } => effects.push(Effect::Begin),
-            StatementKind::Commit { chain } | StatementKind::Rollback { chain } => effects.push(Effect::End { chain }),
+            StatementKind::Commit { chain } => effects.push(Effect::End { chain, rollback: false }),
+            StatementKind::Rollback { chain } => effects.push(Effect::End { chain, rollback: true }),
+            StatementKind::Savepoint { op, name } => {
+                let name = identifier(name.text(sql));
+                effects.push(Effect::Change(Change::Tx(match op {
+                    SavepointOp::Define => TxMark::Savepoint(name),
+                    SavepointOp::Release => TxMark::Release(name),
+                    SavepointOp::RollbackTo => TxMark::RollbackTo(name),
+                })));
+            }
             StatementKind::Listen { .. } | StatementKind::CreateTemp => effects.push(Effect::Pin),
             StatementKind::DeclareCursor { with_hold: true, .. } => effects.push(Effect::Pin),
             StatementKind::Set {
@@ -255,8 +349,17 @@ impl Analysis {
         let mut changes = Vec::new();
         for effect in &self.effects {
             match effect {
-                Effect::Begin => state.in_transaction = true,
-                Effect::End { chain } => state.in_transaction = *chain,
+                Effect::Begin => {
+                    state.in_transaction = true;
+                    changes.push(Change::Tx(TxMark::Begin));
+                }
+                Effect::End { chain, rollback } => {
+                    state.in_transaction = *chain;
+                    changes.push(Change::Tx(if *rollback { TxMark::Rollback } else { TxMark::Commit }));
+                    if *chain {
+                        changes.push(Change::Tx(TxMark::Begin));
+                    }
+                }
                 Effect::Pin => state.pinned = true,
                 Effect::DiscardAll => {
                     state.pinned = false;
@@ -520,5 +623,96 @@ mod tests {
         assert_eq!(analysis.prepared, None);
         analysis.plan(&Settings::default(), &mut state);
         assert!(state.pinned);
+    }
+}
+
+#[cfg(test)]
+mod undo_tests {
+    use super::*;
+
+    /// Runs each unit (one query string, assumed to succeed) through `undo`; returns what the client then has of
+    /// `timezone`, and checks the connection agrees.
+    fn after(units: &[&str], failed_before: &[bool]) -> String {
+        let functions = FunctionSet::new::<&str, &str>(&[], &[], []);
+        let (mut wanted, mut conn, mut undo) = (Settings::default(), Settings::default(), TxUndo::default());
+        let mut state = StreamState::default();
+        for (n, sql) in units.iter().enumerate() {
+            let plan = analyze(sql, &functions, true).plan(&wanted, &mut state);
+            let failed = failed_before.get(n).copied().unwrap_or(false);
+            undo.apply(&plan.changes, failed, &mut wanted, &mut conn);
+        }
+        let (w, c) = (wanted.effective("timezone"), conn.effective("timezone"));
+        assert_eq!(w, c, "the connection's settings follow the client's");
+        w.unwrap_or("-").to_owned()
+    }
+
+    #[test]
+    fn a_set_lasts_past_its_transaction_only_if_it_commits() {
+        assert_eq!(after(&["SET timezone = 'UTC'"], &[]), "'UTC'");
+        assert_eq!(after(&["BEGIN; SET timezone = 'UTC'; COMMIT"], &[]), "'UTC'");
+        assert_eq!(after(&["BEGIN; SET timezone = 'UTC'; ROLLBACK"], &[]), "-");
+        assert_eq!(after(&["BEGIN", "SET timezone = 'UTC'", "ROLLBACK"], &[]), "-");
+        assert_eq!(after(&["BEGIN", "SET timezone = 'UTC'", "COMMIT"], &[]), "'UTC'");
+        assert_eq!(
+            after(&["SET timezone = 'UTC'; BEGIN; SET timezone = 'EST'; ABORT"], &[]),
+            "'UTC'"
+        );
+        // COMMIT of a failed transaction rolls back.
+        assert_eq!(
+            after(&["BEGIN", "SET timezone = 'UTC'", "COMMIT"], &[false, false, true]),
+            "-"
+        );
+        assert_eq!(
+            after(
+                &[
+                    "BEGIN",
+                    "SET timezone = 'UTC'",
+                    "ROLLBACK AND CHAIN",
+                    "SET timezone = 'EST'",
+                    "COMMIT"
+                ],
+                &[]
+            ),
+            "'EST'"
+        );
+        assert_eq!(
+            after(
+                &[
+                    "BEGIN",
+                    "SET timezone = 'UTC'",
+                    "COMMIT AND CHAIN",
+                    "SET timezone = 'EST'",
+                    "ROLLBACK"
+                ],
+                &[]
+            ),
+            "'UTC'"
+        );
+    }
+
+    #[test]
+    fn rolling_back_to_a_savepoint_undoes_what_was_set_after_it() {
+        let units = [
+            "BEGIN; SET timezone = 'UTC'; SAVEPOINT a; SET timezone = 'EST'; SAVEPOINT \"B\"; SET timezone = 'PST8PDT'",
+        ];
+        let then = |rest: &[&str]| after(&[units.as_slice(), rest].concat(), &[]);
+        assert_eq!(then(&["ROLLBACK TO a", "COMMIT"]), "'UTC'");
+        assert_eq!(then(&["ROLLBACK TO SAVEPOINT \"B\"", "COMMIT"]), "'EST'");
+        assert_eq!(then(&["ROLLBACK TO b", "COMMIT"]), "'PST8PDT'", "b is not \"B\"");
+        assert_eq!(
+            then(&["RELEASE a", "ROLLBACK TO \"B\"", "COMMIT"]),
+            "'PST8PDT'",
+            "released with a"
+        );
+        assert_eq!(
+            then(&["ROLLBACK TO a; SET timezone = 'CET'; ROLLBACK TO a", "COMMIT"]),
+            "'UTC'"
+        );
+        assert_eq!(then(&["ROLLBACK TO a", "ROLLBACK"]), "-");
+        // Rolling back to a savepoint recovers a failed transaction: its COMMIT commits.
+        assert_eq!(
+            after(&[units[0], "ROLLBACK TO a", "COMMIT"], &[false, true, false]),
+            "'UTC'"
+        );
     }
 }

@@ -257,3 +257,117 @@ async fn value_of_route(client: &mut tokio::net::TcpStream) -> String {
         .trim_start_matches("instance=")
         .to_owned()
 }
+
+/// Every row's first column that `sql` (simple protocol, one or more statements) returns, in order.
+async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a read-only transaction shows of the read-only settings: as one query, and statement by statement as
+/// drivers send them (psycopg's `read_only=True`).
+async fn read_only_view(client: &tokio_postgres::Client) -> Vec<String> {
+    let mut seen = rows(
+        client,
+        "BEGIN READ ONLY; SHOW default_transaction_read_only; SHOW transaction_read_only; COMMIT",
+    )
+    .await;
+    client.batch_execute("BEGIN READ ONLY").await.unwrap();
+    seen.push(value(client, "SHOW default_transaction_read_only").await);
+    seen.push(value(client, "SHOW transaction_read_only").await);
+    client.batch_execute("COMMIT").await.unwrap();
+    seen
+}
+
+/// `SHOW default_transaction_read_only` inside a read-only transaction answers what the leader answers (a standby
+/// answers the same): for a client alone, for one whose server connections another client left with
+/// `default_transaction_read_only = on` (one leader connection, one follower connection: both are shared), and
+/// for a client whose own SET of it was rolled back — with its transaction, or to a savepoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_transaction_read_only_in_a_read_only_transaction_is_the_leaders() {
+    let c = cluster();
+    let direct = crate::support::proxy::connect_direct(c, c.leader()).await;
+    let expected = read_only_view(&direct).await;
+    let standby = crate::support::proxy::connect_direct(c, &c.followers()[0]).await;
+    assert_eq!(
+        read_only_view(&standby).await,
+        expected,
+        "a standby answers as the leader"
+    );
+    let p = routed(c, |config| {
+        config.routing.read_your_writes = false;
+        config.leader.max_connections = 1;
+        config.follower_pools[0].instances.truncate(1);
+        config.follower_pools[0].max_connections_per_instance = 1;
+    })
+    .await;
+    let b = p.connect().await;
+    assert_eq!(read_only_view(&b).await, expected, "a client alone");
+
+    let a = p.connect().await;
+    a.batch_execute("SET default_transaction_read_only = on").await.unwrap();
+    assert_eq!(read_only_view(&a).await[0], "on", "the client that set it sees it");
+    assert_eq!(value(&a, "SHOW transaction_read_only").await, "on");
+    assert_eq!(value(&a, "SELECT count(*) FROM pg_class WHERE false").await, "0");
+    assert_eq!(
+        read_only_view(&b).await,
+        expected,
+        "after another client's SET, that client idle"
+    );
+    drop(a);
+    assert_eq!(read_only_view(&b).await, expected, "after that client left");
+
+    // psycopg's way: set_config with the name as a parameter, in a transaction it commits.
+    let a = p.connect().await;
+    a.batch_execute("BEGIN").await.unwrap();
+    a.query(
+        "SELECT set_config($1, $2, false)",
+        &[&"default_transaction_read_only", &"on"],
+    )
+    .await
+    .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(read_only_view(&a).await[0], "on", "the client that set it sees it");
+    assert_eq!(read_only_view(&b).await, expected, "after another client's set_config");
+    drop(a);
+    assert_eq!(read_only_view(&b).await, expected, "after that client left");
+
+    // A SET in a transaction that is rolled back is undone, on the same client's later units too.
+    let a = p.connect().await;
+    a.batch_execute("BEGIN; SET default_transaction_read_only = on; ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(read_only_view(&a).await, expected, "a SET rolled back in one query");
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("SET default_transaction_read_only = on").await.unwrap();
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        read_only_view(&a).await,
+        expected,
+        "a SET rolled back statement by statement"
+    );
+    for statement in [
+        "BEGIN",
+        "SAVEPOINT s",
+        "SET default_transaction_read_only = on",
+        "ROLLBACK TO SAVEPOINT s",
+        "COMMIT",
+    ] {
+        a.batch_execute(statement).await.unwrap();
+    }
+    assert_eq!(read_only_view(&a).await, expected, "a SET rolled back to a savepoint");
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("SET default_transaction_read_only = on").await.unwrap();
+    a.simple_query("SELECT 1/0").await.expect_err("division by zero");
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(read_only_view(&a).await, expected, "a SET in a transaction that failed");
+    assert_eq!(read_only_view(&b).await, expected, "nor does it reach another client");
+    drop((a, b));
+    p.stop().await;
+}

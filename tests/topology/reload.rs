@@ -1,5 +1,6 @@
 //! Reloading proxy.toml while clients run: nobody is dropped, kept instances keep their connections, new weights
-//! apply at once, an invalid file changes nothing, a removed follower drains.
+//! apply at once, an invalid file changes nothing, a removed follower drains, a removed pool's endpoint
+//! answers 57P03.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -195,6 +196,85 @@ async fn a_pool_added_by_reload_serves_its_first_reads() {
             .unwrap_or_else(|e| panic!("read {n} on the new pool's endpoint: {e}"));
         assert_eq!(port.get::<_, i32>(0), i32::from(follower.port));
     }
+    drop(client);
+    p.stop().await;
+}
+
+/// The total of units `instance` was routed, whatever the reason.
+fn routed_total(instance: &Instance) -> u64 {
+    instance.routed().iter().map(|(_, n)| *n).sum()
+}
+
+/// A reload removes a follower pool with its own endpoint while a client is connected through it: that client's
+/// reads and writes each get 57P03, and nothing it sends reaches the leader (no `NoReadPool` fallback there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_pools_endpoint_answers_57p03_and_never_reaches_the_leader() {
+    let c = cluster();
+    let follower = &c.followers()[0];
+    let pool = format!(
+        "\n[[follower_pools]]\nname = \"reporting\"\nlisten = \"127.0.0.1:0\"\n\
+         instances = [ {{ name = \"rep1\", host = \"127.0.0.1\", port = {} }} ]\n",
+        follower.port
+    );
+    let dir = ConfigDir::new(&config_text(c, &[1, 1], &pool));
+    let p = TestProxy::start_from_file(&dir.path(), c).await;
+    let topology = p.proxy.context().topology.clone();
+    all_usable(&topology, &["f1", "f2", "rep1"]).await;
+    let addr = p.proxy.pool_addr("reporting").expect("the pool's endpoint is open");
+    let url = format!("host=127.0.0.1 port={} user=app password=app dbname=app", addr.port());
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let port = client.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+    assert_eq!(port.get::<_, i32>(0), i32::from(follower.port), "served by its pool");
+
+    dir.write(&config_text(c, &[1, 1], ""));
+    eventually("the pool removed", || {
+        instance(&topology, "rep1")
+            .is_none()
+            .then_some(())
+            .ok_or("still there".into())
+    })
+    .await;
+    let leader = topology.load().leader.clone();
+    let on_leader = routed_total(&leader);
+
+    let table = format!("removed_pool_{}", std::process::id());
+    let units = [
+        "SELECT 1".to_owned(),
+        format!("CREATE TABLE {table} (id int)"),
+        format!("BEGIN; CREATE TABLE {table} (id int); INSERT INTO {table} VALUES (1); COMMIT"),
+    ];
+    for sql in &units {
+        let error = client
+            .simple_query(sql)
+            .await
+            .expect_err(&format!("{sql}: refused on a removed pool's endpoint"));
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
+            "{sql}: {error}"
+        );
+    }
+    let error = client
+        .execute(&format!("INSERT INTO {table} VALUES ($1)"), &[&1i32])
+        .await
+        .expect_err("an extended-protocol write is refused too");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
+        "{error}"
+    );
+    assert_eq!(
+        routed_total(&leader),
+        on_leader,
+        "no unit of that client was routed to the leader"
+    );
+    let exists = crate::support::psql(
+        c,
+        c.leader(),
+        &format!("SELECT to_regclass('public.{table}') IS NOT NULL"),
+    );
+    assert_eq!(exists, "f", "nothing reached the leader");
     drop(client);
     p.stop().await;
 }
