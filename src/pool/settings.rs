@@ -29,6 +29,17 @@ pub struct Settings {
     /// A server connection's settings may hold what nobody recorded (a function set them): the next client's
     /// settings are applied after resetting them all.
     unknown: bool,
+    /// What routing asks of these settings for every unit, worked out whenever they change.
+    routing: Routing,
+}
+
+/// The settings in effect that decide where a session's units may run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Routing {
+    /// `default_transaction_isolation` is serializable: a standby refuses such transactions.
+    serializable: bool,
+    /// `default_transaction_read_only` is on.
+    read_only: bool,
 }
 
 /// Two sets of settings are the same when their values are (the defaults are the server's, on every connection),
@@ -97,10 +108,12 @@ impl Settings {
 
     pub fn reset(&mut self, name: &str) {
         self.values.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.refresh_routing();
     }
 
     pub fn reset_all(&mut self) {
         self.values.clear();
+        self.refresh_routing();
     }
 
     /// These settings (a server connection's) may hold what nobody recorded: forget what is recorded, and reset all
@@ -108,6 +121,7 @@ impl Settings {
     pub fn mark_unknown(&mut self) {
         self.values.clear();
         self.unknown = true;
+        self.refresh_routing();
     }
 
     /// Whether no setting is set (defaults aside).
@@ -123,11 +137,36 @@ impl Settings {
             Some(slot) => slot.1 = value,
             None => self.values.push((name.to_owned(), value)),
         }
+        self.refresh_routing();
     }
 
     /// Records what the server gives this login for settings it does not set (role and database defaults).
     pub fn set_defaults(&mut self, defaults: std::sync::Arc<Vec<(String, String)>>) {
         self.defaults = defaults;
+        self.refresh_routing();
+    }
+
+    /// Whether the session's transactions are serializable unless it says otherwise (as set, else by the server's
+    /// default).
+    pub fn serializable_by_default(&self) -> bool {
+        self.routing.serializable
+    }
+
+    /// Whether the session's transactions are read-only unless it says otherwise (as set, else by the server's
+    /// default).
+    pub fn read_only_by_default(&self) -> bool {
+        self.routing.read_only
+    }
+
+    /// Works out [`Routing`] again after a change, so that planning a unit reads two booleans instead of searching
+    /// and folding strings.
+    fn refresh_routing(&mut self) {
+        self.routing = Routing {
+            serializable: self
+                .effective("default_transaction_isolation")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("serializable")),
+            read_only: self.is_on("default_transaction_read_only"),
+        };
     }
 
     /// The value in effect: the one set, else the server's default for this login, if known.
@@ -382,11 +421,19 @@ mod tests {
         assert!(client.is_on("default_transaction_read_only"));
         assert_eq!(client, Settings::default());
         assert_eq!(client.sync_sql(&Settings::default()), None);
+        assert!(client.serializable_by_default() && client.read_only_by_default());
         client.set("default_transaction_read_only", "off");
         assert!(
             !client.is_on("default_transaction_read_only"),
             "what the client sets wins"
         );
+        assert!(!client.read_only_by_default());
+        client.set_sql("DEFAULT_TRANSACTION_ISOLATION", "'read committed'");
+        assert!(!client.serializable_by_default());
+        client.reset("default_transaction_isolation");
+        assert!(client.serializable_by_default(), "the server's default again");
+        client.reset_all();
+        assert!(client.serializable_by_default() && client.read_only_by_default());
     }
 
     #[test]

@@ -330,7 +330,7 @@ impl Analysis {
             Wants::Leader(RouteReason::Pinned)
         } else if self.known_write {
             Wants::Leader(RouteReason::KnownWrite)
-        } else if serializable_session(settings) {
+        } else if settings.serializable_by_default() {
             Wants::Leader(RouteReason::Write(Reason::Serializable))
         } else if self.summary.access == Access::Read {
             Wants::Follower(if self.first_is_begin {
@@ -340,7 +340,7 @@ impl Analysis {
             })
         } else if self.summary.statements > 0
             && self.writes_are_plain_begins
-            && settings.is_on("default_transaction_read_only")
+            && settings.read_only_by_default()
         {
             Wants::Follower(RouteReason::ReadOnlyTransaction)
         } else {
@@ -455,12 +455,6 @@ fn identifier(text: &str) -> String {
 }
 
 /// A standby refuses serializable transactions, so a session defaulting to them reads on the leader.
-fn serializable_session(settings: &Settings) -> bool {
-    settings
-        .effective("default_transaction_isolation")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("serializable"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
