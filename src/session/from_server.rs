@@ -10,6 +10,7 @@ use super::relay::{Relay, SessionEnd};
 /// of one in memory. The ones pgsplit reads (ReadyForQuery, ParameterStatus, its own queries' rows, an error's
 /// SQLSTATE) are far smaller.
 const MAX_INSPECTED: usize = 64 * 1024;
+use super::cut::{self, TransactionCut};
 use super::exchange::ConnState;
 use super::replies::Verdict;
 use crate::protocol::error::SqlError;
@@ -27,6 +28,7 @@ impl Relay {
 
     fn relay_server_messages(&mut self) -> Result<(), SessionEnd> {
         let client_pid = self.attachment.client_key().pid;
+        let may_cut = self.may_cut();
         let Some(attached) = self.attachment.attached_mut() else {
             return Ok(());
         };
@@ -78,6 +80,15 @@ impl Relay {
                 // Small by the protocol's own rules: a server that sends one this large is not a server.
                 let error = format!("message '{}' of {} bytes", header.tag as char, header.body_len);
                 return Err(SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, error)));
+            }
+            let in_transaction = self.stream.in_transaction || self.exchange.tx_status() != TxStatus::Idle;
+            let dying = whole && header.tag == b'E' && may_cut && in_transaction && !self.retry.armed();
+            if let Some(said) = dying.then(|| cut::fatal_message(body)).flatten() {
+                // The server is ending the session inside the client's transaction: the client gets the cut
+                // transaction's error instead, once the connection has ended (`cut`).
+                self.to_client.skip(&mut server.buf, header.frame_len());
+                self.cut = TransactionCut::Dying(said).boxed();
+                continue;
             }
             self.retry.observe(header.tag, body);
             if probing && header.tag == b'D' {

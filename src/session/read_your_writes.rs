@@ -109,6 +109,11 @@ impl Relay {
             // A unit the leader never answered: it runs again (see `retry`).
             return self.rerun_cut();
         }
+        if self.cuttable() {
+            // Inside the client's transaction: it gets an error and its session goes on (see `cut`).
+            // Boxed: rare, and its state would otherwise weigh on every session's task.
+            return Box::pin(self.cut_transaction()).await;
+        }
         if !self.exchange.only_probe() || !self.to_server.is_empty() || !self.client_framer.at_boundary() {
             return Err(self.attachment.lose());
         }

@@ -21,6 +21,7 @@ use bytes::{Buf, BytesMut};
 
 use super::analyses::TextRules;
 use super::cancel::CancelSlot;
+use super::cut::TransactionCut;
 use super::exchange::{Exchange, Outbound};
 use super::floor::ReadFloor;
 use super::hidden::HiddenCheck;
@@ -115,6 +116,8 @@ pub struct Relay {
     pub(super) moves: TransactionMove,
     /// The check owed after a unit that may have changed session state unseen.
     pub(super) hidden: HiddenCheck,
+    /// A transaction the server connection took with it (`cut`).
+    pub(super) cut: Option<Box<TransactionCut>>,
 }
 
 /// Why client messages wait before being scanned.
@@ -178,6 +181,7 @@ impl Relay {
             local_statements: LocalStatements::default(),
             moves: TransactionMove::default(),
             hidden: HiddenCheck::default(),
+            cut: None,
         }
     }
 
@@ -298,6 +302,11 @@ impl Relay {
                     "invalid frontend message type {other}"
                 ))));
             }
+        }
+        if self.cut.as_ref().is_some_and(|cut| cut.answers()) && !self.attachment.is_attached() {
+            // The client's transaction was cut with its connection: answered here until the block ends.
+            // Boxed: rare, and its state would otherwise weigh on every session's task.
+            return Box::pin(self.answer_cut(header)).await;
         }
         if matches!(header.tag, b'Q' | b'P') {
             self.planner

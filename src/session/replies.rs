@@ -200,6 +200,21 @@ impl<U> Replies<U> {
         self.queue.len() == 1 && self.probing()
     }
 
+    /// The server connection is gone with these requests unanswered: their undos go to `undone`, and nothing is
+    /// owed any more. Returns how many ReadyForQuery the client itself was owed (its Queries and Syncs).
+    pub fn abandon(&mut self, undone: &mut Vec<U>) -> usize {
+        let mut client_syncs = 0;
+        for expected in self.queue.drain(..) {
+            let clients = !matches!(expected.answer, Answer::Hidden | Answer::Probe | Answer::Check);
+            if expected.request == Request::Sync && clients {
+                client_syncs += 1;
+            }
+            undone.extend(expected.undo);
+        }
+        self.copy_in = false;
+        client_syncs
+    }
+
     /// The tag of a reply pgsplit makes up now, if the head of the queue is one (call until `None`). Always
     /// inlined: it runs after every reply, almost always finds a request the server answers, and a call costs more
     /// than that answer (callgrind: about 40 instructions a reply when it was not inlined).
