@@ -140,8 +140,11 @@ async fn an_immediate_switchover_reruns_autocommit_writes_and_cuts_open_transact
     let (watcher, connection) = tokio_postgres::connect(&cluster.app_url(&new), NoTls).await.unwrap();
     tokio::spawn(connection);
     let asked = Instant::now();
-    let (code, answer) = cluster.switchover(&old, &old.name, &new.name, None).unwrap();
-    assert_eq!(code, 200, "Patroni switches over at once: {answer}");
+    // Patroni answers once the switchover is done: asked from a blocking thread while the candidate is watched.
+    let switchover = {
+        let (old, new) = (old.clone(), new.clone());
+        tokio::task::spawn_blocking(move || cluster.switchover(&old, &old.name, &new.name, None))
+    };
     // The moment the candidate is writable, seen directly (every 10 ms).
     let writable = loop {
         assert!(asked.elapsed() < DEADLINE, "{} was not promoted", new.name);
@@ -152,6 +155,8 @@ async fn an_immediate_switchover_reruns_autocommit_writes_and_cuts_open_transact
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let (code, answer) = switchover.await.unwrap().unwrap();
+    assert_eq!(code, 200, "Patroni switches over at once: {answer}");
 
     // The transaction inside a statement: one error, at once.
     let cut = tokio::time::timeout(DEADLINE, sleeping).await.unwrap().unwrap();
@@ -188,15 +193,29 @@ async fn an_immediate_switchover_reruns_autocommit_writes_and_cuts_open_transact
 
     p.wait_following(cluster).await;
     let new_port = new.port.to_string();
-    until("writes go on on the new leader", || {
-        let w = writes.lock().unwrap();
-        w.acks
-            .iter()
-            .filter(|(_, _, port)| port.as_deref() == Some(&new_port))
-            .count()
-            >= 20
-    })
-    .await;
+    let started = Instant::now();
+    loop {
+        {
+            let w = writes.lock().unwrap();
+            let on_new = w
+                .acks
+                .iter()
+                .filter(|(_, _, port)| port.as_deref() == Some(&new_port))
+                .count();
+            if on_new >= 20 {
+                break;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "writes go on on the new leader: {on_new} acknowledged there; errors {:?}; last {:?}; writer done: \
+                 {}",
+                w.errors,
+                w.acks.last(),
+                writer.is_finished()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     tokio::time::timeout(DEADLINE, writer).await.unwrap().unwrap();
     tokio::time::timeout(DEADLINE, reader).await.unwrap().unwrap();
@@ -217,12 +236,9 @@ async fn an_immediate_switchover_reruns_autocommit_writes_and_cuts_open_transact
         assert_eq!(port.as_deref(), Some(&*new_port), "write {id} after the change");
     }
     let resumed = writes.acks[first_new].0;
-    let pause = writes
-        .acks
-        .windows(2)
-        .map(|w| w[1].0 - w[0].0)
-        .max()
-        .unwrap_or_default();
+    // The write pause: the last acknowledgement from the old leader to the first from the new one.
+    let last_old = writes.acks[first_new.checked_sub(1).expect("writes ran on the old leader")].0;
+    let pause = resumed - last_old;
     let rows = cluster
         .psql(
             &new,
@@ -244,11 +260,13 @@ async fn an_immediate_switchover_reruns_autocommit_writes_and_cuts_open_transact
         .chain([(-4, new_port.clone()), (-5, new_port.clone())])
         .collect();
     println!(
-        "immediate switchover {} -> {}: {} writable {:.2} s after the request; writes resumed {:.2} s after \
-         that; longest write pause {:.2} s; writer: {} ok, errors {:?}; reader: {} ok, errors {:?}; cut \
-         transactions: 1 error each ({cut} / {next})",
+        "immediate switchover {} -> {}: last write on {} acknowledged {:.2} s after the request, {} writable \
+         {:.2} s after the request, first write on it acknowledged {:.2} s after that: write pause {:.2} s; \
+         writer: {} ok, errors {:?}; reader: {} ok, errors {:?}; cut transactions: 1 error each ({cut} / {next})",
         old.name,
         new.name,
+        old.name,
+        last_old.saturating_duration_since(asked).as_secs_f64(),
         new.name,
         (writable - asked).as_secs_f64(),
         resumed.saturating_duration_since(writable).as_secs_f64(),
