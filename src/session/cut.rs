@@ -26,7 +26,7 @@ use super::plan::StreamState;
 use super::relay::{Relay, SessionEnd};
 use super::server::Attached;
 use crate::config::PoolMode;
-use crate::context::Endpoint;
+use crate::context::{Endpoint, SessionContext};
 use crate::pool::prepared::Definition;
 use crate::protocol::error::{Severity, SqlError};
 use crate::protocol::extended;
@@ -89,10 +89,12 @@ impl Relay {
     /// The session may survive the loss of its server connection: the main endpoint under an HA engine, in
     /// transaction mode, not pinned.
     pub(super) fn may_cut(&self) -> bool {
-        *self.attachment.endpoint() == Endpoint::Main
-            && self.attachment.pool_mode() == PoolMode::Transaction
-            && !self.stream.pinned
-            && self.ctx.topology.load().config.patroni().is_some()
+        self.cut_endpoint() && !self.stream.pinned && follows_ha_engine(&self.ctx)
+    }
+
+    /// The main endpoint in transaction mode (the cheap half of `may_cut`).
+    pub(super) fn cut_endpoint(&self) -> bool {
+        *self.attachment.endpoint() == Endpoint::Main && self.attachment.pool_mode() == PoolMode::Transaction
     }
 
     /// The server connection ended inside the client's transaction, between whole messages: it is cut.
@@ -289,6 +291,11 @@ impl Ending {
         }
         true
     }
+}
+
+/// An HA engine names the leader (read only when a server's error or end calls for it: it loads the topology).
+pub fn follows_ha_engine(ctx: &SessionContext) -> bool {
+    ctx.topology.load().config.patroni().is_some()
 }
 
 /// The message of a server's ErrorResponse (`body`) that ends its session (FATAL or PANIC).

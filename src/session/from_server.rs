@@ -28,7 +28,7 @@ impl Relay {
 
     fn relay_server_messages(&mut self) -> Result<(), SessionEnd> {
         let client_pid = self.attachment.client_key().pid;
-        let may_cut = self.may_cut();
+        let cut_endpoint = self.cut_endpoint();
         let Some(attached) = self.attachment.attached_mut() else {
             return Ok(());
         };
@@ -81,9 +81,15 @@ impl Relay {
                 let error = format!("message '{}' of {} bytes", header.tag as char, header.body_len);
                 return Err(SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, error)));
             }
-            let in_transaction = self.stream.in_transaction || self.exchange.tx_status() != TxStatus::Idle;
-            let dying = whole && header.tag == b'E' && may_cut && in_transaction && !self.retry.armed();
-            if let Some(said) = dying.then(|| cut::fatal_message(body)).flatten() {
+            let dying = whole
+                && header.tag == b'E'
+                && cut_endpoint
+                && !self.stream.pinned
+                && (self.stream.in_transaction || self.exchange.tx_status() != TxStatus::Idle)
+                && !self.retry.armed();
+            if let Some(said) = dying.then(|| cut::fatal_message(body)).flatten()
+                && cut::follows_ha_engine(&self.ctx)
+            {
                 // The server is ending the session inside the client's transaction: the client gets the cut
                 // transaction's error instead, once the connection has ended (`cut`).
                 self.to_client.skip(&mut server.buf, header.frame_len());

@@ -356,6 +356,25 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_gone_owes_the_client_its_own_ready_for_query_and_takes_back_the_rest() {
+        let mut replies = Replies::<Undo>::default();
+        replies.push(Expected::new(Request::Parse, Answer::Server).undo("s1"));
+        replies.push(Expected::new(Request::Bind, Answer::Server));
+        replies.push(Expected::ready(Vec::new()));
+        replies.push(Expected::new(Request::Sync, Answer::Hidden));
+        replies.push(Expected::ready(Vec::new()));
+        replies.push(Expected::probe());
+        let mut undone = Vec::new();
+        assert_eq!(
+            replies.abandon(&mut undone),
+            2,
+            "the client's Query and Sync, not pgsplit's own"
+        );
+        assert_eq!(undone, ["s1"]);
+        assert!(replies.is_empty());
+    }
+
+    #[test]
     fn a_made_answer_at_the_head_comes_at_once() {
         let mut replies = Replies::<Undo>::default();
         replies.push(Expected::new(Request::Close, Answer::Made));
