@@ -81,22 +81,30 @@ impl Relay {
                 let error = format!("message '{}' of {} bytes", header.tag as char, header.body_len);
                 return Err(SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, error)));
             }
+            let in_transaction = self.stream.in_transaction || self.exchange.tx_status() != TxStatus::Idle;
             let dying = whole
                 && header.tag == b'E'
                 && cut_endpoint
                 && !self.stream.pinned
-                && (self.stream.in_transaction || self.exchange.tx_status() != TxStatus::Idle)
+                && (in_transaction || self.exchange.nothing_owed())
                 && !self.retry.armed();
             if let Some(said) = dying.then(|| cut::fatal_message(body)).flatten()
                 && cut::follows_ha_engine(&self.ctx)
             {
-                // The server is ending the session inside the client's transaction: the client gets the cut
-                // transaction's error instead, once the connection has ended (`cut`).
+                // The server is ending the session: inside the client's transaction, the client gets the cut
+                // transaction's error instead, once the connection has ended (`cut`); with nothing owed (it ended
+                // the session just after answering, a leader going away), a client would take the unsolicited
+                // FATAL for the end of its own connection.
                 self.to_client.skip(&mut server.buf, header.frame_len());
-                self.cut = TransactionCut::Dying(said).boxed();
+                if in_transaction {
+                    self.cut = TransactionCut::Dying(said).boxed();
+                }
                 continue;
             }
-            self.retry.observe(header.tag, body);
+            if !probing && !checking {
+                // pgsplit's own query's replies say nothing of the client's unit armed behind it.
+                self.retry.observe(header.tag, body);
+            }
             if probing && header.tag == b'D' {
                 self.probe.row(body);
             }

@@ -368,6 +368,10 @@ impl Relay {
             return Ok(());
         } else if self.move_to_leader(header, &intent) {
             return Ok(());
+        } else if self.at_unit_boundary() && self.exchange.only_probe() {
+            // A unit behind the probe of the last commit's position, on the same leader connection: armed as on a
+            // fresh one, should the leader go before answering it.
+            self.arm_retry(header, &intent);
         }
         if matches!(header.tag, b'Q' | b'B' | b'F')
             && !self.attachment.on_follower()
