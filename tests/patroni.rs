@@ -15,3 +15,5 @@ mod promote;
 mod read_your_writes;
 #[path = "patroni/switchover.rs"]
 mod switchover;
+#[path = "patroni/switchover_immediate.rs"]
+mod switchover_immediate;

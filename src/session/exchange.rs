@@ -180,6 +180,20 @@ impl Exchange {
         self.tx_undo.ended();
     }
 
+    /// The server connection is gone in the middle of the client's transaction, which the client is told of
+    /// (`cut`): what the unanswered requests did is taken back (a Parse never answered prepared nothing), nothing
+    /// is owed, no batch or transaction is open. Returns how many ReadyForQuery the client was owed, and whether
+    /// its extended-protocol batch was open (its Sync still to come).
+    pub fn cut(&mut self) -> (usize, bool) {
+        let owed = self.replies.abandon(&mut self.undone);
+        for undo in self.undone.drain(..) {
+            self.statements.undo(undo, None);
+        }
+        let open = self.batch_open;
+        self.connection_gone();
+        (owed, open)
+    }
+
     /// Sends the client message `header` (at the scan position of `to.source`) on — renamed, answered by pgsplit,
     /// or as it is — and enters what the server owes for it. `table` names the statements clients prepare.
     pub fn forward(&mut self, header: Header, intent: Intent, to: Outbound<'_>, table: &StatementTable) {

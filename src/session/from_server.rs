@@ -10,6 +10,7 @@ use super::relay::{Relay, SessionEnd};
 /// of one in memory. The ones pgsplit reads (ReadyForQuery, ParameterStatus, its own queries' rows, an error's
 /// SQLSTATE) are far smaller.
 const MAX_INSPECTED: usize = 64 * 1024;
+use super::cut::{self, TransactionCut};
 use super::exchange::ConnState;
 use super::replies::Verdict;
 use crate::protocol::error::SqlError;
@@ -27,6 +28,7 @@ impl Relay {
 
     fn relay_server_messages(&mut self) -> Result<(), SessionEnd> {
         let client_pid = self.attachment.client_key().pid;
+        let cut_endpoint = self.cut_endpoint();
         let Some(attached) = self.attachment.attached_mut() else {
             return Ok(());
         };
@@ -79,7 +81,30 @@ impl Relay {
                 let error = format!("message '{}' of {} bytes", header.tag as char, header.body_len);
                 return Err(SessionEnd::Fatal(SqlError::server_unavailable(&instance.name, error)));
             }
-            self.retry.observe(header.tag, body);
+            let in_transaction = self.stream.in_transaction || self.exchange.tx_status() != TxStatus::Idle;
+            let dying = whole
+                && header.tag == b'E'
+                && cut_endpoint
+                && !self.stream.pinned
+                && (in_transaction || self.exchange.nothing_owed())
+                && !self.retry.armed();
+            if let Some(said) = dying.then(|| cut::fatal_message(body)).flatten()
+                && cut::follows_ha_engine(&self.ctx)
+            {
+                // The server is ending the session: inside the client's transaction, the client gets the cut
+                // transaction's error instead, once the connection has ended (`cut`); with nothing owed (it ended
+                // the session just after answering, a leader going away), a client would take the unsolicited
+                // FATAL for the end of its own connection.
+                self.to_client.skip(&mut server.buf, header.frame_len());
+                if in_transaction {
+                    self.cut = TransactionCut::Dying(said).boxed();
+                }
+                continue;
+            }
+            if !probing && !checking {
+                // pgsplit's own query's replies say nothing of the client's unit armed behind it.
+                self.retry.observe(header.tag, body);
+            }
             if probing && header.tag == b'D' {
                 self.probe.row(body);
             }

@@ -6,6 +6,7 @@
 pub mod admission;
 mod analyses;
 pub mod cancel;
+pub mod cut;
 mod exchange;
 pub mod floor;
 mod from_server;

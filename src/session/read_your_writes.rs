@@ -103,13 +103,22 @@ impl Relay {
 
     /// The server connection failed. The session ends — unless all the server still owed was the probe: the
     /// client has every answer it asked for, so the connection is dropped, the commit's position is marked
-    /// unknown (reads go to the leader until it is known), and the session goes on.
+    /// unknown (reads go to the leader until it is known), and the session goes on. Under an HA engine the same
+    /// holds for a connection that owed nothing at all, outside a transaction (its server ended the session just
+    /// after answering: `cut`).
     pub(super) async fn server_lost(&mut self) -> Result<(), SessionEnd> {
         if self.retry.cut() {
             // A unit the leader never answered: it runs again (see `retry`).
             return self.rerun_cut();
         }
-        if !self.exchange.only_probe() || !self.to_server.is_empty() || !self.client_framer.at_boundary() {
+        if self.cuttable() {
+            // Inside the client's transaction: it gets an error and its session goes on (see `cut`).
+            // Boxed: rare, and its state would otherwise weigh on every session's task.
+            return Box::pin(self.cut_transaction()).await;
+        }
+        let probe = self.exchange.only_probe();
+        let answered = self.exchange.nothing_owed() && self.attachment.server_at_boundary() && self.may_cut();
+        if !(probe || answered) || !self.to_server.is_empty() || !self.client_framer.at_boundary() {
             return Err(self.attachment.lose());
         }
         let Some(Attached { mut conn, instance, .. }) = self.attachment.take() else {
@@ -118,7 +127,9 @@ impl Relay {
         let owed: BytesMut = self.to_client.take(&mut conn.buf);
         drop(conn);
         self.exchange.forget_probe();
-        self.floor.commit_unknown();
+        if probe {
+            self.floor.commit_unknown();
+        }
         tracing::info!(
             instance = %instance.name,
             "server connection lost after the client's commit was answered; the session goes on"

@@ -21,6 +21,7 @@ use bytes::{Buf, BytesMut};
 
 use super::analyses::TextRules;
 use super::cancel::CancelSlot;
+use super::cut::TransactionCut;
 use super::exchange::{Exchange, Outbound};
 use super::floor::ReadFloor;
 use super::hidden::HiddenCheck;
@@ -115,6 +116,8 @@ pub struct Relay {
     pub(super) moves: TransactionMove,
     /// The check owed after a unit that may have changed session state unseen.
     pub(super) hidden: HiddenCheck,
+    /// A transaction the server connection took with it (`cut`).
+    pub(super) cut: Option<Box<TransactionCut>>,
 }
 
 /// Why client messages wait before being scanned.
@@ -178,6 +181,7 @@ impl Relay {
             local_statements: LocalStatements::default(),
             moves: TransactionMove::default(),
             hidden: HiddenCheck::default(),
+            cut: None,
         }
     }
 
@@ -299,6 +303,11 @@ impl Relay {
                 ))));
             }
         }
+        if self.cut.as_ref().is_some_and(|cut| cut.answers()) && !self.attachment.is_attached() {
+            // The client's transaction was cut with its connection: answered here until the block ends.
+            // Boxed: rare, and its state would otherwise weigh on every session's task.
+            return Box::pin(self.answer_cut(header)).await;
+        }
         if matches!(header.tag, b'Q' | b'P') {
             self.planner
                 .refresh_functions(&self.ctx.functions, &self.attachment.login().key.database)
@@ -359,6 +368,10 @@ impl Relay {
             return Ok(());
         } else if self.move_to_leader(header, &intent) {
             return Ok(());
+        } else if self.at_unit_boundary() && self.exchange.only_probe() {
+            // A unit behind the probe of the last commit's position, on the same leader connection: armed as on a
+            // fresh one, should the leader go before answering it.
+            self.arm_retry(header, &intent);
         }
         if matches!(header.tag, b'Q' | b'B' | b'F')
             && !self.attachment.on_follower()

@@ -200,6 +200,21 @@ impl<U> Replies<U> {
         self.queue.len() == 1 && self.probing()
     }
 
+    /// The server connection is gone with these requests unanswered: their undos go to `undone`, and nothing is
+    /// owed any more. Returns how many ReadyForQuery the client itself was owed (its Queries and Syncs).
+    pub fn abandon(&mut self, undone: &mut Vec<U>) -> usize {
+        let mut client_syncs = 0;
+        for expected in self.queue.drain(..) {
+            let clients = !matches!(expected.answer, Answer::Hidden | Answer::Probe | Answer::Check);
+            if expected.request == Request::Sync && clients {
+                client_syncs += 1;
+            }
+            undone.extend(expected.undo);
+        }
+        self.copy_in = false;
+        client_syncs
+    }
+
     /// The tag of a reply pgsplit makes up now, if the head of the queue is one (call until `None`). Always
     /// inlined: it runs after every reply, almost always finds a request the server answers, and a call costs more
     /// than that answer (callgrind: about 40 instructions a reply when it was not inlined).
@@ -337,6 +352,25 @@ mod tests {
         replies.push(Expected::ready(Vec::new()));
         let (seen, _) = replay(&mut replies, b"12DDCZ");
         assert_eq!(seen, b"2DDC1Z");
+        assert!(replies.is_empty());
+    }
+
+    #[test]
+    fn a_connection_gone_owes_the_client_its_own_ready_for_query_and_takes_back_the_rest() {
+        let mut replies = Replies::<Undo>::default();
+        replies.push(Expected::new(Request::Parse, Answer::Server).undo("s1"));
+        replies.push(Expected::new(Request::Bind, Answer::Server));
+        replies.push(Expected::ready(Vec::new()));
+        replies.push(Expected::new(Request::Sync, Answer::Hidden));
+        replies.push(Expected::ready(Vec::new()));
+        replies.push(Expected::probe());
+        let mut undone = Vec::new();
+        assert_eq!(
+            replies.abandon(&mut undone),
+            2,
+            "the client's Query and Sync, not pgsplit's own"
+        );
+        assert_eq!(undone, ["s1"]);
         assert!(replies.is_empty());
     }
 

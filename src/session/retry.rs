@@ -286,7 +286,9 @@ impl Relay {
             return;
         }
         if !self.attachment.on_follower() {
-            let fresh = self.exchange.nothing_owed() && self.to_client.is_empty() && !self.stream.pinned;
+            // Nothing owed but, perhaps, the probe of the last commit's position (its replies go to pgsplit).
+            let owed = self.exchange.nothing_owed() || self.exchange.only_probe();
+            let fresh = owed && self.to_client.is_empty() && !self.stream.pinned;
             if fresh && self.ctx.topology.load().config.patroni().is_some() {
                 let at = self.to_server.scanned();
                 self.retry.arm_leader(header, &self.client_buf, at, self.stream);
@@ -382,6 +384,10 @@ impl Relay {
         };
         // What was scanned of the unit and not yet written is part of the copy just taken.
         self.to_server.discard(&mut self.client_buf);
+        if self.exchange.probing() {
+            // The last commit's position was being read: reads go to the leader until one is known.
+            self.floor.commit_unknown();
+        }
         self.exchange.connection_gone();
         self.probe.lapse();
         self.set_stream(stream);

@@ -108,6 +108,10 @@ impl Relay {
                 // The leader's connection died under a unit it never answered: it runs again.
                 return self.rerun_cut();
             }
+            if self.cuttable() {
+                // Reading the connection tells its end, and the transaction is cut there (`server_lost`).
+                return to_client.map_err(SessionEnd::ClientIo);
+            }
             return Err(self.attachment.lose());
         }
         to_client.map_err(SessionEnd::ClientIo)
