@@ -5,6 +5,8 @@
 //! [`Settings::sync_sql`] compares the two and writes one `SET`/`RESET` statement for the differences, or nothing
 //! when they match (the common case: no round trip).
 
+use std::sync::Arc;
+
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 
 /// Reported by the server but not settable per session; never replayed.
@@ -22,10 +24,12 @@ const CONNECTION_KEYS: &[&str] = &["user", "database", "replication", "options"]
 
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
-    values: Vec<(String, Value)>,
+    /// Shared until changed: a transaction keeps a copy of the settings at its start (to put back should it roll
+    /// back), which costs a reference count, not a copy of every name and value.
+    values: Arc<Vec<(String, Value)>>,
     /// What the server gives this login when nothing is set (role and database defaults, read at login): never
     /// replayed nor compared, only consulted by [`Settings::effective`]. Shared by every session of the login.
-    defaults: std::sync::Arc<Vec<(String, String)>>,
+    defaults: Arc<Vec<(String, String)>>,
     /// A server connection's settings may hold what nobody recorded (a function set them): the next client's
     /// settings are applied after resetting them all.
     unknown: bool,
@@ -46,7 +50,7 @@ struct Routing {
 /// and neither is unknown.
 impl PartialEq for Settings {
     fn eq(&self, other: &Settings) -> bool {
-        self.values == other.values && !self.unknown && !other.unknown
+        (Arc::ptr_eq(&self.values, &other.values) || self.values == other.values) && !self.unknown && !other.unknown
     }
 }
 
@@ -107,19 +111,21 @@ impl Settings {
     }
 
     pub fn reset(&mut self, name: &str) {
-        self.values.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if self.values.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            Arc::make_mut(&mut self.values).retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        }
         self.refresh_routing();
     }
 
     pub fn reset_all(&mut self) {
-        self.values.clear();
+        self.values = Arc::default();
         self.refresh_routing();
     }
 
     /// These settings (a server connection's) may hold what nobody recorded: forget what is recorded, and reset all
     /// at the next sync.
     pub fn mark_unknown(&mut self) {
-        self.values.clear();
+        self.values = Arc::default();
         self.unknown = true;
         self.refresh_routing();
     }
@@ -133,15 +139,16 @@ impl Settings {
         if SERVER_OWNED.iter().any(|s| s.eq_ignore_ascii_case(name)) {
             return;
         }
-        match self.values.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        let values = Arc::make_mut(&mut self.values);
+        match values.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
             Some(slot) => slot.1 = value,
-            None => self.values.push((name.to_owned(), value)),
+            None => values.push((name.to_owned(), value)),
         }
         self.refresh_routing();
     }
 
     /// Records what the server gives this login for settings it does not set (role and database defaults).
-    pub fn set_defaults(&mut self, defaults: std::sync::Arc<Vec<(String, String)>>) {
+    pub fn set_defaults(&mut self, defaults: Arc<Vec<(String, String)>>) {
         self.defaults = defaults;
         self.refresh_routing();
     }
@@ -202,7 +209,7 @@ impl Settings {
         }
         let mut calls = Vec::new();
         let mut statements = String::new();
-        for (name, value) in &self.values {
+        for (name, value) in self.values.iter() {
             let on_server = server
                 .values
                 .iter()
@@ -220,7 +227,7 @@ impl Settings {
                 Value::Sql(expression) => statements.push_str(&format!("SET {} = {expression};", quote_name(name))),
             }
         }
-        for (name, _) in &server.values {
+        for (name, _) in server.values.iter() {
             if self.get(name).is_none() {
                 statements.push_str(&format!("RESET {};", quote_name(name)));
             }
@@ -413,7 +420,7 @@ mod tests {
     #[test]
     fn server_defaults_count_but_are_never_replayed() {
         let mut client = Settings::default();
-        client.set_defaults(std::sync::Arc::new(vec![
+        client.set_defaults(Arc::new(vec![
             ("default_transaction_isolation".into(), "serializable".into()),
             ("default_transaction_read_only".into(), "on".into()),
         ]));

@@ -51,7 +51,11 @@ pub fn client_kind(owner: u64, settings: &Settings) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     owner.hash(&mut hasher);
     for (name, value) in settings.values() {
-        name.to_ascii_lowercase().hash(&mut hasher);
+        // Names compare case-insensitively; folded byte by byte, without a copy (and ended as `str`'s hash ends).
+        for byte in name.bytes() {
+            hasher.write_u8(byte.to_ascii_lowercase());
+        }
+        hasher.write_u8(0xff);
         value.hash(&mut hasher);
     }
     hasher.finish()

@@ -31,15 +31,20 @@ impl Relay {
         let Some(body) = self.client_buf.get(at + HEADER_LEN..at + header.frame_len()) else {
             return Ok(false);
         };
-        let kind = client_kind(self.exchange.owner(), &self.wanted);
+        // Worked out only for a named statement: the unnamed one (most of the extended protocol) is never answered
+        // here, and the kind hashes every setting.
+        let kind = |relay: &Relay| client_kind(relay.exchange.owner(), &relay.wanted);
         let mut out = BytesMut::new();
         match header.tag {
             b'P' => {
                 let Some((name, definition)) = extended::parse_fields(body) else {
                     return Ok(false);
                 };
-                let known = self.ctx.statements.find(definition).filter(|s| s.known_to(kind));
-                let (Some(statement), false) = (known, name.is_empty()) else {
+                if name.is_empty() {
+                    return Ok(false);
+                }
+                let kind = kind(self);
+                let Some(statement) = self.ctx.statements.find(definition).filter(|s| s.known_to(kind)) else {
                     return Ok(false);
                 };
                 let Some(analysis) = intent.analysis.take() else {
@@ -54,8 +59,10 @@ impl Relay {
                 let Some(Target::Statement(name)) = extended::target(body) else {
                     return Ok(false);
                 };
-                let statements = self.exchange.statements();
-                let Some(description) = statements.get(name).and_then(|s| s.server.description(kind)) else {
+                let Some(statement) = self.exchange.statements().get(name) else {
+                    return Ok(false);
+                };
+                let Some(description) = statement.server.description(kind(self)) else {
                     return Ok(false);
                 };
                 out.extend_from_slice(&description);

@@ -338,10 +338,7 @@ impl Analysis {
             } else {
                 RouteReason::Read
             })
-        } else if self.summary.statements > 0
-            && self.writes_are_plain_begins
-            && settings.read_only_by_default()
-        {
+        } else if self.summary.statements > 0 && self.writes_are_plain_begins && settings.read_only_by_default() {
             Wants::Follower(RouteReason::ReadOnlyTransaction)
         } else {
             Wants::Leader(RouteReason::Write(self.summary.reason))

@@ -174,7 +174,7 @@ impl Relay {
             held: None,
             skip_until_sync: false,
             terminating: false,
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::new(config.patroni().is_some()),
             out: BytesMut::new(),
             floor: ReadFloor::default(),
             probe: Probe::default(),

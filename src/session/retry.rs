@@ -47,6 +47,9 @@ pub struct RetryPolicy {
     rerun: bool,
     /// Leader units re-run in a row (reset when one shows a result).
     leader_reruns: u8,
+    /// An HA engine names the leader (the Patroni source, fixed until a restart): a unit that starts on the leader
+    /// is armed too, since a new leader may take it.
+    leader_may_move: bool,
 }
 
 /// What is needed to run a unit again on the leader (its messages are in `RetryPolicy::unit`).
@@ -75,6 +78,19 @@ pub struct Refused<'a> {
 }
 
 impl RetryPolicy {
+    pub fn new(leader_may_move: bool) -> RetryPolicy {
+        RetryPolicy {
+            leader_may_move,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// Whether units that start on the leader are armed ([`RetryPolicy::arm_leader`]).
+    #[inline]
+    pub fn arms_leader_units(&self) -> bool {
+        self.leader_may_move
+    }
+
     /// A read is armed: its replies are held back from the client.
     #[inline]
     pub fn armed(&self) -> bool {
@@ -289,7 +305,7 @@ impl Relay {
             // Nothing owed but, perhaps, the probe of the last commit's position (its replies go to pgsplit).
             let owed = self.exchange.nothing_owed() || self.exchange.only_probe();
             let fresh = owed && self.to_client.is_empty() && !self.stream.pinned;
-            if fresh && self.ctx.topology.load().config.patroni().is_some() {
+            if fresh && self.retry.arms_leader_units() {
                 let at = self.to_server.scanned();
                 self.retry.arm_leader(header, &self.client_buf, at, self.stream);
             }
