@@ -9,11 +9,12 @@
 
 use std::sync::Arc;
 
+use rustls::client::WantsClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, ClientConfig, ConfigBuilder, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -65,28 +66,8 @@ impl ServerTls {
                 config: None,
             });
         }
-        let provider = provider();
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsFileError::new(std::path::Path::new("<rustls>"), e))?;
-        let builder = match server.tls {
-            ServerTlsMode::VerifyFull | ServerTlsMode::VerifyCa => {
-                let roots = Arc::new(roots(server)?);
-                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(|e| TlsFileError::new(server.tls_ca.as_deref().unwrap_or("webpki-roots".as_ref()), e))?;
-                if server.tls == ServerTlsMode::VerifyFull {
-                    builder.with_webpki_verifier(webpki)
-                } else {
-                    builder
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(AnyName(webpki)))
-                }
-            }
-            _ => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unchecked(provider.signature_verification_algorithms))),
-        };
+        let roots_file = server.tls_ca.as_deref().unwrap_or("webpki-roots".as_ref());
+        let builder = verifying_builder(server.tls, || roots(server), |e| TlsFileError::new(roots_file, e))?;
         let config = match (&server.tls_cert, &server.tls_key) {
             (Some(cert), Some(key)) => {
                 let chain = files::certificates(cert)?;
@@ -162,6 +143,38 @@ pub fn mode_name(mode: ServerTlsMode) -> &'static str {
 }
 
 /// `tls_ca`'s certificates, or Mozilla's roots.
+/// A rustls client config builder that checks a server's certificate as libpq's sslmode `mode` does: `verify-full`
+/// the chain to `roots` and the name, `verify-ca` the chain only, `prefer` and `require` nothing but the handshake's
+/// own signatures. `roots` is asked for only by the verifying modes. Every TLS client in pgsplit builds on it (its
+/// pooled and own connections, and `pgsplit bench`).
+pub fn verifying_builder<E>(
+    mode: ServerTlsMode,
+    roots: impl FnOnce() -> Result<RootCertStore, E>,
+    error: impl Fn(String) -> E,
+) -> Result<ConfigBuilder<ClientConfig, WantsClientCert>, E> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| error(e.to_string()))?;
+    Ok(match mode {
+        ServerTlsMode::VerifyFull | ServerTlsMode::VerifyCa => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots()?), provider)
+                .build()
+                .map_err(|e| error(e.to_string()))?;
+            if mode == ServerTlsMode::VerifyFull {
+                builder.with_webpki_verifier(webpki)
+            } else {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AnyName(webpki)))
+            }
+        }
+        ServerTlsMode::Disable | ServerTlsMode::Prefer | ServerTlsMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unchecked(provider.signature_verification_algorithms))),
+    })
+}
+
 fn roots(server: &ServerConfig) -> Result<RootCertStore, TlsFileError> {
     let mut roots = RootCertStore::empty();
     match &server.tls_ca {

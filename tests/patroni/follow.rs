@@ -1,7 +1,7 @@
 //! pgsplit takes its members from Patroni: the leader once PostgreSQL confirms it, the replicas by their tag.
 
 use crate::support::patroni::{PatroniProxy, turn};
-use crate::support::value;
+use crate::support::{eventually, value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_come_from_patroni_and_tags_pick_their_pools() {
@@ -35,6 +35,19 @@ async fn members_come_from_patroni_and_tags_pick_their_pools() {
             .iter()
             .find(|m| m.name != leader && m.name != "n3")
             .unwrap();
+        // An earlier test of this cluster may have just rewound or restarted it: it serves once caught up.
+        let proxy_topology = p.proxy.context().topology.clone();
+        eventually(&format!("{} usable", replica.name), || {
+            let topology = proxy_topology.load();
+            let instance = topology
+                .pools
+                .iter()
+                .flat_map(|pool| pool.instances.iter())
+                .find(|i| *i.name == replica.name)
+                .ok_or("not in a pool")?;
+            instance.health.usable_for().map(drop).ok_or("not usable yet".into())
+        })
+        .await;
         assert_eq!(
             value(&client, "SELECT inet_server_port()").await,
             replica.port.to_string()
