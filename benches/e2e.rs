@@ -10,8 +10,10 @@
 //!
 //! Environment: PGSPLIT_BENCH_SECS (8), PGSPLIT_BENCH_POOL (8), PGSPLIT_BENCH_FOLLOWERS (2),
 //! PGSPLIT_BENCH_IDLE_CLIENTS (500), PGSPLIT_BENCH_SCALE (10), PGSPLIT_BENCH_BASELINE (another pgsplit binary to run
-//! beside this one in transaction pooling, for an A/B comparison; none by default), PGSPLIT_BENCH_ROUNDS (1: how many
-//! times each workload goes round its targets; the ratios are then the median of the rounds' own ratios).
+//! beside this one in transaction pooling, for an A/B comparison; none by default), PGSPLIT_BENCH_BASELINE_WORKERS (1:
+//! the baseline's `proxy.workers`; set alone, the baseline is this build with that many workers, so the A/B is one
+//! session thread against several), PGSPLIT_BENCH_ROUNDS (1: how many times each workload goes round its targets;
+//! the ratios are then the median of the rounds' own ratios).
 
 #[path = "e2e/procs.rs"]
 mod procs;
@@ -55,6 +57,9 @@ struct Settings {
     scale: u32,
     /// Another pgsplit build, compared with this one in transaction pooling.
     baseline: Option<PathBuf>,
+    /// The baseline's session threads (`proxy.workers`); other than 1 without a baseline build, this build is its
+    /// own baseline with that many.
+    baseline_workers: usize,
     /// Rounds per workload and client count, the targets interleaved within each.
     rounds: u32,
     /// Run the TLS comparison instead (`tls.rs`).
@@ -70,6 +75,7 @@ impl Settings {
             idle_clients: env_number("PGSPLIT_BENCH_IDLE_CLIENTS", 500)?,
             scale: env_number("PGSPLIT_BENCH_SCALE", 10)?,
             baseline: std::env::var_os("PGSPLIT_BENCH_BASELINE").map(PathBuf::from),
+            baseline_workers: env_number("PGSPLIT_BENCH_BASELINE_WORKERS", 1)?.max(1),
             rounds: env_number("PGSPLIT_BENCH_ROUNDS", 1)?.max(1),
             tls: env_number::<u32>("PGSPLIT_BENCH_TLS", 0)? != 0,
         })
@@ -280,6 +286,7 @@ impl Proxies {
             leader_port,
             pool: settings.pool,
             followers: &[],
+            workers: 1,
             extra: "",
         };
         let pgsplit_txn = start_pgsplit(work, tools, &transaction)?;
@@ -300,13 +307,18 @@ impl Proxies {
         let pgsplit_split = start_pgsplit(work, tools, &split)?;
         let baseline = PgsplitSpec {
             label: "baseline",
-            binary: BASELINE_BINARY,
+            binary: if settings.baseline.is_some() {
+                BASELINE_BINARY
+            } else {
+                "pgsplit"
+            },
             ports: [p[7], p[8]],
+            workers: settings.baseline_workers,
             ..transaction
         };
-        let pgsplit_baseline = match settings.baseline {
-            Some(_) => Some(start_pgsplit(work, tools, &baseline)?),
-            None => None,
+        let pgsplit_baseline = match settings.baseline.is_some() || settings.baseline_workers != 1 {
+            true => Some(start_pgsplit(work, tools, &baseline)?),
+            false => None,
         };
         let pgbouncer = match pgbouncer_binary() {
             Some(bin) => {
@@ -623,6 +635,8 @@ struct PgsplitSpec<'a> {
     leader_port: u16,
     pool: usize,
     followers: &'a [u16],
+    /// `proxy.workers`.
+    workers: usize,
     extra: &'a str,
 }
 
@@ -635,10 +649,12 @@ fn start_pgsplit(work: &WorkDir, tools: &Toolbox, spec: &PgsplitSpec) -> Result<
         leader_port,
         pool,
         followers,
+        workers,
         extra,
     } = *spec;
     let mut config = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\npool_mode = \"{mode}\"\n\n\
+        "[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\npool_mode = \"{mode}\"\n\
+         workers = {workers}\n\n\
          [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
          [leader]\nhost = \"127.0.0.1\"\nport = {leader_port}\nmax_connections = {pool}\n",
         ports[0], ports[1]
@@ -804,6 +820,16 @@ fn print_header(cluster: &LocalCluster, settings: &Settings, session_pool: usize
         settings.rounds,
         settings.pool
     );
+    if settings.baseline.is_some() || settings.baseline_workers != 1 {
+        let build = match &settings.baseline {
+            Some(path) => path.display().to_string(),
+            None => "this build".to_owned(),
+        };
+        println!(
+            "- baseline: {build} with proxy.workers = {} (pgsplit: this build, 1 worker)",
+            settings.baseline_workers
+        );
+    }
     Ok(())
 }
 

@@ -125,6 +125,7 @@ fn with_cluster(
         leader_port,
         pool: settings.pool,
         followers: &[],
+        workers: 1,
         extra: &pgsplit_tls,
     };
     let mut pgsplit = crate::start_pgsplit(work, tools, &spec)?;
