@@ -2,10 +2,6 @@
 //! its statement runs is not read further, and a huge row or notice streams through in pieces — measured on the
 //! pgsplit process itself.
 
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::support::process::ProxyProcess;
 use crate::support::{cluster, raw, wait_replayed};
 
@@ -41,17 +37,7 @@ async fn a_client_that_keeps_sending_behind_a_long_statement_is_not_read_further
 
     raw::send(&mut s, &raw::message(b'Q', b"SELECT pg_sleep(3)\0")).await;
     let chunk = raw::close_statement("s").repeat((1 << 20) / 8);
-    let mut taken = 0usize;
-    while taken < 512 << 20 {
-        match tokio::time::timeout(Duration::from_millis(500), s.write_all(&chunk)).await {
-            Ok(written) => {
-                written.expect("pgsplit keeps the connection");
-                taken += chunk.len();
-            }
-            // Not taking more: backpressure.
-            Err(_) => break,
-        }
-    }
+    let taken = raw::offer_until_refused(&mut s, &chunk, 512 << 20).await;
     let peak = p.memory_kib("VmHWM");
     assert!(
         taken < 64 << 20,
@@ -82,43 +68,11 @@ async fn a_huge_row_from_a_follower_and_a_huge_notice_stream_through() {
         ),
     ] {
         raw::send(&mut s, &raw::message(b'Q', format!("{sql}\0").as_bytes())).await;
-        let largest = read_to_ready(&mut s).await;
+        let (largest, _) = raw::read_to_ready_streaming(&mut s).await;
         assert_eq!(largest.0, tag, "{sql}");
         assert!(largest.1 >= at_least, "{sql}: largest message {} bytes", largest.1);
     }
     let peak = p.memory_kib("VmHWM");
     assert!(peak < idle + MAX_GROWTH_KIB, "peak {peak} KiB, idle {idle} KiB");
     eprintln!("200 MB row and 100 MB notice: idle {idle} KiB, peak {peak} KiB");
-}
-
-/// Reads and discards backend messages up to ReadyForQuery, without holding them; returns the tag and length of
-/// the largest. An ErrorResponse fails the test.
-async fn read_to_ready(stream: &mut tokio::net::TcpStream) -> (u8, usize) {
-    let mut largest = (0u8, 0usize);
-    loop {
-        let mut header = [0u8; 5];
-        tokio::time::timeout(Duration::from_secs(60), stream.read_exact(&mut header))
-            .await
-            .expect("an answer in time")
-            .expect("readable");
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4;
-        let mut left = len;
-        let mut body = Vec::new();
-        let mut scratch = vec![0u8; 1 << 16];
-        while left > 0 {
-            let n = stream.read(&mut scratch[..left.min(1 << 16)]).await.expect("readable");
-            assert!(n > 0, "closed mid-message");
-            if body.len() < 256 {
-                body.extend_from_slice(&scratch[..n.min(256)]);
-            }
-            left -= n;
-        }
-        assert_ne!(header[0], b'E', "error: {}", String::from_utf8_lossy(&body));
-        if len > largest.1 {
-            largest = (header[0], len);
-        }
-        if header[0] == b'Z' {
-            return largest;
-        }
-    }
 }

@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls, SimpleQueryMessage};
 
-use crate::support::{WAIT, cluster, pgbench_counts, pgbench_init, proxy, psql};
+use crate::support::{WAIT, cluster, pgbench_init, pgbench_through, proxy, psql};
 
 fn first_value(messages: &[SimpleQueryMessage]) -> String {
     messages
@@ -81,33 +81,9 @@ async fn pgbench_16_clients_share_a_pool_of_4_without_errors() {
         ("prepared", "-S"),
         ("prepared", "-btpcb-like"),
     ] {
-        let out = tokio::process::Command::new("pgbench")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &p.port().to_string(),
-                "-U",
-                "app",
-                "-c",
-                "16",
-                "-j",
-                "16",
-                "-t",
-                "40",
-            ])
-            .args(["-M", protocol, script, "app"])
-            .env("PGPASSWORD", "app")
-            .output()
-            .await
-            .expect("pgbench runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "pgbench -M {protocol} {script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(pgbench_counts(&stdout), (16 * 40, 0), "pgbench -M {protocol} {script}");
+        let args = ["-c", "16", "-j", "16", "-t", "40", "-M", protocol, script];
+        let counts = pgbench_through(p.port(), &args).await;
+        assert_eq!(counts, (16 * 40, 0), "pgbench -M {protocol} {script}");
     }
     let stats = p.proxy.context().topology.load().leader.pool.stats();
     assert!(stats.total <= 4, "pool cap held: {stats:?}");

@@ -270,32 +270,8 @@ async fn pgbench_prepared_with_two_threads_fails_no_transaction_through_a_pool_o
     tokio::task::spawn_blocking(crate::support::pgbench_init).await.unwrap();
     let c = cluster();
     let p = proxy::start(c, PoolMode::Transaction, 4).await;
-    let out = tokio::process::Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &p.port().to_string(), "-U", "app"])
-        .args([
-            "-c",
-            "16",
-            "-j",
-            "2",
-            "-t",
-            "50",
-            "-M",
-            "prepared",
-            "-b",
-            "tpcb-like",
-            "app",
-        ])
-        .env("PGPASSWORD", "app")
-        .output()
-        .await
-        .expect("pgbench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pgbench: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (processed, failed) = crate::support::pgbench_counts(&stdout);
+    let args = ["-c", "16", "-j", "2", "-t", "50", "-M", "prepared", "-b", "tpcb-like"];
+    let (processed, failed) = crate::support::pgbench_through(p.port(), &args).await;
     eprintln!("pgbench -M prepared -c 16 -j 2 through a pool of 4: {processed} transactions, {failed} failed");
     assert_eq!((processed, failed), (16 * 50, 0));
     p.stop().await;

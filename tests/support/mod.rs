@@ -214,6 +214,26 @@ pub async fn value(client: &Client, sql: &str) -> String {
         .unwrap_or_else(|| panic!("{sql}: no row"))
 }
 
+/// Runs pgbench as the app user against pgsplit on `port` with `args` (database `app`), which must succeed;
+/// returns its verdict: transactions processed and failed.
+pub async fn pgbench_through(port: u16, args: &[&str]) -> (u64, u64) {
+    let out = tokio::process::Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
+        .args(args)
+        .arg("app")
+        .env("PGPASSWORD", "app")
+        .output()
+        .await
+        .expect("pgbench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench {args:?}: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pgbench_counts(&stdout)
+}
+
 /// pgbench's own verdict from its output: transactions processed and failed.
 pub fn pgbench_counts(output: &str) -> (u64, u64) {
     let number_after = |label: &str| -> u64 {

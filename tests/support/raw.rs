@@ -260,3 +260,57 @@ pub async fn login_with(
     assert!(greeting.iter().all(|(tag, _)| *tag != b'E'), "login: {greeting:?}");
     (stream, greeting)
 }
+
+/// Writes `chunk` again and again, up to `limit` bytes, while pgsplit takes it within half a second each time;
+/// returns how much it took. A client pgsplit stops reading (backpressure) is left with the rest.
+pub async fn offer_until_refused(stream: &mut (impl AsyncWrite + Unpin), chunk: &[u8], limit: usize) -> usize {
+    let mut taken = 0usize;
+    while taken < limit {
+        let write = async {
+            stream.write_all(chunk).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(Duration::from_millis(500), write).await {
+            Ok(written) => {
+                written.expect("pgsplit keeps the connection");
+                taken += chunk.len();
+            }
+            // Not taking more: backpressure.
+            Err(_) => break,
+        }
+    }
+    taken
+}
+
+/// Reads and discards backend messages up to ReadyForQuery without holding them: the tag and length of the
+/// largest, and that message's last bytes. An ErrorResponse fails the test.
+pub async fn read_to_ready_streaming(stream: &mut (impl AsyncRead + Unpin)) -> ((u8, usize), Vec<u8>) {
+    let mut largest = ((0u8, 0usize), Vec::new());
+    let mut scratch = vec![0u8; 1 << 16];
+    loop {
+        let mut header = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(120), stream.read_exact(&mut header))
+            .await
+            .expect("an answer in time")
+            .expect("readable");
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4;
+        let (mut left, mut first, mut last) = (len, Vec::new(), Vec::new());
+        while left > 0 {
+            let n = stream.read(&mut scratch[..left.min(1 << 16)]).await.expect("readable");
+            assert!(n > 0, "closed mid-message");
+            if first.len() < 256 {
+                first.extend_from_slice(&scratch[..n.min(256)]);
+            }
+            last.extend_from_slice(&scratch[n.saturating_sub(16)..n]);
+            last.drain(..last.len().saturating_sub(16));
+            left -= n;
+        }
+        assert_ne!(header[0], b'E', "error: {}", String::from_utf8_lossy(&first));
+        if len > largest.0.1 {
+            largest = ((header[0], len), last);
+        }
+        if header[0] == b'Z' {
+            return largest;
+        }
+    }
+}

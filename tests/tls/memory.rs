@@ -3,10 +3,6 @@
 //! `tests/core/memory.rs` does without TLS: a client that keeps sending behind `pg_sleep`, and a 200 MB row and a
 //! 100 MB notice streaming through two TLS sessions.
 
-use std::time::Duration;
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-
 use super::sessions::{APP_TRUST, VERIFIED};
 use crate::support::process::ProxyProcess;
 use crate::support::{raw, tls};
@@ -28,21 +24,7 @@ async fn a_tls_client_that_keeps_sending_behind_a_long_statement_is_not_read_fur
 
     raw::send(&mut s, &raw::message(b'Q', b"SELECT pg_sleep(3)\0")).await;
     let chunk = raw::close_statement("s").repeat((1 << 20) / 8);
-    let mut taken = 0usize;
-    while taken < 512 << 20 {
-        let write = async {
-            s.write_all(&chunk).await?;
-            s.flush().await
-        };
-        match tokio::time::timeout(Duration::from_millis(500), write).await {
-            Ok(written) => {
-                written.expect("pgsplit keeps the connection");
-                taken += chunk.len();
-            }
-            // Not taking more: backpressure.
-            Err(_) => break,
-        }
-    }
+    let taken = raw::offer_until_refused(&mut s, &chunk, 512 << 20).await;
     let peak = p.memory_kib("VmHWM");
     assert!(
         taken < 64 << 20,
@@ -75,7 +57,7 @@ async fn a_huge_row_and_a_huge_notice_stream_through_tls_on_both_sides() {
         ),
     ] {
         raw::send(&mut s, &raw::message(b'Q', format!("{sql}\0").as_bytes())).await;
-        let (largest, last_bytes) = read_to_ready(&mut s).await;
+        let (largest, last_bytes) = raw::read_to_ready_streaming(&mut s).await;
         assert_eq!(largest.0, tag, "{sql}");
         assert!(largest.1 >= at_least, "{sql}: largest message {} bytes", largest.1);
         if tag == b'D' {
@@ -89,37 +71,4 @@ async fn a_huge_row_and_a_huge_notice_stream_through_tls_on_both_sides() {
         "TLS: 200 MB row and 100 MB notice: idle {idle} KiB, peak {peak} KiB (+{} KiB)",
         peak.saturating_sub(idle)
     );
-}
-
-/// Reads and discards backend messages up to ReadyForQuery without holding them: the tag and length of the
-/// largest, and that message's last bytes. An ErrorResponse fails the test.
-async fn read_to_ready(stream: &mut (impl AsyncRead + Unpin)) -> ((u8, usize), Vec<u8>) {
-    let mut largest = ((0u8, 0usize), Vec::new());
-    let mut scratch = vec![0u8; 1 << 16];
-    loop {
-        let mut header = [0u8; 5];
-        tokio::time::timeout(Duration::from_secs(120), stream.read_exact(&mut header))
-            .await
-            .expect("an answer in time")
-            .expect("readable");
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4;
-        let (mut left, mut first, mut last) = (len, Vec::new(), Vec::new());
-        while left > 0 {
-            let n = stream.read(&mut scratch[..left.min(1 << 16)]).await.expect("readable");
-            assert!(n > 0, "closed mid-message");
-            if first.len() < 256 {
-                first.extend_from_slice(&scratch[..n.min(256)]);
-            }
-            last.extend_from_slice(&scratch[n.saturating_sub(16)..n]);
-            last.drain(..last.len().saturating_sub(16));
-            left -= n;
-        }
-        assert_ne!(header[0], b'E', "error: {}", String::from_utf8_lossy(&first));
-        if len > largest.0.1 {
-            largest = ((header[0], len), last);
-        }
-        if header[0] == b'Z' {
-            return largest;
-        }
-    }
 }
