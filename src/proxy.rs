@@ -1,8 +1,9 @@
 //! The running proxy: listeners, the accept loop, the tasks that keep the shared state (`context`) in step
 //! with the topology, and graceful shutdown.
 //!
-//! Sessions, and the accept loops that start them, run on the proxy's own session runtime (`runtime`); the tasks
-//! that watch and change the topology, and the admin API, run on the runtime that started the proxy.
+//! Sessions run on the proxy's own worker threads (`runtime`); the accept loops run on the first worker and place
+//! each new session on the least busy one. The tasks that watch and change the topology, and the admin API, run on
+//! the runtime that started the proxy.
 //!
 //! After every topology swap the proxy opens the endpoints of new follower pools, closes those of removed ones
 //! (their connected clients stay), and takes the users and function lists of the new config. Reload requests come
@@ -29,7 +30,7 @@ use crate::context::{AdminContext, ClientGauges, Endpoint, SessionContext};
 use crate::pool::prepared::StatementTable;
 use crate::protocol::auth::Users;
 use crate::router::KnownWrites;
-use crate::runtime::SessionRuntime;
+use crate::runtime::{Placement, Workers, current_worker};
 use crate::session;
 use crate::session::admission::PendingLogins;
 use crate::session::cancel::{CancelRegistry, SessionTask};
@@ -60,8 +61,8 @@ pub struct Proxy {
     /// Every session holds a clone of the sender; all dropped = all sessions over.
     sessions_done: mpsc::Receiver<()>,
     session_token: mpsc::Sender<()>,
-    /// Declared last, so dropped last: the sessions' own runtime, ended once everything above is.
-    sessions: SessionRuntime,
+    /// Declared last, so dropped last: the session workers, ended once everything above is.
+    sessions: Workers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,8 +115,8 @@ impl Proxy {
         if let Some(path) = &path {
             warn_if_readable_by_others(path, &config);
         }
-        let sessions = SessionRuntime::start(config.proxy.workers).map_err(StartError::Runtime)?;
-        let main = bind(config.proxy.listen, sessions.handle())?;
+        let sessions = Workers::start(config.proxy.workers).map_err(StartError::Runtime)?;
+        let main = bind(config.proxy.listen, sessions.first())?;
         let local_addr = bound_addr(&main, config.proxy.listen)?;
         let admin = bind(config.proxy.admin_listen, &Handle::current())?;
         let admin_addr = bound_addr(&admin, config.proxy.admin_listen)?;
@@ -160,13 +161,23 @@ impl Proxy {
         let listeners = Arc::new(Mutex::new(Listeners {
             main: Some((
                 local_addr,
-                sessions
-                    .handle()
-                    .spawn(accept_loop(main, Endpoint::Main, ctx.clone(), session_token.clone())),
+                sessions.first().spawn(accept_loop(
+                    main,
+                    Endpoint::Main,
+                    ctx.clone(),
+                    session_token.clone(),
+                    sessions.placement().clone(),
+                )),
             )),
             pools: HashMap::new(),
         }));
-        open_pool_endpoints(&listeners, &config, &ctx, &session_token, sessions.handle())?;
+        open_pool_endpoints(
+            &listeners,
+            &config,
+            &ctx,
+            &session_token,
+            (sessions.placement(), sessions.first()),
+        )?;
         tracing::info!(addr = %admin_addr, "admin API listening");
         let mut tasks = vec![tokio::spawn(crate::admin::serve(admin, admin_ctx.clone()))];
         tasks.extend(patroni);
@@ -182,7 +193,8 @@ impl Proxy {
             ctx.clone(),
             control,
             session_token.clone(),
-            sessions.handle().clone(),
+            sessions.placement().clone(),
+            sessions.first().clone(),
         )));
         Ok(Proxy {
             local_addr,
@@ -260,7 +272,8 @@ async fn follow_swaps(
     ctx: Arc<SessionContext>,
     control: Arc<Control>,
     token: mpsc::Sender<()>,
-    sessions: Handle,
+    placement: Arc<Placement>,
+    first: Handle,
 ) {
     let mut swaps = control.swaps();
     while swaps.changed().await.is_ok() {
@@ -269,7 +282,7 @@ async fn follow_swaps(
         ctx.credentials.store(Arc::new(next));
         ctx.functions
             .reconfigure(&config.routing.write_functions, &config.routing.read_only_functions);
-        if let Err(error) = open_pool_endpoints(&listeners, &config, &ctx, &token, &sessions) {
+        if let Err(error) = open_pool_endpoints(&listeners, &config, &ctx, &token, (&placement, &first)) {
             tracing::error!(%error, "a follower pool's endpoint cannot open; the pool is served on the main endpoint only");
         }
     }
@@ -282,7 +295,7 @@ fn open_pool_endpoints(
     config: &Config,
     ctx: &Arc<SessionContext>,
     token: &mpsc::Sender<()>,
-    sessions: &Handle,
+    (placement, first): (&Arc<Placement>, &Handle),
 ) -> Result<(), StartError> {
     let wanted: HashMap<Arc<str>, SocketAddr> = config
         .follower_pools
@@ -304,14 +317,15 @@ fn open_pool_endpoints(
         if lock(listeners).pools.contains_key(&name) {
             continue;
         }
-        let listener = bind(addr, sessions)?;
+        let listener = bind(addr, first)?;
         let bound = bound_addr(&listener, addr)?;
         tracing::info!(pool = %name, addr = %bound, "follower pool endpoint listening");
-        let task = sessions.spawn(accept_loop(
+        let task = first.spawn(accept_loop(
             listener,
             Endpoint::Pool(name.clone()),
             ctx.clone(),
             token.clone(),
+            placement.clone(),
         ));
         lock(listeners).pools.insert(name, (addr, bound, task));
     }
@@ -366,25 +380,42 @@ fn bound_addr(listener: &TcpListener, configured: SocketAddr) -> Result<SocketAd
     })
 }
 
+/// Accepts on the first worker and places each session on the worker running the fewest. A connection placed
+/// elsewhere moves its socket to that worker's I/O driver, so the worker polls it itself.
 async fn accept_loop(
     listener: TcpListener,
     endpoint: Endpoint,
     ctx: Arc<SessionContext>,
     session_token: mpsc::Sender<()>,
+    placement: Arc<Placement>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 // Admitted before its task exists: the newest connection pushes the oldest pending login out.
                 let ticket = ctx.logins.admit(ctx.config().proxy.max_pending_logins);
+                let (seat, worker) = placement.place();
+                let arrival = if seat.worker() == current_worker() {
+                    Arrival::Here(stream)
+                } else {
+                    match stream.into_std() {
+                        Ok(stream) => Arrival::Moving(stream),
+                        Err(error) => {
+                            tracing::warn!(%error, "an accepted connection could not be handed to its worker");
+                            continue;
+                        }
+                    }
+                };
                 let ctx = ctx.clone();
                 let token = session_token.clone();
                 let endpoint = endpoint.clone();
                 let task = SessionTask::default();
                 let handle = task.clone();
-                let spawned = tokio::spawn(async move {
-                    session::serve(stream, ctx, endpoint, ticket, handle).await;
-                    drop(token);
+                let spawned = worker.spawn(async move {
+                    if let Some(stream) = arrival.settle() {
+                        session::serve(stream, ctx, endpoint, ticket, handle).await;
+                    }
+                    drop((seat, token));
                 });
                 let _ = task.set(spawned.abort_handle());
             }
@@ -393,6 +424,26 @@ async fn accept_loop(
                 tracing::warn!(%error, "accept failed");
                 crate::runtime::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// An accepted connection on its way to the worker that will serve it.
+enum Arrival {
+    /// Accepted on that worker: registered with its driver already.
+    Here(tokio::net::TcpStream),
+    /// Taken off the accepting worker's driver, to be registered with the serving worker's.
+    Moving(std::net::TcpStream),
+}
+
+impl Arrival {
+    /// The connection, registered with the driver of the worker calling this.
+    fn settle(self) -> Option<tokio::net::TcpStream> {
+        match self {
+            Arrival::Here(stream) => Some(stream),
+            Arrival::Moving(stream) => tokio::net::TcpStream::from_std(stream)
+                .inspect_err(|error| tracing::warn!(%error, "an accepted connection could not join its worker"))
+                .ok(),
         }
     }
 }

@@ -52,6 +52,19 @@ pub fn render(status: &Status) -> String {
     }
 
     out.family(
+        "pgsplit_server_connection_moves_total",
+        "counter",
+        "Server connections lent to a session on another worker thread than the one they were on, per instance.",
+    );
+    for instance in &status.instances {
+        out.sample(
+            "pgsplit_server_connection_moves_total",
+            &[("instance", &instance.name)],
+            instance.server_connections.moves,
+        );
+    }
+
+    out.family(
         "pgsplit_queries_total",
         "counter",
         "Units of work routed to an instance, by routing reason; pool is \"leader\" for the leader.",
@@ -222,6 +235,7 @@ mod tests {
             "pgsplit_client_connections",
             "pgsplit_server_connections",
             "pgsplit_server_checkout_waits_total",
+            "pgsplit_server_connection_moves_total",
             "pgsplit_queries_total",
             "pgsplit_replication_lag_bytes",
             "pgsplit_replication_lag_seconds",

@@ -114,6 +114,10 @@ pub struct Connections {
     /// Checkouts that had to wait for a connection, since pgsplit started (a counter).
     #[serde(default)]
     pub waits: u64,
+    /// Connections lent to a session on another worker thread than the one they were on, since pgsplit started
+    /// (a counter; each move costs two `epoll_ctl` calls).
+    #[serde(default)]
+    pub moves: u64,
     /// The instance's connection limit.
     pub max: usize,
 }
@@ -197,6 +201,7 @@ fn instance_status(instance: &Instance, role: Role, pool: Option<&str>, max: usi
             idle: stats.idle,
             waiting: stats.waiting,
             waits: stats.waits,
+            moves: stats.moves,
             max,
         },
         outstanding: instance.outstanding(),
@@ -234,6 +239,7 @@ impl InstanceStatus {
                 idle: 1,
                 waiting: 0,
                 waits: 0,
+                moves: 0,
                 max: 20,
             },
             outstanding: 0,

@@ -57,7 +57,7 @@ pub fn run(config_path: &Path) -> ExitCode {
 }
 
 /// The main thread's runtime: signals, the admin API, health checks, reloads. Sessions run on the proxy's own
-/// threads (`proxy.workers`, see `runtime::SessionRuntime`).
+/// threads (`proxy.workers`, see `runtime::Workers`).
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -202,6 +202,7 @@ mod tests {
             idle: 2,
             waiting: 0,
             waits: 0,
+            moves: 0,
             max: 10,
         };
         let mut f2 = InstanceStatus::example("f2", Some("default"));

@@ -3,8 +3,17 @@
 //! alive while anyone waits, ends the waits that pass their deadline: a checkout that waits registers no timer of
 //! its own (under load most checkouts wait, and a timer per checkout cost as much as routing it).
 //!
-//! A returned connection is handed straight to the oldest waiter of the same user/database; a waiter of another
-//! user/database gets the slot instead (the connection is closed to make room). Every connection carries its
+//! Idle connections are kept per worker thread (`crate::runtime`): a connection's socket is registered with the
+//! I/O driver of one worker, and a session borrows from its own worker's idle list first, so the sessions of a
+//! worker and the connections they borrow are polled by the same thread. A session whose worker has none takes
+//! an idle one from another worker before opening a new one; the connection then moves (its socket joins the
+//! borrower's driver: two `epoll_ctl` calls), and stays with the worker that wanted it.
+//!
+//! A returned connection is handed straight to a waiter of the same user/database: the oldest one, unless a
+//! waiter on the returning worker is near the front ([`PREFER_LOCAL_WITHIN`]) and the oldest has waited less than
+//! [`PREFER_LOCAL_FOR`] — so that under steady load connections stay on their worker, while a worker short of
+//! connections gets them within that time. A waiter of another user/database gets the slot instead (the
+//! connection is closed to make room). Every connection carries its
 //! [`Slot`]: dropping a connection anywhere gives its place back, so the count cannot leak. A retired pool lends
 //! nothing: waiters and new checkouts fail at once and the session routes again. The pool never parses SQL and
 //! never looks at a connection's traffic: the session decides whether a connection is clean enough to return (and
@@ -16,6 +25,7 @@ pub mod settings;
 mod slot;
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +36,7 @@ pub use settings::Settings;
 pub use slot::Slot;
 
 use crate::protocol::error::SqlError;
+use crate::runtime::current_worker;
 use crate::tls::Tls;
 
 /// Cached, so a client's login can be answered without a server round trip: the ParameterStatus set the
@@ -48,11 +59,12 @@ struct PoolState {
     retired: bool,
     /// Places taken ([`Slot`]s alive): connections idle, lent out, or being opened.
     total: usize,
-    /// Most recently returned last. Boxed, like every connection lent or kept: a lent connection moves pool →
-    /// session → pool on every transaction, and a pointer moves cheaper than the connection.
-    #[allow(clippy::vec_box)] // the boxes are handed out whole, not kept here
-    idle: Vec<Box<ServerConn>>,
+    /// Per worker, most recently returned last. Boxed, like every connection lent or kept: a lent connection
+    /// moves pool → session → pool on every transaction, and a pointer moves cheaper than the connection.
+    idle: Idle,
     waiters: VecDeque<Waiter>,
+    /// Connections lent to a session on another worker than the one their socket was registered with, ever.
+    moves: u64,
     /// A sweeper task is running (it ends when nobody waits).
     sweeping: bool,
     /// Checkouts that had to wait, ever (a counter for metrics).
@@ -71,9 +83,75 @@ const MAX_SPELLINGS: usize = 1024;
 
 struct Waiter {
     key: ConnKey,
+    /// The worker the waiting session runs on.
+    worker: usize,
     /// Dropped unsent when the deadline passes: the waiter then knows it timed out.
     grant: oneshot::Sender<Grant>,
+    queued: Instant,
     deadline: Instant,
+}
+
+/// How far behind the oldest waiter a returned connection looks for a waiter on its own worker.
+const PREFER_LOCAL_WITHIN: usize = 64;
+/// How long the oldest waiter may be passed over for waiters on the returning connection's worker.
+const PREFER_LOCAL_FOR: Duration = Duration::from_millis(1);
+
+/// Idle connections, one list per worker (grown to the workers that return connections).
+#[derive(Default)]
+struct Idle {
+    #[allow(clippy::vec_box)] // the boxes are handed out whole, not kept here
+    per_worker: Vec<Vec<Box<ServerConn>>>,
+}
+
+impl Idle {
+    fn len(&self) -> usize {
+        self.per_worker.iter().map(Vec::len).sum()
+    }
+
+    fn push(&mut self, conn: Box<ServerConn>) {
+        let worker = conn.worker();
+        if self.per_worker.len() <= worker {
+            self.per_worker.resize_with(worker + 1, Vec::new);
+        }
+        self.per_worker[worker].push(conn);
+    }
+
+    /// The most recently returned connection for `key` on `worker`, else on any other worker.
+    fn take(&mut self, key: &ConnKey, worker: usize) -> Option<Box<ServerConn>> {
+        let own = self.per_worker.get_mut(worker).and_then(|list| take_last(list, key));
+        own.or_else(|| {
+            self.per_worker
+                .iter_mut()
+                .enumerate()
+                .filter(|(other, _)| *other != worker)
+                .find_map(|(_, list)| take_last(list, key))
+        })
+    }
+
+    /// An idle connection of another user/database than `key`, to close for its place.
+    fn take_other(&mut self, key: &ConnKey) -> Option<Box<ServerConn>> {
+        self.per_worker.iter_mut().find_map(|list| {
+            let i = list.iter().position(|c| c.key != *key)?;
+            Some(list.remove(i))
+        })
+    }
+
+    /// Takes up to `n` idle connections (all of them with `usize::MAX`), the longest idle first.
+    #[allow(clippy::vec_box)]
+    fn drain(&mut self, mut n: usize) -> Vec<Box<ServerConn>> {
+        let mut taken = Vec::new();
+        for list in &mut self.per_worker {
+            let here = n.min(list.len());
+            taken.extend(list.drain(..here));
+            n -= here;
+        }
+        taken
+    }
+}
+
+fn take_last(list: &mut Vec<Box<ServerConn>>, key: &ConnKey) -> Option<Box<ServerConn>> {
+    let i = list.iter().rposition(|c| c.key == *key)?;
+    Some(list.swap_remove(i))
 }
 
 /// What a waiter receives. A grant carries its place: dropped unreceived (the waiter gave up after it was sent),
@@ -137,6 +215,8 @@ pub struct PoolStats {
     pub waiting: usize,
     /// Checkouts that had to wait for a connection, since the pool was made.
     pub waits: u64,
+    /// Connections lent to a session on another worker thread than the one they were on, since the pool was made.
+    pub moves: u64,
 }
 
 impl InstancePool {
@@ -150,8 +230,9 @@ impl InstancePool {
                 connect,
                 retired: false,
                 total: 0,
-                idle: Vec::new(),
+                idle: Idle::default(),
                 waiters: VecDeque::new(),
+                moves: 0,
                 sweeping: false,
                 waits: 0,
                 server_params: HashMap::new(),
@@ -172,6 +253,7 @@ impl InstancePool {
             idle: state.idle.len(),
             waiting: state.waiters.len(),
             waits: state.waits,
+            moves: state.moves,
         }
     }
 
@@ -223,13 +305,13 @@ impl InstancePool {
             }
         };
         match next {
-            Next::Ready(conn) => Ok(conn),
+            Next::Ready(conn) => self.here(conn),
             Next::Open { slot } => Box::pin(self.open(login, tls, slot)).await,
             Next::Retired => Err(self.retired_error()),
             Next::Wait { receiver, started } => {
                 // Grants are sent and expired waiters dropped under the lock: a waiter gets one or the other.
                 match receiver.await.ok() {
-                    Some(Grant::Conn(conn)) => Ok(conn),
+                    Some(Grant::Conn(conn)) => self.here(conn),
                     Some(Grant::Slot(slot)) => Box::pin(self.open(login, tls, slot)).await,
                     None if self.lock().retired => Err(self.retired_error()),
                     None => Err(CheckoutError::Timeout {
@@ -245,12 +327,12 @@ impl InstancePool {
     /// What a checkout for `key` does, decided under the lock; Err: an idle connection the server closed while
     /// pooled (restart, idle timeout, terminate), for the caller to drop.
     fn next_for(&self, key: &ConnKey, timeout: Duration) -> Result<Next, Box<ServerConn>> {
+        let worker = current_worker();
         let mut state = self.lock();
         if state.retired {
             return Ok(Next::Retired);
         }
-        if let Some(i) = state.idle.iter().rposition(|c| c.key == *key) {
-            let conn = state.idle.swap_remove(i);
+        if let Some(conn) = state.idle.take(key, worker) {
             return if conn.is_idle_and_open() {
                 Ok(Next::Ready(conn))
             } else {
@@ -263,23 +345,38 @@ impl InstancePool {
                 slot: Slot::counted(&self.state),
             });
         }
-        if let Some(i) = state.idle.iter().position(|c| c.key != *key) {
+        if let Some(conn) = state.idle.take_other(key) {
             // That connection closes, and its place is the new one's.
-            let slot = state.idle.remove(i).into_slot();
-            return Ok(Next::Open { slot });
+            return Ok(Next::Open { slot: conn.into_slot() });
         }
         let (grant, receiver) = oneshot::channel();
         let started = Instant::now();
         state.waits += 1;
         state.waiters.push_back(Waiter {
             key: key.clone(),
+            worker,
             grant,
+            queued: started,
             deadline: started + timeout,
         });
         if !std::mem::replace(&mut state.sweeping, true) {
             tokio::spawn(sweep(self.state.clone()));
         }
         Ok(Next::Wait { receiver, started })
+    }
+
+    /// `conn`, its socket registered with the calling worker's driver: moved there if it was on another worker's.
+    /// A socket that cannot move (the system refused the registration) is closed, its place given back.
+    fn here(&self, conn: Box<ServerConn>) -> Result<Box<ServerConn>, CheckoutError> {
+        let worker = current_worker();
+        if conn.worker() == worker {
+            return Ok(conn);
+        }
+        self.lock().moves += 1;
+        conn.move_to(worker).map_err(|error: io::Error| CheckoutError::Connect {
+            instance: self.name.clone(),
+            source: error.into(),
+        })
     }
 
     fn retired_error(&self) -> CheckoutError {
@@ -333,7 +430,7 @@ impl InstancePool {
     /// Closes every idle connection: the monitor calls it when a check of the instance fails. Lent-out ones are
     /// dropped by their sessions as they fail or finish.
     pub fn close_idle(&self) {
-        let closed: Vec<Box<ServerConn>> = self.lock().idle.drain(..).collect();
+        let closed = self.lock().idle.drain(usize::MAX);
         // Their places go back (to waiters first) as they drop, outside the lock.
         drop(closed);
     }
@@ -353,8 +450,8 @@ impl InstancePool {
                     break;
                 }
             }
-            let over = state.total.saturating_sub(state.max_connections).min(state.idle.len());
-            state.idle.drain(..over).collect()
+            let over = state.total.saturating_sub(state.max_connections);
+            state.idle.drain(over)
         };
         drop(closed);
     }
@@ -365,7 +462,7 @@ impl InstancePool {
         let (closed, waiters): (Vec<Box<ServerConn>>, VecDeque<Waiter>) = {
             let mut state = self.lock();
             state.retired = true;
-            (state.idle.drain(..).collect(), std::mem::take(&mut state.waiters))
+            (state.idle.drain(usize::MAX), std::mem::take(&mut state.waiters))
         };
         // Dropping a waiter drops its grant sender: its checkout sees the pool retired.
         drop((closed, waiters));
@@ -397,6 +494,15 @@ impl PoolState {
             // Nothing is handed on: the place comes off the count.
             return Some(grant);
         }
+        if let Grant::Conn(conn) = &grant
+            && let Some(i) = self.local_waiter(conn)
+            && let Some(waiter) = self.waiters.remove(i)
+        {
+            match waiter.grant.send(grant) {
+                Ok(()) => return None,
+                Err(refused) => grant = refused,
+            }
+        }
         while let Some(waiter) = self.waiters.pop_front() {
             let offered = match grant {
                 Grant::Conn(conn) if conn.key != waiter.key => {
@@ -414,6 +520,20 @@ impl PoolState {
             }
         }
         Some(grant)
+    }
+
+    /// Where in the queue the waiter to hand `conn` to stands, when it is not the oldest: the first waiter on
+    /// `conn`'s worker for its user/database, near the front, while the oldest has not waited long. None: the
+    /// oldest gets it.
+    fn local_waiter(&self, conn: &ServerConn) -> Option<usize> {
+        let oldest = self.waiters.front()?;
+        if oldest.worker == conn.worker() || oldest.queued.elapsed() >= PREFER_LOCAL_FOR {
+            return None;
+        }
+        self.waiters
+            .iter()
+            .take(PREFER_LOCAL_WITHIN)
+            .position(|w| w.worker == conn.worker() && w.key == conn.key && !w.grant.is_closed())
     }
 
     /// A place was given back (its slot dropped): the oldest waiter gets it, or it comes off the count.
@@ -580,7 +700,8 @@ mod tests {
                 total: 0,
                 idle: 0,
                 waiting: 0,
-                waits: 1
+                waits: 1,
+                moves: 0,
             }
         );
     }

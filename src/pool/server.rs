@@ -85,6 +85,8 @@ pub struct ServerConn {
     probe_at: Instant,
     /// Its place in the instance's pool, given back when the connection drops.
     slot: Slot,
+    /// The worker thread whose I/O driver the socket is registered with (`crate::runtime`).
+    worker: usize,
 }
 
 /// Idle time after which a pooled connection is checked before reuse.
@@ -174,7 +176,22 @@ impl ServerConn {
                 secret: greeting.secret,
             },
             slot,
+            worker: crate::runtime::current_worker(),
         }))
+    }
+
+    /// The worker whose I/O driver polls this connection's socket.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Registers the socket with the calling worker's I/O driver instead of its old worker's, numbered `worker`.
+    /// What is buffered (read bytes, TLS state) moves with it. On error the connection is closed.
+    pub(super) fn move_to(self: Box<Self>, worker: usize) -> std::io::Result<Box<Self>> {
+        let mut conn = *self;
+        conn.stream = conn.stream.rebind()?;
+        conn.worker = worker;
+        Ok(Box::new(conn))
     }
 
     /// Closes the connection but keeps its place, for the pool to hand on.

@@ -109,6 +109,31 @@ impl Transport {
         }))
     }
 
+    /// The same connection with its socket registered with the I/O driver of the runtime calling this (a
+    /// connection moving to another worker thread). Nothing read or buffered is lost.
+    pub fn rebind(self) -> io::Result<Transport> {
+        let rebind = |tcp: TcpStream| TcpStream::from_std(tcp.into_std()?);
+        Ok(match self {
+            Transport::Plain(tcp) => Transport::Plain(rebind(tcp)?),
+            Transport::Tls(tls) => {
+                let TlsSession {
+                    tcp,
+                    conn,
+                    plaintext,
+                    peer_closed,
+                    eof,
+                } = *tls;
+                Transport::Tls(Box::new(TlsSession {
+                    tcp: rebind(tcp)?,
+                    conn,
+                    plaintext,
+                    peer_closed,
+                    eof,
+                }))
+            }
+        })
+    }
+
     /// The socket: options, addresses.
     #[inline]
     pub fn tcp(&self) -> &TcpStream {

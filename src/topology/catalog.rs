@@ -7,7 +7,7 @@
 //! `health.timeout`). A failed load is logged and the last known list (at first: none) stays in use.
 //!
 //! Sessions ask for lists, but loads run on the runtime the catalog was made on (the proxy's control runtime):
-//! they need tokio's timers, which the session runtime does not have (`crate::runtime`).
+//! they need tokio's timers, which the session workers do not have (`crate::runtime`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
