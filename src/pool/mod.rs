@@ -137,7 +137,7 @@ impl Idle {
     }
 
     /// Takes up to `n` idle connections (all of them with `usize::MAX`), the longest idle first.
-    #[allow(clippy::vec_box)]
+    #[allow(clippy::vec_box)] // as above
     fn drain(&mut self, mut n: usize) -> Vec<Box<ServerConn>> {
         let mut taken = Vec::new();
         for list in &mut self.per_worker {
@@ -149,6 +149,7 @@ impl Idle {
     }
 }
 
+#[allow(clippy::vec_box)] // as in `Idle`
 fn take_last(list: &mut Vec<Box<ServerConn>>, key: &ConnKey) -> Option<Box<ServerConn>> {
     let i = list.iter().rposition(|c| c.key == *key)?;
     Some(list.swap_remove(i))
