@@ -229,6 +229,11 @@ impl Proxy {
         self.sessions_ctx.cancels.terminate(pid)
     }
 
+    /// Sessions running on each worker thread now.
+    pub fn worker_sessions(&self) -> Vec<usize> {
+        self.sessions.placement().sessions()
+    }
+
     /// Connections accepted that have not logged in yet.
     pub fn pending_logins(&self) -> usize {
         self.sessions_ctx.logins.pending()

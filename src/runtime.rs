@@ -65,6 +65,44 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
+/// A value per worker, each on cache lines of its own: counters every worker adds to on every unit, and that are
+/// read (summed) only by status and metrics. One shared atomic would move its cache line between the workers' cores
+/// at each add. More workers than [`PerWorker::STRIPES`] share stripes, which stays correct.
+pub struct PerWorker<T> {
+    stripes: Box<[Padded<T>]>,
+}
+
+impl<T: Default> Default for PerWorker<T> {
+    fn default() -> Self {
+        PerWorker {
+            stripes: (0..Self::STRIPES).map(|_| Padded::default()).collect(),
+        }
+    }
+}
+
+impl<T> PerWorker<T> {
+    pub const STRIPES: usize = 16;
+
+    /// The calling worker's stripe number: keep it to reach the same stripe again from anywhere ([`Self::at`]).
+    pub fn stripe() -> usize {
+        current_worker() % Self::STRIPES
+    }
+
+    /// The calling worker's value.
+    pub fn local(&self) -> &T {
+        self.at(Self::stripe())
+    }
+
+    pub fn at(&self, stripe: usize) -> &T {
+        &self.stripes[stripe % Self::STRIPES]
+    }
+
+    /// Every worker's value, to sum.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.stripes.iter().map(|stripe| &stripe.0)
+    }
+}
+
 /// A session's seat on its worker: counted while it lives.
 pub struct Seat {
     worker: usize,

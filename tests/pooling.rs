@@ -14,3 +14,5 @@ mod startup;
 mod state;
 #[path = "pooling/unseen.rs"]
 mod unseen;
+#[path = "pooling/workers.rs"]
+mod workers;

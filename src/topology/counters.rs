@@ -1,31 +1,41 @@
-//! Counters read by status and metrics, one atomic add each: per instance, routed units by reason; per follower
-//! pool, where reads with a read-your-writes floor were served.
+//! Counters read by status and metrics, one atomic add each on the adding worker's own cache line
+//! ([`PerWorker`]), summed when read: per instance, routed units by reason; per follower pool, where reads with a
+//! read-your-writes floor were served.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::router::RouteReason;
+use crate::runtime::PerWorker;
 
+#[derive(Default)]
 pub struct RouteCounters {
-    counts: [AtomicU64; RouteReason::COUNT],
+    counts: PerWorker<ReasonCounts>,
 }
 
-impl Default for RouteCounters {
+struct ReasonCounts([AtomicU64; RouteReason::COUNT]);
+
+impl Default for ReasonCounts {
     fn default() -> Self {
-        RouteCounters {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
+        ReasonCounts(std::array::from_fn(|_| AtomicU64::new(0)))
     }
 }
 
 impl RouteCounters {
     pub fn count(&self, reason: RouteReason) {
-        self.counts[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.counts.local().0[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Reasons with a non-zero count.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         RouteReason::all()
-            .map(|reason| (reason.as_str(), self.counts[reason.index()].load(Ordering::Relaxed)))
+            .map(|reason| {
+                let sum = self
+                    .counts
+                    .iter()
+                    .map(|c| c.0[reason.index()].load(Ordering::Relaxed))
+                    .sum();
+                (reason.as_str(), sum)
+            })
             .filter(|(_, n)| *n > 0)
             .collect()
     }
@@ -53,6 +63,11 @@ pub enum Served {
 /// A pool's [`FreshnessCounts`], one atomic add per read with a floor.
 #[derive(Default)]
 pub struct FreshnessCounters {
+    per_worker: PerWorker<ServedCounts>,
+}
+
+#[derive(Default)]
+struct ServedCounts {
     caught_up: AtomicU64,
     confirmed: AtomicU64,
     on_leader: AtomicU64,
@@ -60,19 +75,23 @@ pub struct FreshnessCounters {
 
 impl FreshnessCounters {
     pub fn count(&self, served: Served) {
+        let local = self.per_worker.local();
         let counter = match served {
-            Served::CaughtUp => &self.caught_up,
-            Served::Confirmed => &self.confirmed,
-            Served::OnLeader => &self.on_leader,
+            Served::CaughtUp => &local.caught_up,
+            Served::Confirmed => &local.confirmed,
+            Served::OnLeader => &local.on_leader,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> FreshnessCounts {
+        let sum = |counter: fn(&ServedCounts) -> &AtomicU64| {
+            self.per_worker.iter().map(|c| counter(c).load(Ordering::Relaxed)).sum()
+        };
         FreshnessCounts {
-            caught_up: self.caught_up.load(Ordering::Relaxed),
-            confirmed: self.confirmed.load(Ordering::Relaxed),
-            on_leader: self.on_leader.load(Ordering::Relaxed),
+            caught_up: sum(|c| &c.caught_up),
+            confirmed: sum(|c| &c.confirmed),
+            on_leader: sum(|c| &c.on_leader),
         }
     }
 }

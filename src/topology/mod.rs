@@ -36,6 +36,7 @@ pub use health::Health;
 use crate::config::Config;
 use crate::pool::{ConnectOptions, InstancePool};
 use crate::router::RouteReason;
+use crate::runtime::PerWorker;
 
 /// The shared, swappable current topology.
 pub type SharedTopology = Arc<ArcSwap<Topology>>;
@@ -57,10 +58,13 @@ pub struct Instance {
     pub health: Health,
     /// Left out of the topology: idle connections are closed, busy ones when their unit ends.
     retired: AtomicBool,
-    /// Units routed here and not finished: the balancer's measure of load.
+    /// Units routed here and not finished: the balancer's measure of load. One shared counter, not one per worker:
+    /// every read's routing decision reads it, and summing per-worker counters there would cost more cache misses
+    /// than the shared adds do.
     outstanding: AtomicU32,
-    /// Of those, units that may write: what a changeover waits for before fencing.
-    writing: AtomicU32,
+    /// Of those, units that may write: what a changeover waits for before fencing. Per worker (read only by a
+    /// changeover), counted up and down on the same stripe.
+    writing: PerWorker<AtomicU32>,
     /// Units routed here, by reason.
     routed: RouteCounters,
 }
@@ -82,7 +86,7 @@ impl Instance {
             health: Health::default(),
             retired: AtomicBool::new(false),
             outstanding: AtomicU32::new(0),
-            writing: AtomicU32::new(0),
+            writing: PerWorker::default(),
             routed: RouteCounters::default(),
         }
     }
@@ -111,19 +115,23 @@ impl Instance {
 
     /// Units that may write, running here now.
     pub fn writing(&self) -> u32 {
-        self.writing.load(Ordering::SeqCst)
+        let stripes = self.writing.iter().map(|stripe| stripe.load(Ordering::SeqCst));
+        stripes.fold(0, u32::wrapping_add)
     }
 
     /// Counts a unit routed here until the returned guard drops. A unit that may write is counted before the
-    /// session looks at the write gate (both `SeqCst`): a pause either sees the unit or the unit sees the pause.
+    /// session looks at the write gate (both `SeqCst`, on each stripe): a pause either sees the unit or the unit
+    /// sees the pause.
     pub fn begin_work(self: &Arc<Self>, writes: bool) -> WorkGuard {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
-        if writes {
-            self.writing.fetch_add(1, Ordering::SeqCst);
-        }
+        let writing = writes.then(|| {
+            let stripe = PerWorker::<AtomicU32>::stripe();
+            self.writing.at(stripe).fetch_add(1, Ordering::SeqCst);
+            stripe
+        });
         WorkGuard {
             instance: self.clone(),
-            writes,
+            writing,
         }
     }
 
@@ -141,7 +149,8 @@ impl Instance {
 /// Held while a unit of work runs on an instance.
 pub struct WorkGuard {
     instance: Arc<Instance>,
-    writes: bool,
+    /// The stripe of `writing` counted, for a unit that may write.
+    writing: Option<usize>,
 }
 
 impl WorkGuard {
@@ -153,8 +162,8 @@ impl WorkGuard {
 impl Drop for WorkGuard {
     fn drop(&mut self) {
         self.instance.outstanding.fetch_sub(1, Ordering::Relaxed);
-        if self.writes {
-            self.instance.writing.fetch_sub(1, Ordering::SeqCst);
+        if let Some(stripe) = self.writing {
+            self.instance.writing.at(stripe).fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
