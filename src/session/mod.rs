@@ -25,6 +25,7 @@ mod retry;
 mod server;
 mod signal;
 mod sockets;
+mod spare;
 pub mod statements;
 mod stop;
 

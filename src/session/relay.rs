@@ -227,6 +227,7 @@ impl Relay {
             if let Err(end) = result.and_then(|()| self.flush()) {
                 return end;
             }
+            self.spare_client_buf();
             if self.retry.due()
                 && let Err(end) = self.rerun_on_leader().and_then(|()| self.flush())
             {

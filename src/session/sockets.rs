@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::outflow;
 use super::relay::{BACKPRESSURE, Relay, SessionEnd};
+use super::{outflow, spare};
 use crate::pool::server::READ_CHUNK;
 
 /// How long a client that is leaving gets to take its last words (a fatal error, TLS's close_notify): one that does
@@ -78,11 +78,23 @@ impl Relay {
         .await
     }
 
-    /// Reads what the client sent. The buffer grows only once there is something to read: an idle client holds
-    /// no read buffer until its first message.
+    /// Reads what the client sent, into a buffer lent for as long as it holds client bytes ([`spare`]): an idle
+    /// client holds no read buffer.
     pub(super) fn read_from_client(&mut self) -> std::io::Result<usize> {
-        self.client_buf.reserve(READ_CHUNK);
-        self.client.read_now(&mut self.client_buf)
+        if self.client_buf.capacity() == 0 {
+            self.client_buf = spare::take();
+        } else {
+            self.client_buf.reserve(READ_CHUNK);
+        }
+        let read = self.client.read_now(&mut self.client_buf);
+        // Readiness left over from the login (or a read that found nothing): the buffer goes back at once.
+        spare::give_back(&mut self.client_buf);
+        read
+    }
+
+    /// Gives the client read buffer back once every byte in it has been dealt with.
+    pub(super) fn spare_client_buf(&mut self) {
+        spare::give_back(&mut self.client_buf);
     }
 
     /// Reads what the server sent (the buffer was reserved while waiting); None with no server attached.
