@@ -137,6 +137,7 @@ impl Proxy {
             topology: topology.clone(),
             control: control.clone(),
             gauges: gauges.clone(),
+            placement: sessions.placement().clone(),
             shutdown: shutdown_rx.clone(),
         });
         let ctx = Arc::new(SessionContext {
