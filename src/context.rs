@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::pool::prepared::StatementTable;
 use crate::protocol::auth::Users;
 use crate::router::KnownWrites;
+use crate::runtime::Placement;
 use crate::session::admission::PendingLogins;
 use crate::session::cancel::CancelRegistry;
 use crate::tls::Tls;
@@ -106,6 +107,8 @@ pub struct AdminContext {
     /// Reload, pause/resume, promotion: everything that changes the topology.
     pub control: Arc<Control>,
     pub gauges: Arc<ClientGauges>,
+    /// The session workers, read for how many sessions each runs.
+    pub placement: Arc<Placement>,
     pub shutdown: watch::Receiver<bool>,
 }
 

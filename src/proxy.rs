@@ -115,7 +115,7 @@ impl Proxy {
         if let Some(path) = &path {
             warn_if_readable_by_others(path, &config);
         }
-        let sessions = Workers::start(config.proxy.workers).map_err(StartError::Runtime)?;
+        let sessions = Workers::start(config.proxy.workers.threads).map_err(StartError::Runtime)?;
         let main = bind(config.proxy.listen, sessions.first())?;
         let local_addr = bound_addr(&main, config.proxy.listen)?;
         let admin = bind(config.proxy.admin_listen, &Handle::current())?;
@@ -137,6 +137,7 @@ impl Proxy {
             topology: topology.clone(),
             control: control.clone(),
             gauges: gauges.clone(),
+            placement: sessions.placement().clone(),
             shutdown: shutdown_rx.clone(),
         });
         let ctx = Arc::new(SessionContext {

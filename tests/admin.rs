@@ -112,6 +112,14 @@ async fn reads_answer_health_status_and_metrics() {
     assert_eq!(leader["healthy"], false);
     assert_eq!(status["paused"]["writes"], false);
     assert_eq!(status["changeover"], Value::Null);
+    // No proxy.workers in the config: half the CPUs this machine gives the test, at least one.
+    let threads = status["workers"]["threads"].as_u64().expect("a thread count");
+    let cpus = status["workers"]["from_cpus"].as_u64().expect("chosen from the CPUs");
+    assert_eq!(threads, (cpus / 2).max(1), "{status}");
+    assert_eq!(
+        status["workers"]["sessions"].as_array().map(Vec::len),
+        usize::try_from(threads).ok()
+    );
 
     let metrics = get(admin, "/metrics").await;
     assert_eq!(metrics.code, 200);
@@ -123,6 +131,16 @@ async fn reads_answer_health_status_and_metrics() {
         metrics.body
     );
     assert!(metrics.body.contains("\npgsplit_client_connections 0\n"));
+    assert!(
+        metrics.body.contains(&format!("\npgsplit_workers {threads}\n")),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics.body.contains("\npgsplit_worker_sessions{worker=\"0\"} 0\n"),
+        "{}",
+        metrics.body
+    );
 
     assert!(proxy.shutdown(Duration::from_secs(1)).await);
 }
@@ -246,9 +264,12 @@ async fn the_cli_prints_status_and_reports_refusals() {
     let (code, out, err) = pgsplit(admin, &["status"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.starts_with("pgsplit: generation 1, 0 clients (0 pinned), not paused\n=== leader (leader)\n"),
+        out.starts_with("pgsplit: generation 1, 0 clients (0 pinned), not paused\nworkers: "),
         "{out}"
     );
+    let workers = out.lines().nth(1).unwrap_or_default();
+    assert!(workers.contains(" (auto, ") && workers.contains(" CPU"), "{out}");
+    assert!(out.contains("\n=== leader (leader)\n"), "{out}");
     assert!(out.contains("\nStatus:          unavailable\n"), "{out}");
 
     let (code, out, _) = pgsplit(admin, &["status", "--json"]).await;

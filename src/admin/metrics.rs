@@ -23,6 +23,23 @@ pub fn render(status: &Status) -> String {
     out.sample("pgsplit_client_connections", &[], status.clients);
 
     out.family(
+        "pgsplit_workers",
+        "gauge",
+        "Threads that run client sessions (proxy.workers).",
+    );
+    out.family(
+        "pgsplit_worker_sessions",
+        "gauge",
+        "Client connections on each worker thread now, logged in or not.",
+    );
+    if let Some(workers) = &status.workers {
+        out.sample("pgsplit_workers", &[], workers.threads);
+        for (worker, sessions) in workers.sessions.iter().enumerate() {
+            out.sample("pgsplit_worker_sessions", &[("worker", &worker.to_string())], sessions);
+        }
+    }
+
+    out.family(
         "pgsplit_server_connections",
         "gauge",
         "Server connections per instance: lent out to a client (active) or idle in the pool.",
@@ -213,6 +230,11 @@ mod tests {
             },
             clients: 12,
             pinned_clients: 0,
+            workers: Some(crate::admin::WorkersStatus {
+                threads: 2,
+                from_cpus: Some(4),
+                sessions: vec![7, 5],
+            }),
             instances: vec![leader, f1],
             pools: vec![crate::admin::PoolStatus {
                 name: "default".into(),
@@ -233,6 +255,8 @@ mod tests {
         for family in [
             "pgsplit_topology_generation",
             "pgsplit_client_connections",
+            "pgsplit_workers",
+            "pgsplit_worker_sessions",
             "pgsplit_server_connections",
             "pgsplit_server_checkout_waits_total",
             "pgsplit_server_connection_moves_total",
@@ -253,11 +277,14 @@ mod tests {
     }
 
     #[test]
-    fn samples_carry_the_instance_pool_route_and_role_labels() {
+    fn samples_carry_the_worker_instance_pool_route_and_role_labels() {
         let text = render(&status());
         for line in [
             "pgsplit_topology_generation 3",
             "pgsplit_client_connections 12",
+            "pgsplit_workers 2",
+            "pgsplit_worker_sessions{worker=\"0\"} 7",
+            "pgsplit_worker_sessions{worker=\"1\"} 5",
             "pgsplit_server_connections{instance=\"leader\",state=\"active\"} 3",
             "pgsplit_server_connections{instance=\"f1\",state=\"idle\"} 1",
             "pgsplit_queries_total{pool=\"leader\",instance=\"leader\",route=\"write\"} 5",

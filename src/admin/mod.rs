@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use body::{MAX_BODY, PauseBody, PauseDirection, PromoteBody};
-pub use status::{Connections, InstanceStatus, Paused, PausedAnswer, PoolStatus, Status};
+pub use status::{Connections, InstanceStatus, Paused, PausedAnswer, PoolStatus, Status, WorkersStatus};
 
 use crate::context::AdminContext;
 

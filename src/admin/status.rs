@@ -1,5 +1,5 @@
 //! The `/status` value: one consistent picture of the cluster as pgsplit sees it, taken from a single topology
-//! snapshot plus the proxy's counters, the pause gate and the changeover record. `/metrics` renders the same value,
+//! snapshot plus the proxy's counters, the session workers, the pause gate and the changeover record. `/metrics` renders the same value,
 //! and the CLI reads it back (hence `Deserialize`), so the three never disagree.
 //!
 //! Building it only reads: it never locks the topology, never waits on a pool beyond the moment `stats` takes, and
@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::WorkerCount;
 use crate::context::AdminContext;
+use crate::runtime::Placement;
 use crate::topology::gate::{Direction, Gate};
 use crate::topology::monitor::format_lsn;
 use crate::topology::patroni::state::PatroniStatus;
@@ -28,6 +30,9 @@ pub struct Status {
     pub clients: usize,
     /// Of those, clients pinned to one server connection.
     pub pinned_clients: usize,
+    /// The threads that run client sessions; None from a pgsplit too old to report them.
+    #[serde(default)]
+    pub workers: Option<WorkersStatus>,
     /// The leader first, then the followers pool by pool.
     pub instances: Vec<InstanceStatus>,
     /// Each follower pool's own figures.
@@ -38,6 +43,27 @@ pub struct Status {
     /// With `[topology] source = "patroni"`: Patroni's view beside pgsplit's, and whether writes are held for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patroni: Option<PatroniStatus>,
+}
+
+/// The session threads (`proxy.workers`) and how the sessions are spread over them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkersStatus {
+    pub threads: usize,
+    /// The CPUs pgsplit could use when it chose `threads` itself (no `proxy.workers`, or "auto"); None when the
+    /// config gives the number.
+    pub from_cpus: Option<usize>,
+    /// Client connections on each worker now (logged in or not), worker 0 first.
+    pub sessions: Vec<usize>,
+}
+
+impl WorkersStatus {
+    pub fn of(placement: &Placement, count: WorkerCount) -> WorkersStatus {
+        WorkersStatus {
+            threads: placement.len(),
+            from_cpus: count.from_cpus,
+            sessions: placement.sessions(),
+        }
+    }
 }
 
 /// Which directions the pause gate holds.
@@ -125,10 +151,12 @@ pub struct Connections {
 impl Status {
     /// The proxy as it is now.
     pub fn capture(ctx: &AdminContext) -> Status {
+        let topology = ctx.topology.load();
         Status {
+            workers: Some(WorkersStatus::of(&ctx.placement, topology.config.proxy.workers)),
             patroni: ctx.control.patroni().map(|p| p.status()),
             ..Status::of(
-                &ctx.topology.load(),
+                &topology,
                 &ctx.control.gate,
                 ctx.gauges.clients.load(Ordering::Relaxed),
                 ctx.gauges.pinned.load(Ordering::Relaxed),
@@ -162,6 +190,7 @@ impl Status {
             paused: Paused::of(gate),
             clients,
             pinned_clients,
+            workers: None,
             instances: std::iter::once(leader).chain(followers).collect(),
             pools: topology
                 .pools
@@ -260,6 +289,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::router::RouteReason;
+    use crate::runtime::Workers;
     use crate::topology::health::Observation;
     use crate::topology::progress::{Outcome, Step, StepReport, StepState};
 
@@ -379,10 +409,39 @@ instances = [{ name = "f1", host = "10.0.0.2", port = 5433, weight = 2 }]
 
     #[test]
     fn status_reads_back_from_its_json() {
-        let status = Status::of(&topology(), &Gate::default(), 2, 0, Some(&Progress::new("f1")));
+        let mut status = Status::of(&topology(), &Gate::default(), 2, 0, Some(&Progress::new("f1")));
+        status.workers = Some(WorkersStatus {
+            threads: 2,
+            from_cpus: Some(4),
+            sessions: vec![3, 2],
+        });
         let json = serde_json::to_string(&status).unwrap();
         let back: Status = serde_json::from_str(&json).unwrap();
         assert_eq!(back, status);
         assert!(back.changeover.is_some_and(|c| c.is_running()));
+
+        // The CLI and the bench read the status of older proxies too.
+        let mut older = serde_json::to_value(&status).unwrap();
+        older.as_object_mut().unwrap().remove("workers");
+        let back: Status = serde_json::from_value(older).unwrap();
+        assert_eq!(back.workers, None);
+    }
+
+    #[test]
+    fn workers_show_their_count_how_it_was_chosen_and_the_sessions_on_each() {
+        let workers = Workers::start(2).expect("the workers start");
+        let seats: Vec<_> = (0..3).map(|_| workers.placement().place().0).collect();
+        let auto = WorkersStatus::of(workers.placement(), WorkerCount::auto(4));
+        assert_eq!((auto.threads, auto.from_cpus), (2, Some(4)));
+        let mut spread = auto.sessions.clone();
+        spread.sort_unstable();
+        assert_eq!(spread, [1, 2], "the three sessions are spread over both workers");
+        drop(seats);
+        let written = WorkerCount {
+            threads: 2,
+            from_cpus: None,
+        };
+        let written = WorkersStatus::of(workers.placement(), written);
+        assert_eq!((written.from_cpus, written.sessions), (None, vec![0, 0]));
     }
 }

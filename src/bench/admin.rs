@@ -309,6 +309,7 @@ mod tests {
             },
             clients: 0,
             pinned_clients: 0,
+            workers: None,
             instances: vec![leader, f1],
             pools: vec![PoolStatus {
                 name: "default".into(),

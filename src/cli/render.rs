@@ -1,10 +1,11 @@
 //! How the admin subcommands print what the admin API answered: `pgsplit status` in the shape of Heroku's
-//! `pg:info` (a header line, then one `=== name` block per instance and one for the changeover), the changeover's
-//! step lines, and `pgsplit wait`'s account of who is behind. Pure: values in, text out.
+//! `pg:info` (a header line and a workers line, then one `=== name` block per instance and one for the
+//! changeover), the changeover's step lines, and `pgsplit wait`'s account of who is behind. Pure: values in, text
+//! out.
 
 use std::fmt::Write;
 
-use crate::admin::{InstanceStatus, Paused, PoolStatus, Status};
+use crate::admin::{InstanceStatus, Paused, PoolStatus, Status, WorkersStatus};
 use crate::topology::progress::{Progress, StepReport};
 
 /// `pgsplit status`.
@@ -17,6 +18,9 @@ pub fn status(status: &Status) -> String {
         status.pinned_clients,
         paused(status.paused),
     );
+    if let Some(workers) = &status.workers {
+        out.push_str(&self::workers(workers));
+    }
     for instance in &status.instances {
         block(&mut out, instance, &status.leader);
     }
@@ -30,6 +34,21 @@ pub fn status(status: &Status) -> String {
         out.push_str(&self::changeover(changeover));
     }
     out
+}
+
+/// The workers line: how many, how the number was chosen, and the sessions on each.
+fn workers(workers: &WorkersStatus) -> String {
+    let chosen = match workers.from_cpus {
+        Some(1) => "auto, 1 CPU".to_owned(),
+        Some(cpus) => format!("auto, {cpus} CPUs"),
+        None => "configured".to_owned(),
+    };
+    let sessions: Vec<String> = workers.sessions.iter().map(ToString::to_string).collect();
+    format!(
+        "workers: {} ({chosen}), sessions per worker {}\n",
+        workers.threads,
+        sessions.join(" ")
+    )
 }
 
 /// A pool's read-your-writes line, once it has served such a read.
@@ -218,6 +237,11 @@ mod tests {
             },
             clients: 12,
             pinned_clients: 1,
+            workers: Some(WorkersStatus {
+                threads: 8,
+                from_cpus: Some(16),
+                sessions: vec![16, 16, 15, 16, 16, 16, 17, 16],
+            }),
             instances: vec![leader, f1, f2],
             pools: Vec::new(),
             changeover: None,
@@ -229,6 +253,7 @@ mod tests {
     fn status_prints_like_pg_info() {
         let expected = "\
 pgsplit: generation 3, 12 clients (1 pinned), writes paused
+workers: 8 (auto, 16 CPUs), sessions per worker 16 16 15 16 16 16 17 16
 === leader (leader)
 Status:          available
 Address:         127.0.0.1:15432
@@ -257,6 +282,37 @@ Connections:     3 active, 1 idle, 0 waiting (4/20)
 Routed:          nothing yet
 ";
         assert_eq!(status(&fixed()), expected);
+    }
+
+    #[test]
+    fn the_workers_line_says_how_their_number_was_chosen() {
+        let mut status = fixed();
+        status.workers = Some(WorkersStatus {
+            threads: 4,
+            from_cpus: None,
+            sessions: vec![3, 0, 1, 2],
+        });
+        let text = self::status(&status);
+        assert!(
+            text.contains("\nworkers: 4 (configured), sessions per worker 3 0 1 2\n"),
+            "{text}"
+        );
+        status.workers = Some(WorkersStatus {
+            threads: 1,
+            from_cpus: Some(1),
+            sessions: vec![0],
+        });
+        let text = self::status(&status);
+        assert!(
+            text.contains("\nworkers: 1 (auto, 1 CPU), sessions per worker 0\n"),
+            "{text}"
+        );
+        status.workers = None;
+        let text = self::status(&status);
+        assert!(
+            !text.contains("workers:"),
+            "an older pgsplit does not report its workers: {text}"
+        );
     }
 
     #[test]

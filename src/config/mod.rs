@@ -3,8 +3,8 @@
 //! Owns the schema (SPEC §2), its defaults, unit parsing ("250ms", "16MB" = 16 MiB as PostgreSQL counts), and
 //! semantic validation that reports every problem at once with `file:line:col`. The types here are plain values
 //! (no spans, no `Option`s where a default exists): by the time anyone else sees a `Config` it is known good.
-//! Never does I/O beyond reading the file and the environment (`password_env`), and `rewrite` writing a promotion
-//! back into the file.
+//! Never does I/O beyond reading the file, the environment (`password_env`) and how many CPUs the process may use
+//! (the `proxy.workers` default), and `rewrite` writing a promotion back into the file.
 //!
 //! Inside: `raw` is the serde layer (the file as written, with spans; the enums below are their own serde
 //! values), `units` parses durations and sizes, `validate` applies defaults and builds each section, `values` holds
@@ -64,25 +64,29 @@ impl Config {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigErrors::whole_file(&file, format!("cannot read the config file: {error}")))?;
-        Self::from_text(&text, &file, path.parent().unwrap_or(Path::new("")), &process_env)
+        let base_dir = path.parent().unwrap_or(Path::new(""));
+        Self::from_text(&text, &file, base_dir, &process_env, WorkerCount::available_cpus())
     }
 
     /// Parses and validates config text; `file_name` is used in error messages and, like a path, to resolve
     /// relative TLS paths. Reads `password_env` variables from the environment.
     pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
         let base_dir = Path::new(file_name).parent().unwrap_or(Path::new(""));
-        Self::from_text(text, file_name, base_dir, &process_env)
+        Self::from_text(text, file_name, base_dir, &process_env, WorkerCount::available_cpus())
     }
 
+    /// `cpus`: the CPUs pgsplit may use, which `proxy.workers` is derived from when the file leaves it to pgsplit.
     fn from_text(
         text: &str,
         file_name: &str,
         base_dir: &Path,
         env: validate::EnvLookup<'_>,
+        cpus: usize,
     ) -> Result<Config, ConfigErrors> {
         let raw: raw::RawConfig =
             toml::from_str(text).map_err(|error| ConfigErrors::from_toml(file_name, text, &error))?;
-        validate::build(&raw, base_dir, env).map_err(|problems| ConfigErrors::from_problems(file_name, text, problems))
+        validate::build(&raw, base_dir, env, cpus)
+            .map_err(|problems| ConfigErrors::from_problems(file_name, text, problems))
     }
 
     /// `[topology] source = "patroni"`: Patroni's settings (the members come from its REST API).
@@ -167,7 +171,7 @@ pub struct ProxyConfig {
     /// Bytes; a client message longer than this is FATAL 08P01.
     pub max_message_size: usize,
     /// Threads that run sessions; read when pgsplit starts.
-    pub workers: usize,
+    pub workers: WorkerCount,
     pub admin_token: Option<Secret>,
     /// The token is needed for the GET endpoints too (`/status`, `/metrics`; `/healthz` stays open).
     pub admin_token_for_reads: bool,
@@ -178,6 +182,37 @@ pub struct ProxyConfig {
     /// Named prepared statements one client may hold; past it, ERROR 53400.
     pub max_prepared_statements: usize,
     pub tls: Option<ClientTlsConfig>,
+}
+
+/// `proxy.workers`: how many threads run client sessions, and whether pgsplit chose the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerCount {
+    pub threads: usize,
+    /// When the file leaves the number to pgsplit (no key, or "auto"): the CPUs it could use, which `threads` was
+    /// derived from. None when the file gives a number.
+    pub from_cpus: Option<usize>,
+}
+
+impl WorkerCount {
+    /// The most threads `proxy.workers` may ask for.
+    pub const MAX: usize = 256;
+
+    /// Half of `cpus`, at least 1 and at most [`Self::MAX`]. On 2 cores a second worker cost about 5 % more CPU per
+    /// transaction and bought no throughput; on 16 cores shared with PostgreSQL, throughput levelled off at 8
+    /// workers. The other half is left to the kernel's network stack and to whatever shares the machine
+    /// (docs/benchmarks.md).
+    pub fn auto(cpus: usize) -> WorkerCount {
+        WorkerCount {
+            threads: (cpus / 2).clamp(1, Self::MAX),
+            from_cpus: Some(cpus),
+        }
+    }
+
+    /// The CPUs this process may use now, cgroup CPU quotas and the affinity mask included.
+    pub fn available_cpus() -> usize {
+        // It fails only where the platform cannot tell; one CPU then, so one worker: the guess that wastes nothing.
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
 }
 
 /// TCP keepalives and the user timeout, on every socket pgsplit accepts or opens: a peer that vanished without a

@@ -66,7 +66,7 @@ pub(super) struct RawProxy {
     pub pool_mode: Option<PoolMode>,
     pub max_client_connections: Option<Spanned<i64>>,
     pub max_message_size: Option<Spanned<Scalar>>,
-    pub workers: Option<Spanned<i64>>,
+    pub workers: Option<Spanned<RawWorkers>>,
     pub admin_token: Option<Spanned<String>>,
     pub admin_token_for_reads: Option<Spanned<bool>>,
     pub login_timeout: Option<Spanned<Scalar>>,
@@ -199,5 +199,42 @@ impl<'de> Deserialize<'de> for Scalar {
         }
 
         deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// `proxy.workers` as written: a number of threads, or a word (`validate` takes only "auto").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RawWorkers {
+    Count(i64),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for RawWorkers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WorkersVisitor;
+
+        impl Visitor<'_> for WorkersVisitor {
+            type Value = RawWorkers;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of threads, or \"auto\"")
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<RawWorkers, E> {
+                Ok(RawWorkers::Count(value))
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<RawWorkers, E> {
+                i64::try_from(value)
+                    .map(RawWorkers::Count)
+                    .map_err(|_| E::custom(format!("{value} is too large")))
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<RawWorkers, E> {
+                Ok(RawWorkers::Word(value.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(WorkersVisitor)
     }
 }

@@ -26,7 +26,13 @@ fn parse_with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErro
             .map(|(_, value)| value.to_string())
             .ok_or(VarError::NotPresent)
     };
-    Config::from_text(text, "conf/t.toml", Path::new("/etc/pgsplit"), &lookup)
+    Config::from_text(
+        text,
+        "conf/t.toml",
+        Path::new("/etc/pgsplit"),
+        &lookup,
+        WorkerCount::available_cpus(),
+    )
 }
 
 fn parse(text: &str) -> Result<Config, ConfigErrors> {
@@ -290,10 +296,42 @@ fn zero_health_durations_are_rejected() {
 }
 
 #[test]
-fn workers_default_to_one_and_are_bounded() {
-    assert_eq!(parse(MINIMAL).expect("minimal config").proxy.workers, 1);
+fn workers_default_to_half_the_cpus_this_machine_gives() {
+    let expected = WorkerCount::auto(WorkerCount::available_cpus());
+    assert_eq!(parse(MINIMAL).expect("minimal config").proxy.workers, expected);
+    let auto = parse(&minimal_plus("[proxy]\nworkers = \"auto\"\n")).expect("auto");
+    assert_eq!(auto.proxy.workers, expected, "\"auto\" is the same as no key");
+    assert_eq!(expected.from_cpus, Some(WorkerCount::available_cpus()));
+}
+
+#[test]
+fn automatic_workers_are_half_the_cpus_at_least_one_at_most_256() {
+    let threads = |cpus| WorkerCount::auto(cpus).threads;
+    assert_eq!(
+        [1, 2, 3, 4, 16, 17, 512, 4096].map(threads),
+        [1, 1, 1, 2, 8, 8, 256, 256]
+    );
+    let no_env = |_: &str| Err(VarError::NotPresent);
+    let sixteen = Config::from_text(MINIMAL, "t.toml", Path::new("/etc"), &no_env, 16).expect("16 CPUs");
+    assert_eq!(
+        sixteen.proxy.workers,
+        WorkerCount {
+            threads: 8,
+            from_cpus: Some(16)
+        }
+    );
+}
+
+#[test]
+fn workers_written_as_a_number_are_bounded() {
     let four = parse(&minimal_plus("[proxy]\nworkers = 4\n")).expect("4 workers");
-    assert_eq!(four.proxy.workers, 4);
+    assert_eq!(
+        four.proxy.workers,
+        WorkerCount {
+            threads: 4,
+            from_cpus: None
+        }
+    );
     expect(
         &minimal_plus("[proxy]\nworkers = 0\n"),
         "workers = 0",
@@ -303,6 +341,16 @@ fn workers_default_to_one_and_are_bounded() {
         &minimal_plus("[proxy]\nworkers = 300\n"),
         "workers = 300",
         "at most 256, got 300",
+    );
+    expect(
+        &minimal_plus("[proxy]\nworkers = \"many\"\n"),
+        "workers = ",
+        "proxy.workers must be a number of threads or \"auto\", got \"many\"",
+    );
+    expect(
+        &minimal_plus("[proxy]\nworkers = 1.5\n"),
+        "workers = ",
+        "expected a number of threads, or \"auto\"",
     );
 }
 

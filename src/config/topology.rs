@@ -240,7 +240,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         let no_env = |_: &str| Err(std::env::VarError::NotPresent);
-        Config::from_text(text, "t.toml", Path::new("/etc/pgsplit"), &no_env)
+        Config::from_text(text, "t.toml", Path::new("/etc/pgsplit"), &no_env, 2)
     }
 
     /// Every problem as `line:col: message`.

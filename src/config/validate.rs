@@ -16,13 +16,13 @@ use toml::Spanned;
 use super::error::Problem;
 use super::raw::{
     RawClientTls, RawConfig, RawControl, RawFollower, RawFollowerPool, RawHealth, RawLeader, RawProxy, RawRouting,
-    RawServer, RawTcp, RawUser, Span,
+    RawServer, RawTcp, RawUser, RawWorkers, Span,
 };
 use super::values::{Checker, POOL_NAME_RULE, pool_name_problem};
 use super::{
     AuthMethod, ClientTlsConfig, ClientTlsMode, Config, ControlConfig, Fallback, FollowerConfig, FollowerPoolConfig,
     HealthConfig, LeaderConfig, PoolMode, ProxyConfig, RoutingConfig, ServerAuthMethod, ServerConfig, ServerTlsMode,
-    TcpConfig, TopologySource, UserConfig,
+    TcpConfig, TopologySource, UserConfig, WorkerCount,
 };
 
 /// Reads an environment variable (`std::env::var` in production, a fixed map in tests).
@@ -33,10 +33,6 @@ const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Ad
 const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 5000;
 const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 << 20;
 const MIN_MESSAGE_SIZE: u64 = 1 << 10;
-/// One thread, as PgBouncer: on a machine the proxy shares with its clients and servers, a second worker costs more
-/// CPU per transaction in cross-thread wake-ups than it gives (docs/benchmarks.md).
-const DEFAULT_WORKERS: usize = 1;
-const MAX_WORKERS: usize = 256;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_LEADER_NAME: &str = "leader";
 pub(super) const DEFAULT_MAX_CONNECTIONS: usize = 20;
@@ -58,10 +54,11 @@ const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_KEEPALIVE_COUNT: u32 = 6;
 const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Builds the `Config`, or returns every problem found. `base_dir` resolves relative TLS file paths.
-pub(super) fn build(raw: &RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<Config, Vec<Problem>> {
+/// Builds the `Config`, or returns every problem found. `base_dir` resolves relative TLS file paths; `cpus` (the
+/// CPUs pgsplit may use) sets `proxy.workers` when the file leaves it to pgsplit.
+pub(super) fn build(raw: &RawConfig, base_dir: &Path, env: EnvLookup<'_>, cpus: usize) -> Result<Config, Vec<Problem>> {
     let mut check = Checker::default();
-    let proxy = check.proxy(&raw.proxy, base_dir);
+    let proxy = check.proxy(&raw.proxy, base_dir, cpus);
     let server = check.server(&raw.server, base_dir);
     let users = check.users(&raw.users, env);
     let control = raw.control.as_ref().map(|table| check.control(table, &users, env));
@@ -96,7 +93,7 @@ pub(super) fn build(raw: &RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Res
 }
 
 impl Checker {
-    fn proxy(&mut self, raw: &RawProxy, base_dir: &Path) -> ProxyConfig {
+    fn proxy(&mut self, raw: &RawProxy, base_dir: &Path, cpus: usize) -> ProxyConfig {
         let listen = self.proxy_listen(raw.listen.as_ref(), "proxy.listen", DEFAULT_LISTEN);
         let admin_listen = self.proxy_listen(raw.admin_listen.as_ref(), "proxy.admin_listen", DEFAULT_ADMIN_LISTEN);
         let max_message_size = self.size(
@@ -125,15 +122,7 @@ impl Checker {
             }
             *value.get_ref()
         });
-        let workers = self.count(raw.workers.as_ref(), "proxy.workers", DEFAULT_WORKERS);
-        if let Some(value) = &raw.workers
-            && workers > MAX_WORKERS
-        {
-            self.report(
-                Some(value.span()),
-                format!("proxy.workers must be at most {MAX_WORKERS}, got {workers}"),
-            );
-        }
+        let workers = self.workers(raw.workers.as_ref(), cpus);
         if !admin_listen.ip().is_loopback() && admin_token.is_none() {
             let span = raw.admin_listen.as_ref().map(Spanned::span);
             let message = format!(
@@ -173,6 +162,28 @@ impl Checker {
             ),
             tls: raw.tls.as_ref().map(|tls| self.client_tls(tls, base_dir)),
         }
+    }
+
+    /// `proxy.workers`: the number written, else (no key, or "auto") half of `cpus` ([`WorkerCount::auto`]).
+    fn workers(&mut self, value: Option<&Spanned<RawWorkers>>, cpus: usize) -> WorkerCount {
+        let auto = WorkerCount::auto(cpus);
+        let Some(value) = value else { return auto };
+        let problem = match value.get_ref() {
+            RawWorkers::Word(word) if word == "auto" => return auto,
+            RawWorkers::Word(word) => format!("proxy.workers must be a number of threads or \"auto\", got \"{word}\""),
+            &RawWorkers::Count(count) => match usize::try_from(count) {
+                Ok(threads @ 1..=WorkerCount::MAX) => {
+                    return WorkerCount {
+                        threads,
+                        from_cpus: None,
+                    };
+                }
+                _ if count < 1 => format!("proxy.workers must be at least 1, got {count}"),
+                _ => format!("proxy.workers must be at most {}, got {count}", WorkerCount::MAX),
+            },
+        };
+        self.report(Some(value.span()), problem);
+        auto
     }
 
     /// `proxy.listen` or `proxy.admin_listen`: the written address, else the default (both take part in the

@@ -328,10 +328,12 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         differ.push("proxy.pool_mode");
         new.proxy.pool_mode = old.proxy.pool_mode;
     }
-    if old.proxy.workers != new.proxy.workers {
+    if old.proxy.workers.threads != new.proxy.workers.threads {
         differ.push("proxy.workers");
-        new.proxy.workers = old.proxy.workers;
     }
+    // Kept even when only the way it was chosen changed (a number written for "auto", a new CPU quota giving the
+    // same count): the config describes the threads that run.
+    new.proxy.workers = old.proxy.workers;
     let from_patroni = |c: &Config| c.patroni().is_some();
     if from_patroni(old) != from_patroni(new) {
         // Switching between the file and Patroni would change who names the leader mid-flight.

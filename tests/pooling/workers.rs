@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pgsplit::config::PoolMode;
+use pgsplit::config::{PoolMode, WorkerCount};
 
 use crate::support::cluster;
 use crate::support::proxy::{self, TestProxy};
@@ -18,7 +18,10 @@ async fn proxy_with_workers() -> TestProxy {
     let c = cluster();
     let mut config = proxy::config_for(c);
     config.proxy.pool_mode = PoolMode::Transaction;
-    config.proxy.workers = WORKERS;
+    config.proxy.workers = WorkerCount {
+        threads: WORKERS,
+        from_cpus: None,
+    };
     config.leader.max_connections = POOL;
     TestProxy::start(config, c).await
 }
