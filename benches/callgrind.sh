@@ -42,6 +42,7 @@ cat >"$work/proxy.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$proxy_port"
 admin_listen = "127.0.0.1:$admin_port"
+workers = 1
 [[users]]
 name = "app"
 password = "app"
