@@ -108,6 +108,7 @@ impl Idle {
         self.per_worker.iter().map(Vec::len).sum()
     }
 
+    #[inline]
     fn push(&mut self, conn: Box<ServerConn>) {
         let worker = conn.worker();
         if self.per_worker.len() <= worker {
@@ -367,12 +368,18 @@ impl InstancePool {
     }
 
     /// `conn`, its socket registered with the calling worker's driver: moved there if it was on another worker's.
-    /// A socket that cannot move (the system refused the registration) is closed, its place given back.
+    #[inline]
     fn here(&self, conn: Box<ServerConn>) -> Result<Box<ServerConn>, CheckoutError> {
         let worker = current_worker();
         if conn.worker() == worker {
             return Ok(conn);
         }
+        self.move_here(conn, worker)
+    }
+
+    /// A socket that cannot move (the system refused the registration) is closed, its place given back.
+    #[cold]
+    fn move_here(&self, conn: Box<ServerConn>, worker: usize) -> Result<Box<ServerConn>, CheckoutError> {
         self.lock().moves += 1;
         conn.move_to(worker).map_err(|error: io::Error| CheckoutError::Connect {
             instance: self.name.clone(),

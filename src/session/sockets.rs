@@ -87,8 +87,10 @@ impl Relay {
             self.client_buf.reserve(READ_CHUNK);
         }
         let read = self.client.read_now(&mut self.client_buf);
-        // Readiness left over from the login (or a read that found nothing): the buffer goes back at once.
-        spare::give_back(&mut self.client_buf);
+        if !matches!(read, Ok(n) if n > 0) {
+            // Readiness left over from the login, or a read that found nothing: the buffer goes back at once.
+            spare::give_back(&mut self.client_buf);
+        }
         read
     }
 

@@ -27,11 +27,16 @@ pub(super) fn take() -> BytesMut {
 }
 
 /// Takes back `buf` if it holds nothing (it is then replaced by an empty, unallocated one); otherwise leaves it.
+/// Called at every turn of a session's loop, so the check is inlined and the rest is not.
+#[inline]
 pub(super) fn give_back(buf: &mut BytesMut) {
-    if !buf.is_empty() || buf.capacity() == 0 {
-        return;
+    if buf.is_empty() && buf.capacity() != 0 {
+        keep(std::mem::take(buf));
     }
-    let buf = std::mem::take(buf);
+}
+
+#[inline(never)]
+fn keep(buf: BytesMut) {
     if buf.capacity() > MAX_KEPT_CAPACITY {
         return;
     }
@@ -67,6 +72,9 @@ mod tests {
         give_back(&mut big);
         assert_eq!(big.capacity(), 0, "the session lets go of it");
         // Each test runs on a thread of its own, so this thread's list held nothing before.
-        assert!(take().capacity() < MAX_KEPT_CAPACITY, "the large buffer was kept and lent again");
+        assert!(
+            take().capacity() < MAX_KEPT_CAPACITY,
+            "the large buffer was kept and lent again"
+        );
     }
 }
