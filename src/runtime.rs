@@ -165,6 +165,12 @@ impl Workers {
         &self.shared
     }
 
+    /// Worker `index`'s runtime, to run something there.
+    #[cfg(test)]
+    pub fn worker(&self, index: usize) -> &Handle {
+        &self.shared.workers[index].handle
+    }
+
     /// The first worker's runtime: where the accept loops run and listeners are registered.
     pub fn first(&self) -> &Handle {
         &self.shared.workers[0].handle

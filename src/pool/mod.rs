@@ -9,11 +9,13 @@
 //! an idle one from another worker before opening a new one; the connection then moves (its socket joins the
 //! borrower's driver: two `epoll_ctl` calls), and stays with the worker that wanted it.
 //!
-//! A returned connection is handed straight to a waiter of the same user/database: the oldest one, unless a
-//! waiter on the returning worker is near the front ([`PREFER_LOCAL_WITHIN`]) and the oldest has waited less than
-//! [`PREFER_LOCAL_FOR`] — so that under steady load connections stay on their worker, while a worker short of
-//! connections gets them within that time. A waiter of another user/database gets the slot instead (the
-//! connection is closed to make room). Every connection carries its
+//! A returned connection is handed straight to a waiter of the same user/database: the oldest one, unless the
+//! oldest is on another worker and has waited less than [`PREFER_LOCAL_FOR`]. Then a waiter on the returning
+//! worker near the front ([`PREFER_LOCAL_WITHIN`]) gets it, or, with none, it stays idle on its worker, whose next
+//! checkout is likely to come soon; the sweeper hands it to the passed-over waiter once that one has waited
+//! `PREFER_LOCAL_FOR`. So under steady load connections stay on their worker, and a worker short of connections
+//! gets them within that time. A waiter of another user/database gets the slot instead (the connection is closed
+//! to make room). Every connection carries its
 //! [`Slot`]: dropping a connection anywhere gives its place back, so the count cannot leak. A retired pool lends
 //! nothing: waiters and new checkouts fail at once and the session routes again. The pool never parses SQL and
 //! never looks at a connection's traffic: the session decides whether a connection is clean enough to return (and
@@ -29,7 +31,7 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 pub use server::{CancelTarget, ConnKey, ConnectError, ConnectOptions, LoginInfo, ServerConn};
 pub use settings::Settings;
@@ -67,6 +69,12 @@ struct PoolState {
     moves: u64,
     /// A sweeper task is running (it ends when nobody waits).
     sweeping: bool,
+    /// When the sweeper wakes next, while it runs.
+    sweep_at: Option<Instant>,
+    /// Wakes the sweeper early: a connection was held for its worker while a waiter elsewhere was passed over.
+    sweeper: Arc<Notify>,
+    /// [`PREFER_LOCAL_FOR`]; tests lengthen it to see a connection held.
+    prefer_local_for: Duration,
     /// Checkouts that had to wait, ever (a counter for metrics).
     waits: u64,
     /// Per user and database: `is_superuser` and `session_authorization` differ between users.
@@ -127,6 +135,15 @@ impl Idle {
                 .filter(|(other, _)| *other != worker)
                 .find_map(|(_, list)| take_last(list, key))
         })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.per_worker.iter().all(Vec::is_empty)
+    }
+
+    /// The most recently returned connection for `key` on `worker` only.
+    fn take_own(&mut self, key: &ConnKey, worker: usize) -> Option<Box<ServerConn>> {
+        self.per_worker.get_mut(worker).and_then(|list| take_last(list, key))
     }
 
     /// An idle connection of another user/database than `key`, to close for its place.
@@ -236,6 +253,9 @@ impl InstancePool {
                 waiters: VecDeque::new(),
                 moves: 0,
                 sweeping: false,
+                sweep_at: None,
+                sweeper: Arc::new(Notify::new()),
+                prefer_local_for: PREFER_LOCAL_FOR,
                 waits: 0,
                 server_params: HashMap::new(),
                 spellings: HashMap::new(),
@@ -511,6 +531,22 @@ impl PoolState {
                 Err(refused) => grant = refused,
             }
         }
+        if let Grant::Conn(conn) = &grant
+            && let Some(oldest) = self.waiters.front()
+            && oldest.worker != conn.worker()
+            && oldest.key == conn.key
+            && oldest.queued.elapsed() < self.prefer_local_for
+        {
+            // Kept on its own worker, whose next checkout is likely to come before long (a client's next
+            // transaction); the sweeper hands it to the waiter elsewhere if it is still there when that waiter has
+            // waited PREFER_LOCAL_FOR.
+            let due = oldest.queued + self.prefer_local_for;
+            if self.sweep_at.is_none_or(|at| at > due) {
+                self.sweep_at = Some(due);
+                self.sweeper.notify_one();
+            }
+            return Some(grant);
+        }
         while let Some(waiter) = self.waiters.pop_front() {
             let offered = match grant {
                 Grant::Conn(conn) if conn.key != waiter.key => {
@@ -535,13 +571,44 @@ impl PoolState {
     /// oldest gets it.
     fn local_waiter(&self, conn: &ServerConn) -> Option<usize> {
         let oldest = self.waiters.front()?;
-        if oldest.worker == conn.worker() || oldest.queued.elapsed() >= PREFER_LOCAL_FOR {
+        if oldest.worker == conn.worker() || oldest.queued.elapsed() >= self.prefer_local_for {
             return None;
         }
         self.waiters
             .iter()
             .take(PREFER_LOCAL_WITHIN)
             .position(|w| w.worker == conn.worker() && w.key == conn.key && !w.grant.is_closed())
+    }
+
+    /// Hands idle connections to the waiters that returns passed over ([`PoolState::offer`] keeps a connection on
+    /// its worker for a while): a waiter whose own worker has one for it at once, any other once it has waited
+    /// [`PREFER_LOCAL_FOR`]. Returns the idle connections found closed, for the caller to drop after unlocking.
+    #[allow(clippy::vec_box)] // handed back whole, to be dropped
+    fn serve_passed_over(&mut self, now: Instant) -> Vec<Box<ServerConn>> {
+        let mut closed = Vec::new();
+        let mut i = 0;
+        while i < self.waiters.len() && !self.idle.is_empty() {
+            let waiter = &self.waiters[i];
+            let aged = now.saturating_duration_since(waiter.queued) >= self.prefer_local_for;
+            let found = match aged {
+                true => self.idle.take(&waiter.key, waiter.worker),
+                false => self.idle.take_own(&waiter.key, waiter.worker),
+            };
+            let Some(conn) = found else {
+                i += 1;
+                continue;
+            };
+            if !conn.is_idle_and_open() {
+                closed.push(conn);
+                continue;
+            }
+            if let Some(waiter) = self.waiters.remove(i)
+                && let Err(refused) = waiter.grant.send(Grant::Conn(conn))
+            {
+                self.keep(refused);
+            }
+        }
+        closed
     }
 
     /// A place was given back (its slot dropped): the oldest waiter gets it, or it comes off the count.
@@ -574,25 +641,40 @@ fn lock(state: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
     state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Ends the waits whose deadline has passed, sleeping until the next one, for as long as anyone waits. A waiter
-/// queued with an earlier deadline than the one slept to (a reload shortened `checkout_timeout`) is ended at the
-/// next wake-up instead.
+/// Ends the waits whose deadline has passed, and hands waiters the connections kept idle for another worker
+/// ([`PoolState::serve_passed_over`]), sleeping until the next deadline or the next waiter due a kept connection,
+/// for as long as anyone waits. A waiter queued with an earlier deadline than the one slept to (a reload shortened
+/// `checkout_timeout`) is ended at the next wake-up instead.
 async fn sweep(state: Arc<Mutex<PoolState>>) {
+    let woken = lock(&state).sweeper.clone();
     loop {
-        let next = {
+        let (next, closed) = {
             let mut state = lock(&state);
             let now = Instant::now();
             // Dropping a waiter drops its grant sender: its checkout returns Timeout.
             state.waiters.retain(|waiter| waiter.deadline > now);
-            match state.waiters.iter().map(|waiter| waiter.deadline).min() {
-                Some(deadline) => deadline,
-                None => {
-                    state.sweeping = false;
-                    return;
-                }
-            }
+            let closed = state.serve_passed_over(now);
+            let Some(deadline) = state.waiters.iter().map(|waiter| waiter.deadline).min() else {
+                state.sweeping = false;
+                state.sweep_at = None;
+                return;
+            };
+            let hold = state.prefer_local_for;
+            let due = state
+                .waiters
+                .front()
+                .map(|oldest| oldest.queued + hold)
+                .filter(|due| *due > now);
+            let next = due.map_or(deadline, |due| due.min(deadline));
+            state.sweep_at = Some(next);
+            (next, closed)
         };
-        crate::runtime::sleep_until(next).await;
+        // Their places go back (to waiters first) as they drop, outside the lock.
+        drop(closed);
+        tokio::select! {
+            () = crate::runtime::sleep_until(next) => {}
+            () = woken.notified() => {}
+        }
     }
 }
 
@@ -628,6 +710,88 @@ mod tests {
         let text = "[leader]\nhost = \"h\"\nport = 1\n[[users]]\nname = \"a\"\npassword = \"a\"\n";
         let config = crate::config::Config::parse(text, "t.toml").expect("valid config");
         Arc::new(Tls::load(&config).expect("nothing to load"))
+    }
+
+    /// A server that lets every login in without asking anything, then stays silent: enough for a pool to open
+    /// connections to. Returns its port.
+    async fn trusting_server() -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let port = listener.local_addr().expect("bound").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = [0u8; 8];
+                    socket.read_exact(&mut head).await?;
+                    if head[4..] == [4, 210, 22, 47] {
+                        // SSLRequest: no.
+                        socket.write_all(b"N").await?;
+                        socket.read_exact(&mut head[..4]).await?;
+                        socket.read_exact(&mut head[4..]).await?;
+                    }
+                    let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                    let mut rest = vec![0u8; length.saturating_sub(8)];
+                    socket.read_exact(&mut rest).await?;
+                    let mut greeting = Vec::new();
+                    greeting.extend_from_slice(b"R\0\0\0\x08\0\0\0\0");
+                    greeting.extend_from_slice(b"K\0\0\0\x0c\0\0\0\x07\0\0\0\x09");
+                    greeting.extend_from_slice(b"Z\0\0\0\x05I");
+                    socket.write_all(&greeting).await?;
+                    // Silent until pgsplit closes it.
+                    while socket.read(&mut head).await? > 0 {}
+                    std::io::Result::Ok(())
+                });
+            }
+        });
+        port
+    }
+
+    /// A connection returned on one worker while a session on another waits for it (and has waited less than
+    /// the hold) stays idle on its worker; the sweeper then hands it over, and it moves to the waiter's worker.
+    #[tokio::test]
+    async fn a_connection_kept_on_its_worker_reaches_the_waiter_elsewhere_when_the_hold_ends() {
+        const HOLD: Duration = Duration::from_millis(500);
+        let port = trusting_server().await;
+        let workers = crate::runtime::Workers::start(2).expect("two workers");
+        let mut options = connect_options();
+        options.auth.none = true;
+        let pool = Arc::new(InstancePool::new("leader", "127.0.0.1", port, 1, options));
+        pool.lock().prefer_local_for = HOLD;
+        let checkout = |worker: usize| {
+            let pool = pool.clone();
+            workers.worker(worker).spawn(async move {
+                let started = Instant::now();
+                let conn = pool.checkout(&login(), &tls(), Duration::from_secs(10)).await;
+                (conn, started.elapsed())
+            })
+        };
+        let (first, _) = checkout(0).await.expect("worker 0's checkout");
+        let first = first.expect("the only connection");
+        assert_eq!(first.worker(), 0);
+        let waiting = checkout(1);
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while pool.stats().waiting == 0 {
+            assert!(Instant::now() < give_up, "worker 1's checkout never queued");
+            tokio::task::yield_now().await;
+        }
+        let returned = {
+            let pool = pool.clone();
+            workers.worker(0).spawn(async move { pool.release(first) })
+        };
+        returned.await.expect("released on worker 0");
+        let held = pool.stats();
+        assert_eq!(
+            (held.idle, held.waiting),
+            (1, 1),
+            "kept idle on worker 0 while the waiter is young"
+        );
+        let (second, waited) = waiting.await.expect("worker 1's checkout");
+        let second = second.expect("handed over by the sweeper, not timed out");
+        assert_eq!(second.worker(), 1, "moved to the waiter's worker");
+        assert!(waited >= HOLD, "handed over after {waited:?}, before the hold ended");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        assert_eq!(pool.stats().moves, 1);
+        drop(second);
     }
 
     /// A pool that can never lend a connection (cap 0), so every checkout waits.
