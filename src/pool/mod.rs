@@ -21,6 +21,7 @@
 //! never looks at a connection's traffic: the session decides whether a connection is clean enough to return (and
 //! drops it otherwise).
 
+mod idle;
 pub mod prepared;
 pub mod server;
 pub mod settings;
@@ -36,6 +37,8 @@ use tokio::sync::{Notify, oneshot};
 pub use server::{CancelTarget, ConnKey, ConnectError, ConnectOptions, LoginInfo, ServerConn};
 pub use settings::Settings;
 pub use slot::Slot;
+
+use idle::Idle;
 
 use crate::protocol::error::SqlError;
 use crate::runtime::current_worker;
@@ -103,75 +106,6 @@ struct Waiter {
 const PREFER_LOCAL_WITHIN: usize = 64;
 /// How long the oldest waiter may be passed over for waiters on the returning connection's worker.
 const PREFER_LOCAL_FOR: Duration = Duration::from_millis(1);
-
-/// Idle connections, one list per worker (grown to the workers that return connections).
-#[derive(Default)]
-struct Idle {
-    #[allow(clippy::vec_box)] // the boxes are handed out whole, not kept here
-    per_worker: Vec<Vec<Box<ServerConn>>>,
-}
-
-impl Idle {
-    fn len(&self) -> usize {
-        self.per_worker.iter().map(Vec::len).sum()
-    }
-
-    #[inline]
-    fn push(&mut self, conn: Box<ServerConn>) {
-        let worker = conn.worker();
-        if self.per_worker.len() <= worker {
-            self.per_worker.resize_with(worker + 1, Vec::new);
-        }
-        self.per_worker[worker].push(conn);
-    }
-
-    /// The most recently returned connection for `key` on `worker`, else on any other worker.
-    fn take(&mut self, key: &ConnKey, worker: usize) -> Option<Box<ServerConn>> {
-        let own = self.per_worker.get_mut(worker).and_then(|list| take_last(list, key));
-        own.or_else(|| {
-            self.per_worker
-                .iter_mut()
-                .enumerate()
-                .filter(|(other, _)| *other != worker)
-                .find_map(|(_, list)| take_last(list, key))
-        })
-    }
-
-    fn is_empty(&self) -> bool {
-        self.per_worker.iter().all(Vec::is_empty)
-    }
-
-    /// The most recently returned connection for `key` on `worker` only.
-    fn take_own(&mut self, key: &ConnKey, worker: usize) -> Option<Box<ServerConn>> {
-        self.per_worker.get_mut(worker).and_then(|list| take_last(list, key))
-    }
-
-    /// An idle connection of another user/database than `key`, to close for its place.
-    fn take_other(&mut self, key: &ConnKey) -> Option<Box<ServerConn>> {
-        self.per_worker.iter_mut().find_map(|list| {
-            let i = list.iter().position(|c| c.key != *key)?;
-            Some(list.remove(i))
-        })
-    }
-
-    /// Takes up to `n` idle connections (all of them with `usize::MAX`), the longest idle first.
-    #[allow(clippy::vec_box)] // as above
-    fn drain(&mut self, mut n: usize) -> Vec<Box<ServerConn>> {
-        let mut taken = Vec::new();
-        for list in &mut self.per_worker {
-            let here = n.min(list.len());
-            taken.extend(list.drain(..here));
-            n -= here;
-        }
-        taken
-    }
-}
-
-#[allow(clippy::vec_box)] // as in `Idle`
-fn take_last(list: &mut Vec<Box<ServerConn>>, key: &ConnKey) -> Option<Box<ServerConn>> {
-    let i = list.iter().rposition(|c| c.key == *key)?;
-    Some(list.swap_remove(i))
-}
 
 /// What a waiter receives. A grant carries its place: dropped unreceived (the waiter gave up after it was sent),
 /// the place goes back.

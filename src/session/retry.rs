@@ -14,8 +14,10 @@
 //! transaction) is armed the same way. If the leader's first answer is that its session is being terminated
 //! (57P01 on a shutdown or a postmaster's death, 57P02 after a crash) or the connection ends with no answer, the
 //! connection is dropped and the unit goes through the gate again — where writes wait for the new leader to be
-//! confirmed — and runs there; the client sees only that answer. A unit re-runs at most [`MAX_LEADER_RERUNS`]
-//! times in a row.
+//! confirmed — and runs there; the client sees only that answer. An armed read whose follower session ends the
+//! same way before answering (the follower is shutting down, or its backend was terminated while the connection was
+//! pooled) is dropped with its connection and routed again, with nothing learnt about its statement. A unit re-runs
+//! at most [`MAX_RERUNS`] times in a row.
 
 use bytes::BytesMut;
 
@@ -32,8 +34,8 @@ use crate::router::{self, RouteReason, Wants};
 
 /// Longest unit kept for a possible re-run; longer ones are not retried (the follower's error reaches the client).
 const MAX_RETRY_UNIT: usize = 64 * 1024;
-/// Re-runs in a row of units the leader cut: past it, the leader's answer reaches the client.
-const MAX_LEADER_RERUNS: u8 = 8;
+/// Re-runs in a row of units an instance cut: past it, the instance's answer reaches the client.
+const MAX_RERUNS: u8 = 8;
 
 /// The 25006 net of one session: at most one armed read, the messages kept to run it again, and whether the unit
 /// at the scan position is such a re-run. Owns its fields; the relay asks and tells it.
@@ -45,8 +47,8 @@ pub struct RetryPolicy {
     unit: BytesMut,
     /// The unit at the scan position is a refused read put back to run again: it goes to the leader.
     rerun: bool,
-    /// Leader units re-run in a row (reset when one shows a result).
-    leader_reruns: u8,
+    /// Cut units re-run in a row (reset when a leader unit shows a result).
+    reruns: u8,
     /// An HA engine names the leader (the Patroni source, fixed until a restart): a unit that starts on the leader
     /// is armed too, since a new leader may take it.
     leader_may_move: bool,
@@ -63,10 +65,15 @@ struct Armed {
     bound: Option<Box<[u8]>>,
     /// The follower answered 25006: discard its replies up to ReadyForQuery, then re-run.
     refused: bool,
+    /// A follower's session ended before it answered (57P01, 57P02, or the connection closed): re-run it wherever
+    /// it is routed now, learning nothing about its statement.
+    gone: bool,
     /// ReadyForQuery of a refused unit has arrived: re-run now.
     due: bool,
-    /// Some: a unit on the leader, with the stream's state before it (restored for its re-run).
-    leader: Option<StreamState>,
+    /// A unit on the leader (else on a follower).
+    on_leader: bool,
+    /// The stream's state before the unit, restored for a re-run of a cut unit.
+    before: StreamState,
 }
 
 /// A unit the follower refused, to run again on the leader.
@@ -130,12 +137,19 @@ impl RetryPolicy {
         };
         let keep = match tag {
             // The leader's session is being terminated before it answered: its connection is going away.
-            b'E' if armed.leader.is_some() && matches!(messages::error_code(body), Some("57P01" | "57P02")) => {
+            b'E' if armed.on_leader && matches!(messages::error_code(body), Some("57P01" | "57P02")) => {
                 armed.refused = true;
                 armed.due = true;
                 true
             }
-            b'E' if armed.leader.is_none() && matches!(messages::error_code(body), Some("25006" | "0A000")) => {
+            // The follower's session is ending before it answered: no ReadyForQuery will come.
+            b'E' if matches!(messages::error_code(body), Some("57P01" | "57P02")) => {
+                armed.refused = true;
+                armed.gone = true;
+                armed.due = true;
+                true
+            }
+            b'E' if !armed.on_leader && matches!(messages::error_code(body), Some("25006" | "0A000")) => {
                 armed.refused = true;
                 true
             }
@@ -150,8 +164,8 @@ impl RetryPolicy {
             _ => armed.refused,
         };
         if !keep {
-            if self.armed.as_ref().is_some_and(|a| a.leader.is_some()) {
-                self.leader_reruns = 0;
+            if self.armed.as_ref().is_some_and(|a| a.on_leader) {
+                self.reruns = 0;
             }
             self.armed = None;
         }
@@ -160,7 +174,7 @@ impl RetryPolicy {
     /// Keeps a simple Query that starts a unit on the leader, to run it again should the leader cut it before
     /// answering; `stream` is the stream's state before it.
     pub fn arm_leader(&mut self, header: Header, buf: &[u8], at: usize, stream: StreamState) {
-        if header.tag != b'Q' || self.leader_reruns >= MAX_LEADER_RERUNS {
+        if header.tag != b'Q' || self.reruns >= MAX_RERUNS {
             return;
         }
         let Some(unit) = buf
@@ -176,35 +190,51 @@ impl RetryPolicy {
             created: Vec::new(),
             bound: None,
             refused: false,
+            gone: false,
             due: false,
-            leader: Some(stream),
+            on_leader: true,
+            before: stream,
         });
     }
 
-    /// The server connection ended: an armed leader unit (nothing of it reached the client) is to run again.
-    /// Returns whether one is.
+    /// The server connection ended: an armed unit (nothing of it reached the client) is to run again. Returns
+    /// whether one is.
     pub fn cut(&mut self) -> bool {
-        match self.armed.as_mut() {
-            Some(armed) if armed.leader.is_some() => {
-                armed.refused = true;
-                armed.due = true;
-                true
-            }
-            _ => false,
-        }
+        let Some(armed) = self.armed.as_mut() else {
+            return false;
+        };
+        armed.refused = true;
+        armed.gone = !armed.on_leader;
+        armed.due = true;
+        true
     }
 
-    /// Takes a leader unit that was cut, for its re-run: its messages and the stream's state before it.
+    /// Whether the armed unit is to run again as a cut one ([`Relay::rerun_cut`]), not as a refused read.
+    fn cut_due(&self) -> bool {
+        self.armed.as_ref().is_some_and(|a| a.on_leader || a.gone)
+    }
+
+    /// Takes a unit that was cut, for its re-run: its messages and the stream's state before it.
     fn take_cut(&mut self) -> Option<(&[u8], StreamState)> {
-        let stream = self.armed.as_ref().filter(|a| a.due).and_then(|a| a.leader)?;
+        let stream = self.armed.as_ref().filter(|a| a.due && (a.on_leader || a.gone))?.before;
         self.armed = None;
-        self.leader_reruns += 1;
+        self.reruns += 1;
         Some((&self.unit, stream))
     }
 
     /// Keeps what is needed to re-run the unit starting at `at` in `buf` (a Query, or an extended-protocol batch
     /// without Close) should the follower it runs on refuse it. `statements` says which names the client has.
-    pub fn arm(&mut self, header: Header, intent: &Intent, buf: &[u8], at: usize, statements: &Statements) {
+    pub fn arm(
+        &mut self,
+        header: Header,
+        intent: &Intent,
+        (buf, at): (&[u8], usize),
+        statements: &Statements,
+        stream: StreamState,
+    ) {
+        if self.reruns >= MAX_RERUNS {
+            return;
+        }
         let Batch { len, created, bound } = match header.tag {
             b'Q' => {
                 let simple = intent.analysis.as_ref().is_some_and(|a| a.prepared.is_none());
@@ -234,14 +264,16 @@ impl RetryPolicy {
             created,
             bound,
             refused: false,
+            gone: false,
             due: false,
-            leader: None,
+            on_leader: false,
+            before: stream,
         });
     }
 
     /// Takes the refused unit for its re-run, which the next unit routed is.
     pub fn take_refused(&mut self) -> Option<Refused<'_>> {
-        let armed = self.armed.take().filter(|a| a.due && a.leader.is_none())?;
+        let armed = self.armed.take().filter(|a| a.due && !a.on_leader && !a.gone)?;
         self.rerun = true;
         Some(Refused {
             unit: &self.unit,
@@ -318,14 +350,15 @@ impl Relay {
             return;
         }
         let at = self.to_server.scanned();
+        let (statements, stream) = (self.exchange.statements(), self.stream);
         self.retry
-            .arm(header, intent, &self.client_buf, at, self.exchange.statements());
+            .arm(header, intent, (&self.client_buf, at), statements, stream);
     }
 
     /// The follower refused the unit as a write: remember its shape, give the follower connection back, and put
     /// the unit back to be scanned again, bound for the leader. The client has seen nothing of the first attempt.
     pub(super) fn rerun_on_leader(&mut self) -> Result<(), SessionEnd> {
-        if self.retry.armed.as_ref().is_some_and(|a| a.leader.is_some()) {
+        if self.retry.cut_due() {
             return self.rerun_cut();
         }
         let Some(refused) = self.retry.take_refused() else {
@@ -382,9 +415,10 @@ fn unit_sql(unit: &[u8]) -> Option<&str> {
 }
 
 impl Relay {
-    /// The leader cut the armed unit before answering it: its connection is dropped (never returned), what it
-    /// owed is forgotten, and the unit is put back in front of whatever the client sent since, to be routed again
-    /// — through the gate, which holds writes until a new leader is confirmed.
+    /// The instance cut the armed unit before answering it (the leader, or a follower whose session ended): its
+    /// connection is dropped (never returned), what it owed is forgotten, and the unit is put back in front of
+    /// whatever the client sent since, to be routed again — through the gate, which holds writes until a new
+    /// leader is confirmed.
     pub(super) fn rerun_cut(&mut self) -> Result<(), SessionEnd> {
         let Some((unit, stream)) = self.retry.take_cut() else {
             return Ok(());
@@ -407,7 +441,7 @@ impl Relay {
         self.exchange.connection_gone();
         self.probe.lapse();
         self.set_stream(stream);
-        tracing::info!(%instance, "the leader cut a unit before answering it; running it again");
+        tracing::info!(%instance, "an instance cut a unit before answering it; running it again");
         buf.extend_from_slice(&self.client_buf);
         self.client_buf = buf;
         Ok(())

@@ -360,3 +360,48 @@ async fn a_read_a_follower_refuses_runs_again_on_the_leader_unseen_and_is_rememb
     drop(client);
     p.stop().await;
 }
+
+/// A follower backend ended while its connection sat in pgsplit's pool (terminated; a fast shutdown does the same):
+/// the next reads borrow those connections within the second in which they are not probed, find them gone (FATAL
+/// 57P01, or the socket closed), and run again elsewhere. The client sees every answer and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_pooled_follower_connections_whose_sessions_ended_run_again_unseen() {
+    let c = private_cluster(2);
+    let p = routed(&c, |config| config.routing.read_your_writes = false).await;
+    let client = p.connect().await;
+    let (_, followers) = ports(&c);
+    // Both followers serve reads, so both hold pooled connections.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        seen.insert(value(&client, "SELECT inet_server_port()").await);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "reads reached {seen:?} of the followers {followers:?}");
+    let others = "FROM pg_stat_activity WHERE usename = current_user AND pid <> pg_backend_pid() \
+                  AND backend_type = 'client backend' AND application_name NOT LIKE 'pgsplit-%'";
+    for follower in c.followers() {
+        let direct = crate::support::proxy::connect_direct(&c, follower).await;
+        let terminated = value(&direct, &format!("SELECT count(pg_terminate_backend(pid)) {others}")).await;
+        assert_ne!(terminated, "0", "pgsplit kept no connection to {}", follower.name);
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        while value(&direct, &format!("SELECT count(*) {others}")).await != "0" {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the terminated backends of {} did not exit",
+                follower.name
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for _ in 0..20 {
+        let port = client
+            .simple_query("SELECT inet_server_port()")
+            .await
+            .unwrap_or_else(|e| panic!("a read after the follower sessions ended: {e:?}"));
+        assert!(!port.is_empty());
+    }
+    drop(client);
+    p.stop().await;
+}

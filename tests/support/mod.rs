@@ -204,7 +204,10 @@ pub fn psql(cluster: &LocalCluster, instance: &Instance, sql: &str) -> String {
 
 /// The first column of the first row `sql` returns (simple protocol); panics with the statement on an error.
 pub async fn value(client: &Client, sql: &str) -> String {
-    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     messages
         .iter()
         .find_map(|m| match m {
