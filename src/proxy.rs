@@ -116,7 +116,8 @@ impl Proxy {
             warn_if_readable_by_others(path, &config);
         }
         let sessions = Workers::start(config.proxy.workers.threads).map_err(StartError::Runtime)?;
-        let main = bind(config.proxy.listen, sessions.first())?;
+        let placement = sessions.placement().clone();
+        let main = bind(config.proxy.listen, placement.first())?;
         let local_addr = bound_addr(&main, config.proxy.listen)?;
         let admin = bind(config.proxy.admin_listen, &Handle::current())?;
         let admin_addr = bound_addr(&admin, config.proxy.admin_listen)?;
@@ -137,7 +138,7 @@ impl Proxy {
             topology: topology.clone(),
             control: control.clone(),
             gauges: gauges.clone(),
-            placement: sessions.placement().clone(),
+            placement: placement.clone(),
             shutdown: shutdown_rx.clone(),
         });
         let ctx = Arc::new(SessionContext {
@@ -162,23 +163,17 @@ impl Proxy {
         let listeners = Arc::new(Mutex::new(Listeners {
             main: Some((
                 local_addr,
-                sessions.first().spawn(accept_loop(
+                placement.first().spawn(accept_loop(
                     main,
                     Endpoint::Main,
                     ctx.clone(),
                     session_token.clone(),
-                    sessions.placement().clone(),
+                    placement.clone(),
                 )),
             )),
             pools: HashMap::new(),
         }));
-        open_pool_endpoints(
-            &listeners,
-            &config,
-            &ctx,
-            &session_token,
-            (sessions.placement(), sessions.first()),
-        )?;
+        open_pool_endpoints(&listeners, &config, &ctx, &session_token, &placement)?;
         tracing::info!(addr = %admin_addr, "admin API listening");
         let mut tasks = vec![tokio::spawn(crate::admin::serve(admin, admin_ctx.clone()))];
         tasks.extend(patroni);
@@ -194,8 +189,7 @@ impl Proxy {
             ctx.clone(),
             control,
             session_token.clone(),
-            sessions.placement().clone(),
-            sessions.first().clone(),
+            placement,
         )));
         Ok(Proxy {
             local_addr,
@@ -279,7 +273,6 @@ async fn follow_swaps(
     control: Arc<Control>,
     token: mpsc::Sender<()>,
     placement: Arc<Placement>,
-    first: Handle,
 ) {
     let mut swaps = control.swaps();
     while swaps.changed().await.is_ok() {
@@ -288,7 +281,7 @@ async fn follow_swaps(
         ctx.credentials.store(Arc::new(next));
         ctx.functions
             .reconfigure(&config.routing.write_functions, &config.routing.read_only_functions);
-        if let Err(error) = open_pool_endpoints(&listeners, &config, &ctx, &token, (&placement, &first)) {
+        if let Err(error) = open_pool_endpoints(&listeners, &config, &ctx, &token, &placement) {
             tracing::error!(%error, "a follower pool's endpoint cannot open; the pool is served on the main endpoint only");
         }
     }
@@ -301,7 +294,7 @@ fn open_pool_endpoints(
     config: &Config,
     ctx: &Arc<SessionContext>,
     token: &mpsc::Sender<()>,
-    (placement, first): (&Arc<Placement>, &Handle),
+    placement: &Arc<Placement>,
 ) -> Result<(), StartError> {
     let wanted: HashMap<Arc<str>, SocketAddr> = config
         .follower_pools
@@ -323,10 +316,10 @@ fn open_pool_endpoints(
         if lock(listeners).pools.contains_key(&name) {
             continue;
         }
-        let listener = bind(addr, first)?;
+        let listener = bind(addr, placement.first())?;
         let bound = bound_addr(&listener, addr)?;
         tracing::info!(pool = %name, addr = %bound, "follower pool endpoint listening");
-        let task = first.spawn(accept_loop(
+        let task = placement.first().spawn(accept_loop(
             listener,
             Endpoint::Pool(name.clone()),
             ctx.clone(),

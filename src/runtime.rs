@@ -170,20 +170,12 @@ impl Workers {
     pub fn worker(&self, index: usize) -> &Handle {
         &self.shared.workers[index].handle
     }
-
-    /// The first worker's runtime: where the accept loops run and listeners are registered.
-    pub fn first(&self) -> &Handle {
-        &self.shared.workers[0].handle
-    }
 }
 
 impl Placement {
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
+    /// The first worker's runtime: where the accept loops run and listeners are registered.
+    pub fn first(&self) -> &Handle {
+        &self.workers[0].handle
     }
 
     /// A seat on the worker running the fewest sessions, counted from now, and that worker's runtime.
@@ -285,13 +277,13 @@ mod tests {
     fn sessions_have_no_timer_driver_and_borrow_the_timer_threads_clock() {
         let sessions = Workers::start(1).expect("the workers start");
         let tokio_sleep = sessions
-            .first()
+            .worker(0)
             .spawn(async { tokio::time::sleep(Duration::from_millis(1)).await });
         let outcome = wait_for(tokio_sleep);
         assert!(outcome.is_err_and(|e| e.is_panic()), "tokio::time works on a worker");
 
         let started = Instant::now();
-        let borrowed = sessions.first().spawn(async {
+        let borrowed = sessions.worker(0).spawn(async {
             sleep(Duration::from_millis(20)).await;
             let pending = timeout(Duration::from_millis(20), std::future::pending::<()>()).await;
             let ready = timeout(Duration::from_secs(60), async { 7 }).await;
@@ -310,7 +302,7 @@ mod tests {
     #[test]
     fn a_wait_given_up_cancels_its_timer() {
         let sessions = Workers::start(1).expect("the workers start");
-        let finished = sessions.first().spawn(async {
+        let finished = sessions.worker(0).spawn(async {
             // Dropped at once by the timeout around it: its timer task must not keep running for an hour.
             let _ = timeout(Duration::from_millis(10), sleep(Duration::from_secs(3600))).await;
         });

@@ -58,10 +58,11 @@ pub struct WorkersStatus {
 
 impl WorkersStatus {
     pub fn of(placement: &Placement, count: WorkerCount) -> WorkersStatus {
+        let sessions = placement.sessions();
         WorkersStatus {
-            threads: placement.len(),
+            threads: sessions.len(),
             from_cpus: count.from_cpus,
-            sessions: placement.sessions(),
+            sessions,
         }
     }
 }

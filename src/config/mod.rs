@@ -198,7 +198,7 @@ impl WorkerCount {
     pub const MAX: usize = 256;
 
     /// Half of `cpus`, at least 1 and at most [`Self::MAX`]. On 2 cores a second worker cost about 5 % more CPU per
-    /// transaction and bought no throughput; on 16 cores shared with PostgreSQL, throughput levelled off at 8
+    /// transaction and bought no throughput; on 16 cores shared with PostgreSQL, throughput had stopped growing by 8
     /// workers. The other half is left to the kernel's network stack and to whatever shares the machine
     /// (docs/benchmarks.md).
     pub fn auto(cpus: usize) -> WorkerCount {

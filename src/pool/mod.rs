@@ -457,29 +457,30 @@ impl PoolState {
             return Some(grant);
         }
         if let Grant::Conn(conn) = &grant
-            && let Some(i) = self.local_waiter(conn)
-            && let Some(waiter) = self.waiters.remove(i)
+            && self.may_pass_over_oldest(conn)
         {
-            match waiter.grant.send(grant) {
-                Ok(()) => return None,
-                Err(refused) => grant = refused,
+            if let Some(i) = self.local_waiter(conn)
+                && let Some(waiter) = self.waiters.remove(i)
+            {
+                match waiter.grant.send(grant) {
+                    Ok(()) => return None,
+                    Err(refused) => grant = refused,
+                }
             }
-        }
-        if let Grant::Conn(conn) = &grant
-            && let Some(oldest) = self.waiters.front()
-            && oldest.worker != conn.worker()
-            && oldest.key == conn.key
-            && oldest.queued.elapsed() < self.prefer_local_for
-        {
-            // Kept on its own worker, whose next checkout is likely to come before long (a client's next
-            // transaction); the sweeper hands it to the waiter elsewhere if it is still there when that waiter has
-            // waited PREFER_LOCAL_FOR.
-            let due = oldest.queued + self.prefer_local_for;
-            if self.sweep_at.is_none_or(|at| at > due) {
-                self.sweep_at = Some(due);
-                self.sweeper.notify_one();
+            if let Grant::Conn(conn) = &grant
+                && let Some(oldest) = self.waiters.front()
+                && oldest.key == conn.key
+            {
+                // Kept on its own worker, whose next checkout is likely to come before long (a client's next
+                // transaction); the sweeper hands it to the waiter elsewhere if it is still there when that waiter
+                // has waited PREFER_LOCAL_FOR.
+                let due = oldest.queued + self.prefer_local_for;
+                if self.sweep_at.is_none_or(|at| at > due) {
+                    self.sweep_at = Some(due);
+                    self.sweeper.notify_one();
+                }
+                return Some(grant);
             }
-            return Some(grant);
         }
         while let Some(waiter) = self.waiters.pop_front() {
             let offered = match grant {
@@ -500,14 +501,16 @@ impl PoolState {
         Some(grant)
     }
 
-    /// Where in the queue the waiter to hand `conn` to stands, when it is not the oldest: the first waiter on
-    /// `conn`'s worker for its user/database, near the front, while the oldest has not waited long. None: the
-    /// oldest gets it.
+    /// The oldest waiter is on another worker than `conn` and has waited less than [`PREFER_LOCAL_FOR`]: `conn` may
+    /// go to a waiter on its own worker instead, or stay there.
+    fn may_pass_over_oldest(&self, conn: &ServerConn) -> bool {
+        self.waiters
+            .front()
+            .is_some_and(|oldest| oldest.worker != conn.worker() && oldest.queued.elapsed() < self.prefer_local_for)
+    }
+
+    /// Where in the queue the first waiter on `conn`'s worker for its user/database stands, near the front.
     fn local_waiter(&self, conn: &ServerConn) -> Option<usize> {
-        let oldest = self.waiters.front()?;
-        if oldest.worker == conn.worker() || oldest.queued.elapsed() >= self.prefer_local_for {
-            return None;
-        }
         self.waiters
             .iter()
             .take(PREFER_LOCAL_WITHIN)

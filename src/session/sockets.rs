@@ -86,15 +86,11 @@ impl Relay {
         } else {
             self.client_buf.reserve(READ_CHUNK);
         }
-        let read = self.client.read_now(&mut self.client_buf);
-        if !matches!(read, Ok(n) if n > 0) {
-            // Readiness left over from the login, or a read that found nothing: the buffer goes back at once.
-            spare::give_back(&mut self.client_buf);
-        }
-        read
+        self.client.read_now(&mut self.client_buf)
     }
 
-    /// Gives the client read buffer back once every byte in it has been dealt with.
+    /// Gives the client read buffer back once every byte in it has been dealt with: after every turn of the relay,
+    /// a read that found nothing (readiness left over from the login, say) included.
     pub(super) fn spare_client_buf(&mut self) {
         spare::give_back(&mut self.client_buf);
     }
